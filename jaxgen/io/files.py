@@ -1,0 +1,61 @@
+"""Atomic file writes: a killed run never leaves a half-written file that a later stage trusts."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any
+
+import numpy as np
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+  """Write to a temporary file in the same directory, fsync, then rename over `path`."""
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".tmp")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def atomic_write_text(path: str, text: str) -> None:
+  atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _to_json(value: Any) -> Any:
+  if isinstance(value, dict):
+    return {str(k): _to_json(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_to_json(v) for v in value]
+  if hasattr(value, "to_dict"):  # ml_collections.ConfigDict
+    return _to_json(value.to_dict())
+  if isinstance(value, (np.generic, np.ndarray)) or type(value).__module__.startswith("jax"):
+    array = np.asarray(value)
+    return array.item() if array.ndim == 0 else array.tolist()
+  return value
+
+
+def atomic_write_json(path: str, value: Any) -> None:
+  """JSON with numpy/jax scalars and arrays converted to Python numbers and lists."""
+  atomic_write_text(path, json.dumps(_to_json(value), indent=2, sort_keys=False) + "\n")
+
+
+def atomic_save_npz(path: str, **arrays: np.ndarray) -> None:
+  import io
+  buffer = io.BytesIO()
+  np.savez(buffer, **arrays)
+  atomic_write_bytes(path, buffer.getvalue())
+
+
+def read_json(path: str) -> Any:
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)

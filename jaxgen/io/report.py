@@ -1,0 +1,82 @@
+"""`WORKDIR/results.json` and `WORKDIR/report.md`, the two files every method run ends with.
+
+Both always name the data, the seed(s) and the feature network behind any FID-like number, so a
+table can never be read without knowing what it measured.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+from typing import Any, Sequence
+
+import jax
+import ml_collections
+
+from jaxgen.io.files import atomic_write_json, atomic_write_text
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], floatfmt: str = ".4g") -> str:
+  """A GitHub-style markdown table; floats formatted with `floatfmt`."""
+
+  def cell(v: Any) -> str:
+    if isinstance(v, float):
+      return format(v, floatfmt)
+    return str(v)
+
+  lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(" --- " for _ in headers) + "|"]
+  lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+  return "\n".join(lines)
+
+
+def environment() -> dict:
+  """Where the numbers were produced: devices, backend, versions."""
+  return {
+      "backend": jax.default_backend(),
+      "devices": [str(d) for d in jax.devices()][:8],
+      "device_count": jax.device_count(),
+      "process_count": jax.process_count(),
+      "jax": jax.__version__,
+      "python": platform.python_version(),
+      "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+  }
+
+
+def write_results(workdir: str, config: ml_collections.ConfigDict, results: dict, *, data: str,
+                  feature_network: str | None) -> dict:
+  """Write `results.json`: the method's metrics plus config, seed, data and feature network."""
+  record = {
+      "method": config.method,
+      "preset": config.get("preset", "default"),
+      "seed": config.seed,
+      "data": data,
+      "feature_network": feature_network or "none (no feature-based metric)",
+      "environment": environment(),
+      **results,
+      "config": config.to_dict(),
+  }
+  atomic_write_json(os.path.join(workdir, "results.json"), record)
+  return record
+
+
+def write_report(workdir: str, title: str, *, config: ml_collections.ConfigDict, data: str,
+                 feature_network: str | None, sections: Sequence[tuple[str, str]]) -> str:
+  """Write `report.md`: a header naming data/seed/feature network, then (heading, body) sections."""
+  env = environment()
+  header = [
+      f"# {title}",
+      "",
+      f"- method: `{config.method}`, preset `{config.get('preset', 'default')}`",
+      f"- data: {data}",
+      f"- seed: {config.seed}",
+      f"- feature network for FID-like metrics: {feature_network or 'none'}",
+      f"- run on: {env['backend']} x{env['device_count']} (jax {env['jax']}), {env['date']}",
+      "",
+  ]
+  body = []
+  for heading, text in sections:
+    body += [f"## {heading}", "", text.rstrip(), ""]
+  markdown = "\n".join(header + body)
+  atomic_write_text(os.path.join(workdir, "report.md"), markdown)
+  return markdown

@@ -1,0 +1,129 @@
+"""The one entry point: `python -m jaxgen.main --config=configs/<method>.py[:preset] --workdir=DIR`.
+
+`config.method` picks the method module `jaxgen.<method>.main`, which exposes
+`STAGES` (ordered stage names), `validate_config(config, num_devices)` and
+`main(config, workdir, stages, force)`. Overrides use ml_collections' syntax
+(`--config.train.batch_size=32`). Every error a user can cause (unknown key, wrong type,
+impossible value, missing data) ends in one line on stderr and exit code 2, before anything is
+compiled; a run that fails later (e.g. a diverging loss) exits 1 and keeps its checkpoints.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+from typing import Sequence
+
+from absl import flags
+from ml_collections import config_flags
+
+from jaxgen.errors import ConfigError, JaxgenError
+
+METHODS = {
+    "mvld": "jaxgen.mvld.main",
+    "classifier": "jaxgen.classifier.main",
+}
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Path to configs/<method>.py, optionally ':preset'.",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Output directory (default: workdirs/<method>-<preset>).")
+flags.DEFINE_list("stages", None, "Stages to run, e.g. 'train,sample' (default: all, in order).")
+flags.DEFINE_bool("force", False, "Re-run stages already marked done in the workdir.")
+
+
+def _one_line(err: BaseException) -> str:
+  """The informative line of an exception (the last non-empty line of a wrapped traceback)."""
+  lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+  if not lines:
+    return type(err).__name__
+  return lines[-1] if len(lines) > 1 else lines[0]
+
+
+def _unknown_override(argv: Sequence[str]) -> str | None:
+  """Name the first `--config.a.b=` override whose key does not exist in the base config."""
+  config_arg = next((a for a in argv if a.startswith("--config=")), None)
+  if config_arg is None:
+    return None
+  base_flags = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "", flag_values=base_flags)
+  try:
+    base_flags([argv[0], config_arg])
+    config = base_flags.config
+  except Exception:  # the base config itself fails: reported by the caller
+    return None
+  for arg in argv:
+    if not arg.startswith("--config."):
+      continue
+    path = arg[len("--config."):].split("=", 1)[0]
+    node, walked = config, []
+    for part in path.split("."):
+      if not hasattr(node, "keys") or part not in node:
+        known = ", ".join(sorted(node.keys())) if hasattr(node, "keys") else "(not a section)"
+        where = "config" + ("." + ".".join(walked) if walked else "")
+        return f"config.{path}: unknown key {part!r}; {where} has: {known}"
+      node, walked = node[part], walked + [part]
+  return None
+
+
+def parse_flags(argv: Sequence[str]):
+  """Parse absl flags; returns the ConfigDict or raises ConfigError with one line."""
+  try:
+    FLAGS(list(argv))
+  except Exception as err:  # flags.Error, AttributeError for unknown keys, ValueError in get_config
+    message = _unknown_override(argv) if isinstance(err, (AttributeError, KeyError)) else None
+    raise ConfigError("(command line)", " ".join(argv[1:]), message or _one_line(err)) from None
+  config = FLAGS.config
+  if config is None:
+    raise ConfigError("(flag)", None, "--config=configs/<method>.py[:preset]")
+  if not hasattr(config, "to_dict"):  # config_flags returns a lazy error object for a bad path
+    raise ConfigError("(flag)", [a for a in argv if a.startswith("--config=")],
+                      "an existing config file, e.g. --config=configs/mvld.py")
+  return config
+
+
+def method_module(name: str):
+  if name not in METHODS:
+    raise ConfigError("method", name, "one of " + ", ".join(sorted(METHODS)))
+  return importlib.import_module(METHODS[name])
+
+
+def run(argv: Sequence[str]) -> int:
+  """Parse, validate, dispatch. Returns the process exit code."""
+  logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+  try:
+    config = parse_flags(argv)
+    module = method_module(config.method)
+    stages = FLAGS.stages
+    if stages:
+      unknown = [s for s in stages if s not in module.STAGES]
+      if unknown:
+        raise ConfigError("(flag --stages)", ",".join(stages), "stages among " + ", ".join(module.STAGES))
+    import jax  # imported after flag parsing so XLA flags from the environment apply
+
+    from jaxgen.parallel.mesh import initialize_distributed
+    initialize_distributed()
+    module.validate_config(config, jax.device_count())
+    workdir = FLAGS.workdir or os.path.join("workdirs", f"{config.method}-{config.get('preset', 'default')}")
+    module.main(config, workdir, stages=stages, force=FLAGS.force)
+    return 0
+  except JaxgenError as err:
+    if isinstance(err, ConfigError) and err.key.startswith("("):
+      print(f"jaxgen: error: {err.expected}" if err.key == "(command line)" else f"jaxgen: error: {err}",
+            file=sys.stderr)
+    else:
+      print(f"jaxgen: error: {err}", file=sys.stderr)
+    return err.exit_code
+  except KeyboardInterrupt:
+    print("jaxgen: interrupted; completed checkpoints and results are kept", file=sys.stderr)
+    return 130
+
+
+def main() -> None:
+  sys.exit(run(sys.argv))
+
+
+if __name__ == "__main__":
+  main()

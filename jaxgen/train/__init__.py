@@ -1,0 +1,1 @@
+"""jaxgen.train."""

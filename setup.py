@@ -1,0 +1,42 @@
+"""jaxgen: five published generative-modeling methods in one JAX/Flax library."""
+
+import setuptools
+
+# Versions pinned together: this exact set was installed and tested side by side (CPU, Python 3.11).
+INSTALL_REQUIRES = [
+    "jax==0.10.2",
+    "jaxlib==0.10.2",
+    "flax==0.12.8",
+    "optax==0.2.8",
+    "orbax-checkpoint==0.12.8",
+    "grain==0.2.18",
+    "tensorflow-datasets==4.9.10",
+    "ml-collections==1.1.0",
+    "clu==0.0.12",
+    "scikit-learn==1.9.1",
+    "numpy>=2.0,<3",
+    # TensorBoard event files without TensorFlow (clu's writers would pull in TF, +1.4 GB).
+    "tensorboardX==2.6.5",
+    "pillow>=10",
+    "absl-py>=2.1",
+]
+
+EXTRAS_REQUIRE = {
+    # Reference libraries the tests compare against, and the runner.
+    "test": ["pytest>=8", "scikit-image>=0.24", "scipy>=1.13"],
+    # Opt-in PyTorch parity group (multi-GB): see README "PyTorch parity tests".
+    "torch": ["torch==2.14.1", "torchvision==0.29.1", "lpips==0.1.4"],
+    # Accelerators: install the matching jax build instead of the CPU one.
+    "cuda": ["jax[cuda12]==0.10.2"],
+    "tpu": ["jax[tpu]==0.10.2"],
+}
+
+setuptools.setup(
+    name="jaxgen",
+    version="0.1.0",
+    description="MVLD, DIMVIDA, Diff-Mix, Softlabel-GAN and LR-GMM-NN in JAX/Flax.",
+    packages=setuptools.find_packages(include=["jaxgen", "jaxgen.*"]),
+    python_requires=">=3.11",
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
+)
