@@ -26,12 +26,19 @@ METHODS = {
     "classifier": "jaxgen.classifier.main",
 }
 
-FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Path to configs/<method>.py, optionally ':preset'.",
-                                lock_config=True)
-flags.DEFINE_string("workdir", None, "Output directory (default: workdirs/<method>-<preset>).")
-flags.DEFINE_list("stages", None, "Stages to run, e.g. 'train,sample' (default: all, in order).")
-flags.DEFINE_bool("force", False, "Re-run stages already marked done in the workdir.")
+
+def _define_flags(argv: Sequence[str]) -> flags.FlagValues:
+  """A fresh flag set per run, so repeated in-process runs (tests, notebooks) never share state."""
+  fv = flags.FlagValues()
+  # sys_argv: config_flags finds the `--config.x=` overrides to define in this list, not sys.argv.
+  config_flags.DEFINE_config_file("config", None, "Path to configs/<method>.py, optionally ':preset'.",
+                                  lock_config=True, flag_values=fv, sys_argv=list(argv))
+  flags.DEFINE_string("workdir", None, "Output directory (default: workdirs/<method>-<preset>).",
+                      flag_values=fv)
+  flags.DEFINE_list("stages", None, "Stages to run, e.g. 'train,sample' (default: all, in order).",
+                    flag_values=fv)
+  flags.DEFINE_bool("force", False, "Re-run stages already marked done in the workdir.", flag_values=fv)
+  return fv
 
 
 def _one_line(err: BaseException) -> str:
@@ -43,12 +50,13 @@ def _one_line(err: BaseException) -> str:
 
 
 def _unknown_override(argv: Sequence[str]) -> str | None:
-  """Name the first `--config.a.b=` override whose key does not exist in the base config."""
+  """Name the first `--config.a.b=` override whose key is unknown or whose value has the wrong type."""
   config_arg = next((a for a in argv if a.startswith("--config=")), None)
   if config_arg is None:
     return None
   base_flags = flags.FlagValues()
-  config_flags.DEFINE_config_file("config", None, "", flag_values=base_flags)
+  config_flags.DEFINE_config_file("config", None, "", flag_values=base_flags,
+                                  sys_argv=[argv[0], config_arg])
   try:
     base_flags([argv[0], config_arg])
     config = base_flags.config
@@ -65,23 +73,51 @@ def _unknown_override(argv: Sequence[str]) -> str | None:
         where = "config" + ("." + ".".join(walked) if walked else "")
         return f"config.{path}: unknown key {part!r}; {where} has: {known}"
       node, walked = node[part], walked + [part]
+    value = arg.split("=", 1)[1] if "=" in arg else ""
+    problem = _type_problem(node, value)
+    if problem:
+      return f"config.{path}={value!r}: expected {problem}"
   return None
 
 
-def parse_flags(argv: Sequence[str]):
-  """Parse absl flags; returns the ConfigDict or raises ConfigError with one line."""
+def _type_problem(default, text: str) -> str | None:
+  """What type an override should have, if `text` cannot be read as the default's type."""
+  import ast
+  if isinstance(default, bool):
+    return None if text.lower() in ("true", "false", "1", "0") else "true or false"
+  if isinstance(default, (int, float)):
+    try:
+      value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      return "an integer" if isinstance(default, int) else "a number"
+    if isinstance(default, int) and not isinstance(value, int):
+      return "an integer"
+    if not isinstance(value, (int, float)):
+      return "a number"
+  return None
+
+
+def parse_flags(argv: Sequence[str]) -> flags.FlagValues:
+  """Parse the command line; returns the flag values or raises ConfigError with one line."""
+  fv = _define_flags(argv)
   try:
-    FLAGS(list(argv))
+    fv(list(argv))
   except Exception as err:  # flags.Error, AttributeError for unknown keys, ValueError in get_config
-    message = _unknown_override(argv) if isinstance(err, (AttributeError, KeyError)) else None
+    message = _unknown_override(argv)  # absl reports unknown nested keys in several ways
     raise ConfigError("(command line)", " ".join(argv[1:]), message or _one_line(err)) from None
-  config = FLAGS.config
+  config = fv.config
   if config is None:
     raise ConfigError("(flag)", None, "--config=configs/<method>.py[:preset]")
-  if not hasattr(config, "to_dict"):  # config_flags returns a lazy error object for a bad path
+  try:  # config_flags returns a lazy error object for a bad path; any access raises
+    loaded = isinstance(config.to_dict(), dict)
+  except Exception:
+    loaded = False
+  if not loaded:
     raise ConfigError("(flag)", [a for a in argv if a.startswith("--config=")],
                       "an existing config file, e.g. --config=configs/mvld.py")
-  return config
+  if not flags.FLAGS.is_parsed():  # grain's worker processes read absl's global flags
+    flags.FLAGS.mark_as_parsed()
+  return fv
 
 
 def method_module(name: str):
@@ -94,9 +130,10 @@ def run(argv: Sequence[str]) -> int:
   """Parse, validate, dispatch. Returns the process exit code."""
   logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
   try:
-    config = parse_flags(argv)
+    fv = parse_flags(argv)
+    config = fv.config
     module = method_module(config.method)
-    stages = FLAGS.stages
+    stages = fv.stages
     if stages:
       unknown = [s for s in stages if s not in module.STAGES]
       if unknown:
@@ -106,8 +143,8 @@ def run(argv: Sequence[str]) -> int:
     from jaxgen.parallel.mesh import initialize_distributed
     initialize_distributed()
     module.validate_config(config, jax.device_count())
-    workdir = FLAGS.workdir or os.path.join("workdirs", f"{config.method}-{config.get('preset', 'default')}")
-    module.main(config, workdir, stages=stages, force=FLAGS.force)
+    workdir = fv.workdir or os.path.join("workdirs", f"{config.method}-{config.get('preset', 'default')}")
+    module.main(config, workdir, stages=stages, force=fv.force)
     return 0
   except JaxgenError as err:
     if isinstance(err, ConfigError) and err.key.startswith("("):
