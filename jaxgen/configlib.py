@@ -49,7 +49,8 @@ def train_config(num_steps: int, batch_size: int, lr: float = 1e-4, optimizer: s
   cfg = ml_collections.ConfigDict({
       "num_steps": num_steps,
       "batch_size": batch_size,  # global batch, split over the mesh's data axis
-      "steps_per_call": 10,  # steps fused in one jitted lax.scan per host call
+      "steps_per_call": 10,  # steps per host call (one host sync each)
+      "scan_steps": "auto",  # fuse them in one lax.scan: 'auto' (not on CPU), 'always', 'never'
       "ema_decay": 0.0,  # 0 disables EMA
       "log_every": 50,
       "checkpoint_every": 500,
@@ -126,6 +127,7 @@ def validate_train(config: ml_collections.ConfigDict, prefix: str, data_parallel
   require(batch % data_parallel == 0, f"{prefix}.batch_size", batch,
           f"a multiple of the data-parallel size {data_parallel}")
   require_range(config, f"{prefix}.ema_decay", 0.0, 0.999999)
+  require_choice(config, f"{prefix}.scan_steps", ("auto", "always", "never"))
   require_choice(config, f"{prefix}.optim.name", OPTIMIZERS)
   require_choice(config, f"{prefix}.optim.schedule", SCHEDULES)
   lr = get_path(config, f"{prefix}.optim.lr")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 from typing import Any, Callable, Iterator, Protocol
 
 import jax
@@ -57,6 +58,29 @@ def make_multi_step(step_fn: StepFn, key: jax.Array, mesh: Mesh) -> Callable[[An
                  out_shardings=(replicated(mesh), replicated(mesh)), donate_argnums=(0,))
 
 
+def make_single_step(step_fn: StepFn, key: jax.Array, mesh: Mesh) -> Callable[[Any, Any], tuple[Any, dict]]:
+  """jit(step_fn) for one batch [global_batch, ...], with the same shardings and keys."""
+
+  def single(state, batch):
+    return step_fn(state, batch, jax.random.fold_in(key, state.step))
+
+  return jax.jit(single, in_shardings=(replicated(mesh), batch_sharding(mesh)),
+                 out_shardings=(replicated(mesh), replicated(mesh)), donate_argnums=(0,))
+
+
+def use_scan(mode: str) -> bool:
+  """Whether to fuse a block of steps into one `lax.scan`.
+
+  'auto' fuses on GPU/TPU, where it removes per-step dispatch, but not on CPU: XLA:CPU runs
+  convolutions inside a while-loop body without its fast path (measured here: an autoencoder
+  step took 0.28 s alone and 5.8 s inside a scan). On CPU the steps of a block are dispatched
+  one jitted call each, asynchronously, still with one host sync per block.
+  """
+  if mode == "auto":
+    return jax.default_backend() != "cpu"
+  return mode == "always"
+
+
 def _first_nonfinite(metrics: dict[str, np.ndarray]) -> tuple[int, str, float] | None:
   for name, values in metrics.items():
     values = np.asarray(values, dtype=np.float64).reshape(len(values), -1)
@@ -65,6 +89,17 @@ def _first_nonfinite(metrics: dict[str, np.ndarray]) -> tuple[int, str, float] |
       i = int(np.argmax(bad))
       return i, name, float(values[i][~np.isfinite(values[i])][0])
   return None
+
+
+def _fault_injection(name: str, step: int) -> None:
+  """`JAXGEN_KILL_AT=<stage>:<step>` SIGKILLs this process once `step` is reached in `stage`.
+
+  A fault-injection hook for the kill-and-resume tests: a real, uncatchable kill at a chosen
+  point, exactly what a pre-empted job or an out-of-memory kill does.
+  """
+  target = os.environ.get("JAXGEN_KILL_AT")
+  if target and target.rsplit(":", 1)[0] == name and step >= int(target.rsplit(":", 1)[1]):
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _stack(batches: list[Any]) -> Any:
@@ -95,7 +130,9 @@ def train(*, name: str, state: Any, step_fn: StepFn, batches: BatchIterator, cfg
     ckpt.close()
     return state
 
-  multi_step = make_multi_step(step_fn, key, mesh)
+  fused = use_scan(cfg.get("scan_steps", "auto"))
+  multi_step = make_multi_step(step_fn, key, mesh) if fused else None
+  single_step = None if fused else make_single_step(step_fn, key, mesh)
   progress = Progress(name, total=cfg.num_steps, start=step, enabled=verbose and is_main_process())
   try:
     while step < cfg.num_steps:
@@ -103,8 +140,15 @@ def train(*, name: str, state: Any, step_fn: StepFn, batches: BatchIterator, cfg
       # steps however often the run was interrupted.
       length = min(cfg.steps_per_call, cfg.num_steps - step,
                    cfg.checkpoint_every - step % cfg.checkpoint_every)
-      block = shard_batch(_stack([next(batches) for _ in range(length)]), mesh, leading_axes=1)
-      state, metrics = multi_step(state, block)
+      host = [next(batches) for _ in range(length)]
+      if fused:
+        state, metrics = multi_step(state, shard_batch(_stack(host), mesh, leading_axes=1))
+      else:
+        per_step = []
+        for batch in host:
+          state, m = single_step(state, shard_batch(batch, mesh))
+          per_step.append(m)
+        metrics = jax.tree.map(lambda *xs: jax.numpy.stack(xs), *per_step)
       metrics = jax.device_get(metrics)
       bad = _first_nonfinite(metrics)
       if bad is not None:
@@ -121,6 +165,7 @@ def train(*, name: str, state: Any, step_fn: StepFn, batches: BatchIterator, cfg
         ckpt.save(step, state, batches.get_state(), meta={"stage": name})
       if on_block is not None:
         on_block(state, step)
+      _fault_injection(name, step)
   finally:
     # Finish any in-flight asynchronous save so the last good checkpoint is complete on disk.
     ckpt.close()
