@@ -1,0 +1,164 @@
+"""Paper 000 Table I: quality of generated views given 1, 2 or 3 observed views.
+
+For every conditioning set C of each size k (all C(V, k) subsets, averaged), the missing views of
+each test object are generated and compared with the true views: PSNR, SSIM and LPIPS per image
+pair, FID between generated and true missing views, and coherence (eq. 7: the classifier's label
+of each generated view equals the object's class). The autoencoder's reconstruction of all views
+is the ceiling any generated view can reach.
+
+FID is biased by sample size, and the number of generated views differs per k (e.g. 4x3, 6x2 and
+4x1 per object for V = 4); every k's FID is therefore computed on the same number of images, a
+seeded subsample of the smallest set, so the column compares like with like.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxgen.metrics.coherence import coherence_from_logits
+from jaxgen.metrics.frechet import fid
+from jaxgen.metrics.image import psnr, ssim
+from jaxgen.metrics.kernel import kid
+from jaxgen.metrics.prdc import prdc
+from jaxgen.mvld import masking
+from jaxgen.mvld import model as mvld_model
+
+METRICS = ("psnr", "ssim", "lpips", "fid", "coherence")
+# Beyond Table I, on the same features as FID: KID (unbiased, less size-biased than FID) and
+# precision / recall / density / coverage (fidelity vs diversity of the generated views).
+EXTRA_METRICS = ("kid", "precision", "recall", "density", "coverage")
+
+
+@dataclasses.dataclass
+class Judges:
+  """The networks behind the feature-based numbers, with the names reports print."""
+
+  logits: Callable[[np.ndarray], np.ndarray]  # uint8 NHWC -> [N, C]
+  features: Callable[[np.ndarray], np.ndarray]  # uint8 NHWC -> [N, D] for FID
+  lpips: Callable[[np.ndarray, np.ndarray], np.ndarray]  # paired uint8 -> [N]
+  feature_network: str
+  lpips_network: str
+
+
+def make_generator(spec: mvld_model.MVLDSpec, ae_params: Any, score_params: Any,
+                   stats: mvld_model.LatentStats, sampler) -> Callable:
+  """jit(generate_views) with the parameters closed over: (key, images, observed) -> images."""
+  return jax.jit(functools.partial(mvld_model.generate_views, spec, ae_params, score_params, stats,
+                                   sampler=sampler))
+
+
+def _batched(fn: Callable, arrays: tuple[np.ndarray, ...], batch_size: int) -> np.ndarray:
+  out = [np.asarray(fn(*(a[i:i + batch_size] for a in arrays))) for i in range(0, len(arrays[0]), batch_size)]
+  return np.concatenate(out)
+
+
+def pair_metrics(generated: np.ndarray, true: np.ndarray, labels: np.ndarray, judges: Judges,
+                 batch_size: int) -> dict[str, float]:
+  """Mean PSNR/SSIM/LPIPS of image pairs and coherence of `generated` with `labels`."""
+  psnr_fn = jax.jit(psnr)
+  ssim_fn = jax.jit(ssim)
+  logits = judges.logits(generated)
+  return {
+      "psnr": float(np.mean(_batched(psnr_fn, (generated, true), batch_size))),
+      "ssim": float(np.mean(_batched(ssim_fn, (generated, true), batch_size))),
+      "lpips": float(np.mean(judges.lpips(generated, true))),
+      "coherence": float(coherence_from_logits(logits, labels)),
+  }
+
+
+def generate_missing(generate: Callable, key: jax.Array, images: np.ndarray, subset: tuple[int, ...],
+                     batch_size: int) -> np.ndarray:
+  """All V views generated from the views in `subset`, for every object: [N, V, H, W, 3]."""
+  num_views = images.shape[1]
+  observed = np.asarray(masking.observed_mask_for(subset, num_views))
+  out = []
+  for i in range(0, len(images), batch_size):
+    chunk = images[i:i + batch_size]
+    obs = np.broadcast_to(observed, (len(chunk), num_views))
+    out.append(np.asarray(generate(jax.random.fold_in(key, i), chunk, obs)))
+  return np.concatenate(out)
+
+
+def evaluate_table1(generate: Callable, reconstruct: Callable, images: np.ndarray, labels: np.ndarray,
+                    judges: Judges, *, observed_counts, key: jax.Array, batch_size: int,
+                    seed: int) -> tuple[dict, dict]:
+  """Returns (table1, examples): table1[str(k)][metric] and table1['autoencoder'] (the ceiling).
+
+  `examples[k]` keeps the generated views of the first objects for the first subset of size k.
+  """
+  num_views = images.shape[1]
+  table: dict[str, Any] = {}
+  examples: dict[int, tuple[tuple[int, ...], np.ndarray]] = {}
+  pools = {}
+  for k in observed_counts:
+    gen_views, true_views, view_labels = [], [], []
+    for j, subset in enumerate(masking.subsets_of_size(num_views, k)):
+      out = generate_missing(generate, jax.random.fold_in(key, 1000 * k + j), images, subset, batch_size)
+      if j == 0:
+        examples[k] = (subset, out)
+      missing = [v for v in range(num_views) if v not in subset]
+      gen_views.append(out[:, missing].reshape((-1,) + images.shape[2:]))
+      true_views.append(images[:, missing].reshape((-1,) + images.shape[2:]))
+      view_labels.append(np.repeat(labels, len(missing)))
+    gen, true, lab = (np.concatenate(x) for x in (gen_views, true_views, view_labels))
+    table[str(k)] = pair_metrics(gen, true, lab, judges, batch_size)
+    table[str(k)]["num_generated_views"] = int(len(gen))
+    pools[k] = (gen, true)
+  # FID on equal-size seeded subsamples (see module docstring).
+  n_fid = min(len(g) for g, _ in pools.values())
+  rng = np.random.default_rng(seed)
+  for k, (gen, true) in pools.items():
+    idx = rng.choice(len(gen), n_fid, replace=False)
+    table[str(k)].update(distribution_metrics(judges.features(gen[idx]), judges.features(true[idx])))
+    table[str(k)]["fid_num_images"] = int(n_fid)
+  recon = _batched(reconstruct, (images,), batch_size)
+  flat_recon = recon.reshape((-1,) + images.shape[2:])
+  flat_true = images.reshape((-1,) + images.shape[2:])
+  table["autoencoder"] = pair_metrics(flat_recon, flat_true, np.repeat(labels, num_views), judges,
+                                      batch_size)
+  idx = np.random.default_rng(seed).choice(len(flat_recon), min(n_fid, len(flat_recon)), replace=False)
+  table["autoencoder"].update(distribution_metrics(judges.features(flat_recon[idx]),
+                                                  judges.features(flat_true[idx])))
+  table["real_views"] = {"coherence": float(np.mean(
+      np.argmax(judges.logits(flat_true), -1) == np.repeat(labels, num_views)))}
+  return table, examples
+
+
+def distribution_metrics(fake: np.ndarray, real: np.ndarray) -> dict[str, float]:
+  """FID, KID and PRDC (k = 5) of fake against real features."""
+  out = {"fid": float(fid(fake, real))}
+  out["kid"] = float(kid(fake, real, num_subsets=50, subset_size=min(1000, len(fake), len(real)))[0])
+  out.update({name: float(v) for name, v in prdc(real, fake, k=5).items()})
+  return out
+
+
+def example_grid(images: np.ndarray, examples: dict, num_objects: int) -> np.ndarray:
+  """Rows per object and k: observed views (missing ones greyed), generated views, true views."""
+  from jaxgen.io.images import image_grid
+  rows = []
+  for k, (subset, out) in sorted(examples.items()):
+    for i in range(min(num_objects, len(images))):
+      shown = images[i].copy()
+      for v in range(images.shape[1]):
+        if v not in subset:
+          shown[v] = (shown[v] // 4 + 96).astype(np.uint8)  # greyed: not given to the model
+      rows += [shown, out[i], images[i]]
+  return image_grid(np.stack(rows))
+
+
+def reconstruct_fn(spec: mvld_model.MVLDSpec, ae_params: Any) -> Callable:
+  @jax.jit
+  def reconstruct(images):
+    return mvld_model.decode_views(spec, ae_params, mvld_model.encode_views(spec, ae_params, images))
+
+  return reconstruct
+
+
+def as_float(x: Any) -> float:
+  return float(jnp.asarray(x))

@@ -1,0 +1,68 @@
+"""The networks that judge generated views: classifier (coherence), FID features, LPIPS.
+
+Standard networks are used when their weight files are given in the config (FID InceptionV3 via
+`evaluate.inception_path`; LPIPS-SqueezeNet, as paper 000 uses, via `evaluate.lpips_backbone_path`
+and `evaluate.lpips_linear_path`). Offline, as here, the in-domain classifier trained by the
+`train_classifier` stage provides FID features (its penultimate layer) and an uncalibrated
+in-domain LPIPS on its four stage outputs; every report names which one produced each number.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import ml_collections
+import numpy as np
+
+from jaxgen.mvld.evaluate import Judges
+
+LPIPS_LAYERS = ("stage1", "stage2", "stage3", "stage4")
+
+
+def _batched_pairs(fn, x: np.ndarray, y: np.ndarray, batch_size: int) -> np.ndarray:
+  out = []
+  for i in range(0, len(x), batch_size):
+    a, b = x[i:i + batch_size], y[i:i + batch_size]
+    n = len(a)
+    if n < batch_size:  # pad so one compiled shape serves every call
+      a = np.concatenate([a, np.repeat(a[-1:], batch_size - n, 0)])
+      b = np.concatenate([b, np.repeat(b[-1:], batch_size - n, 0)])
+    out.append(np.asarray(fn(a, b))[:n])
+  return np.concatenate(out) if out else np.zeros((0,), np.float32)
+
+
+def build_judges(config: ml_collections.ConfigDict, classifier, mesh) -> Judges:
+  """Judges from the trained in-domain classifier and any standard weight files configured."""
+  del mesh
+  cfg = config.evaluate
+  arch = config.classifier.arch
+  bs = cfg.batch_size
+
+  if cfg.inception_path:
+    from jaxgen.metrics.inception import inception_feature_fn, load_fid_inception
+    inception = inception_feature_fn(load_fid_inception(cfg.inception_path))
+    features = lambda images: inception(images)[0]  # noqa: E731
+    feature_network = f"InceptionV3 pool3 (FID weights {cfg.inception_path})"
+  else:
+    features = lambda images: classifier.features(images)  # noqa: E731
+    feature_network = (f"in-domain {arch} classifier trained by jaxgen on this data "
+                       "(penultimate features), not InceptionV3: numbers are not comparable "
+                       "with published FIDs")
+
+  if cfg.lpips_backbone_path and cfg.lpips_linear_path:
+    from jaxgen.metrics.lpips import load_lpips, lpips, lpips_label
+    variables = load_lpips(cfg.lpips_backbone_path, cfg.lpips_linear_path, "squeeze")
+    pair_fn = jax.jit(functools.partial(lpips, variables=variables, net="squeeze"))
+    lpips_network = lpips_label("squeeze")
+  else:
+    from jaxgen.metrics.lpips import domain_lpips, domain_lpips_label
+    pair_fn = jax.jit(functools.partial(domain_lpips, apply_fn=classifier.apply_fn,
+                                        variables=classifier.variables, layer_names=LPIPS_LAYERS,
+                                        apply_kwargs={"train": False}))
+    lpips_network = domain_lpips_label(arch, LPIPS_LAYERS)
+
+  return Judges(logits=lambda images: classifier.logits(images, batch_size=bs),
+                features=features,
+                lpips=lambda x, y: _batched_pairs(pair_fn, x, y, bs),
+                feature_network=feature_network, lpips_network=lpips_network)

@@ -1,0 +1,92 @@
+"""MVLD's own math: conditioning sets, lambda(M, C), tau, clamping, and the transmission codec."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxgen.mvld import masking, transmission
+
+
+def test_per_example_conditioning_follows_the_paper():
+  d, v, n = 0.2, 4, 40_000
+  observed = np.asarray(masking.sample_observed(jax.random.key(0), n, v, d, "per_example"))
+  counts = observed.sum(1)
+  assert counts.max() < v  # never all views observed: |M| >= 1
+  # P(C = {}) = d; binomial std at n = 40k is 0.002, tolerance 0.01.
+  assert abs(np.mean(counts == 0) - d) < 0.01
+  # The rest is uniform over the 2^V - 2 = 14 non-empty proper subsets: each (1 - d)/14.
+  codes = (observed * (1 << np.arange(v))).sum(1).astype(int)
+  for code in range(1, 2 ** v - 1):
+    assert abs(np.mean(codes == code) - (1 - d) / 14) < 0.006
+
+
+def test_per_batch_mode_draws_once_per_batch_with_d_conditional():
+  draw = jax.jit(jax.vmap(lambda k: masking.sample_observed(k, 8, 4, 0.2, "per_batch")))
+  rows = np.asarray(draw(jax.random.split(jax.random.key(0), 2000)))
+  assert all((r == r[0]).all() for r in rows)
+  conditional = np.mean([r[0].sum() > 0 for r in rows])
+  assert abs(conditional - 0.2) < 0.03  # authors' code: d is the probability of conditioning
+
+
+def test_lambda_tau_and_coordinate_mask_match_the_formulas():
+  observed = jnp.asarray([[1, 1, 0, 0], [0, 0, 0, 0], [1, 1, 1, 0]], jnp.float32)
+  np.testing.assert_allclose(masking.lambda_weight(observed), [1 + 2 / 2, 1 + 0 / 4, 1 + 3 / 1])
+  t = jnp.asarray([0.5, 0.25, 1.0])
+  np.testing.assert_allclose(masking.multi_time(t, observed),
+                             [[0, 0, 0.5, 0.5], [0.25] * 4, [0, 0, 0, 1.0]])
+  mask = masking.coordinate_mask(observed, 3)
+  np.testing.assert_array_equal(mask[0], [0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1])
+  assert masking.subsets_of_size(4, 2) == list(itertools.combinations(range(4), 2))
+
+
+@pytest.mark.parametrize("bits", [32, 16, 8, 4])
+def test_quantizer_round_trip_error_is_within_half_a_level(bits):
+  rng = np.random.default_rng(0)
+  z = rng.normal(size=(50, 4, 16)).astype(np.float32)
+  lo, hi = z.reshape(-1, 16).min(0), z.reshape(-1, 16).max(0)
+  back = transmission.dequantize(transmission.quantize(z, bits, lo, hi), bits, lo, hi)
+  if bits == 32:
+    np.testing.assert_array_equal(back, z)
+  elif bits == 16:
+    np.testing.assert_allclose(back, z, rtol=1e-3, atol=1e-3)  # float16 has 11 significant bits
+  else:
+    step = (hi - lo) / (2 ** bits - 1)
+    assert np.all(np.abs(back - z) <= step / 2 + 1e-6)
+
+
+def test_bit_flips_happen_at_the_requested_rate_and_receiver_stays_finite():
+  rng = np.random.default_rng(1)
+  codes = np.zeros((4000, 16), np.uint8)
+  flipped = transmission.flip_bits(codes, 8, 0.05, rng)
+  bits = np.unpackbits(flipped[..., None], axis=-1)
+  assert abs(bits.mean() - 0.05) < 0.003  # 512k bits: std 3e-4
+  z = np.random.default_rng(2).normal(size=(100, 4, 8)).astype(np.float32)
+  lo, hi = -np.ones(8, np.float32) * 4, np.ones(8, np.float32) * 4
+  z_rx, received = transmission.transmit(z, (0, 2), 32, lo, hi, bit_error_rate=0.1, view_loss_prob=0.3,
+                                         rng=np.random.default_rng(3))
+  assert np.isfinite(z_rx).all() and np.abs(z_rx).max() <= 4
+  assert received[:, [1, 3]].sum() == 0 and 0.5 < received[:, [0, 2]].mean() < 0.9
+  assert transmission.payload_bytes(2, 64, 8) == 1 + 128
+
+
+def test_sampling_keeps_observed_latents_clamped_exactly():
+  from configs import mvld as mvld_config
+  from jaxgen.mvld import model
+  config = mvld_config.get_config("tiny")
+  spec = model.build_spec(config)
+  params = spec.score_net.init(jax.random.key(0), jnp.zeros((1, spec.flat_dim)), jnp.zeros((1, 4)))["params"]
+  z = jax.random.normal(jax.random.key(1), (3, spec.flat_dim))
+  observed = jnp.asarray([[1, 0, 0, 0], [1, 1, 0, 1], [0, 0, 0, 0]], jnp.float32)
+  for name in ("euler_maruyama", "pc", "ode", "repaint"):
+    config.sampler.name = name
+    config.sampler.jump_length, config.sampler.num_repeats = 3, 2
+    sampler = config.sampler.copy_and_resolve_references()
+    out = jax.jit(lambda k: model.sample_latents(spec, params, k, z, observed, sampler))(jax.random.key(2))
+    keep = np.asarray(masking.coordinate_mask(observed, spec.latent_dim)) == 0
+    np.testing.assert_array_equal(np.asarray(out)[keep], np.asarray(z)[keep])
+    assert np.isfinite(np.asarray(out)).all()
+  loss, aux = jax.jit(lambda k: model.diffusion_loss(spec, params, k, z, config.diffusion))(jax.random.key(3))
+  assert np.isfinite(float(loss)) and 0 <= float(aux["observed_views"]) < 4
