@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 from jax.sharding import Mesh
 
 from jaxgen.data.memory import ArrayBatches
@@ -46,7 +47,7 @@ def train_autoencoder(spec: mvld_model.MVLDSpec, cfg: ml_collections.ConfigDict,
       return laplace_reconstruction_loss(x_in, spec.autoencoder.apply({"params": p}, x_in))
 
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
-    return state.apply_gradients(grads), {"l1": loss, "grad_norm": _global_norm(grads)}
+    return state.apply_gradients(grads), {"l1": loss, "grad_norm": optax.global_norm(grads)}
 
   batches = ArrayBatches({"image": views}, global_batch_size=tcfg.batch_size, seed=seed,
                          process_index=jax.process_index(), process_count=jax.process_count())
@@ -70,7 +71,7 @@ def train_diffusion(spec: mvld_model.MVLDSpec, cfg: ml_collections.ConfigDict, l
       return mvld_model.diffusion_loss(spec, p, key, batch["z"], cfg)
 
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    return state.apply_gradients(grads), {**aux, "grad_norm": _global_norm(grads)}
+    return state.apply_gradients(grads), {**aux, "grad_norm": optax.global_norm(grads)}
 
   batches = ArrayBatches({"z": latents.astype(np.float32)}, global_batch_size=tcfg.batch_size,
                          seed=seed + 1, process_index=jax.process_index(),
@@ -79,6 +80,3 @@ def train_diffusion(spec: mvld_model.MVLDSpec, cfg: ml_collections.ConfigDict, l
                      workdir=workdir, mesh=mesh, key=k_train, writer=writer)
   return state.eval_params
 
-
-def _global_norm(tree: Any) -> jax.Array:
-  return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))

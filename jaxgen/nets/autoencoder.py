@@ -12,12 +12,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxgen.nets.common import group_count
 
-def _groups(channels: int, preferred: int = 8) -> int:
-  g = min(preferred, channels)
-  while channels % g:
-    g -= 1
-  return g
 
 
 class ConvEncoder(nn.Module):
@@ -31,7 +27,7 @@ class ConvEncoder(nn.Module):
     h = nn.Conv(self.channels[0], (3, 3), name="stem")(x)
     for i, c in enumerate(self.channels):
       h = nn.Conv(c, (4, 4), strides=(2, 2), name=f"down{i}")(h)
-      h = nn.silu(nn.GroupNorm(num_groups=_groups(c), name=f"norm{i}")(h))
+      h = nn.silu(nn.GroupNorm(num_groups=group_count(c), name=f"norm{i}")(h))
     return nn.Dense(self.latent_dim, name="to_latent")(h.reshape((h.shape[0], -1)))
 
 
@@ -57,9 +53,9 @@ class ConvDecoder(nn.Module):
     top = self.channels[-1]
     h = nn.Dense(size * size * top, name="from_latent")(z).reshape((z.shape[0], size, size, top))
     for i, c in reversed(list(enumerate(self.channels))):
-      h = nn.silu(nn.GroupNorm(num_groups=_groups(h.shape[-1]), name=f"norm{i}")(h))
+      h = nn.silu(nn.GroupNorm(num_groups=group_count(h.shape[-1]), name=f"norm{i}")(h))
       h = nn.Conv(c, (3, 3), name=f"up{i}")(upsample_nearest(h))
-    h = nn.silu(nn.GroupNorm(num_groups=_groups(h.shape[-1]), name="norm_out")(h))
+    h = nn.silu(nn.GroupNorm(num_groups=group_count(h.shape[-1]), name="norm_out")(h))
     return nn.Conv(self.out_channels, (3, 3), name="to_image")(h)
 
 

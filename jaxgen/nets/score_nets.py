@@ -16,6 +16,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxgen.nets.common import group_count
+
 
 def sinusoidal_embedding(t: jax.Array, dim: int, max_period: float = 10_000.0) -> jax.Array:
   """Transformer-style embedding of continuous times t in [0, 1] (scaled by 1000 as in DDPM)."""
@@ -24,12 +26,6 @@ def sinusoidal_embedding(t: jax.Array, dim: int, max_period: float = 10_000.0) -
   args = 1000.0 * t[..., None].astype(jnp.float32) * freqs
   return jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
 
-
-def _groups(width: int, preferred: int = 8) -> int:
-  g = min(preferred, width)
-  while width % g:
-    g -= 1
-  return g
 
 
 class MultiTimeEmbedding(nn.Module):
@@ -51,9 +47,9 @@ class ResidualBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, temb: jax.Array) -> jax.Array:
     skip = x if x.shape[-1] == self.width else nn.Dense(self.width, name="skip")(x)
-    h = nn.Dense(self.width)(nn.silu(nn.GroupNorm(num_groups=_groups(x.shape[-1]))(x)))
+    h = nn.Dense(self.width)(nn.silu(nn.GroupNorm(num_groups=group_count(x.shape[-1]))(x)))
     h = h + nn.Dense(self.width)(nn.silu(temb))
-    h = nn.Dense(self.width)(nn.silu(nn.GroupNorm(num_groups=_groups(self.width))(h)))
+    h = nn.Dense(self.width)(nn.silu(nn.GroupNorm(num_groups=group_count(self.width))(h)))
     return skip + h
 
 
@@ -78,7 +74,7 @@ class ResidualMLPScoreNet(nn.Module):
       h = jnp.concatenate([h, skips.pop()], axis=-1)
       for _ in range(self.blocks_per_level):
         h = ResidualBlock(w)(h, temb)
-    h = nn.silu(nn.GroupNorm(num_groups=_groups(h.shape[-1]))(h))
+    h = nn.silu(nn.GroupNorm(num_groups=group_count(h.shape[-1]))(h))
     return nn.Dense(x.shape[-1], kernel_init=nn.initializers.zeros, name="out")(h)
 
 
