@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import jaxgen.data
 from jaxgen.data import ArraySource, get_source, known_sources, make_loader, subset
 from jaxgen.data import sources as sources_lib
 from jaxgen.errors import ConfigError, DataError
@@ -112,6 +113,9 @@ def fake_multiview(monkeypatch):
   module = types.ModuleType("jaxgen.data.multiview")
   module.build_multiview_splits = build_multiview_splits
   monkeypatch.setitem(sys.modules, "jaxgen.data.multiview", module)
+  # `from jaxgen.data import multiview` reads the package attribute first once the real module
+  # has been imported by an earlier test, so patch that too.
+  monkeypatch.setattr(jaxgen.data, "multiview", module, raising=False)
   sources_lib._multiview_splits.cache_clear()  # pylint: disable=protected-access
   yield calls
   sources_lib._multiview_splits.cache_clear()  # pylint: disable=protected-access
