@@ -8,11 +8,13 @@ Presets:
   tiny                          a 1-layer ViT on 16x16 renders, seconds
   default                       ResNet18 (torchvision stem, width 16) on 32x32 renders, one view
                                 per training object, evaluated single- and multi-view
-  resnet18_multiview            paper 000 sec. IV: ResNet18, Adam lr 1e-5, batch 128, 64x64
-  mobilenet_v3_small_multiview  paper 000 sec. IV with MobileNetV3-Small
-  mobilenet_v3_large_multiview  paper 000 sec. IV with MobileNetV3-Large
-  vit_tiny_multiview            ViT-Tiny (patch 4) with AdamW, warm-up and cosine decay, 32x32
-  resnet18_digits               ResNet18 (3x3 stem) on scikit-learn digits at 32x32
+  <arch>_multiview, <arch>_digits   the architecture matrix on small CPU budgets (32x32, a few
+                                hundred steps, reduced widths; docs/classifier_results.md), for
+                                arch in resnet18, resnet50, mobilenet_v3_large, mobilenet_v3_small,
+                                vit_tiny (a reduced ViT standing in for ViT-B/16)
+  resnet18_multiview_paper      paper 000 sec. IV: ResNet18, Adam lr 1e-5, batch 128, 64x64
+  mobilenet_v3_small_multiview_paper  paper 000 sec. IV with MobileNetV3-Small
+  mobilenet_v3_large_multiview_paper  paper 000 sec. IV with MobileNetV3-Large
   resnet18_digits_longtail      long-tail digits (IF 10) with class-balanced sampling
   resnet18_spinal_entropy       paper 003 sec. 4.3: SpinalNet head + entropy term, w = 0.3
   resnet50_cifar10              paper 001 recipe: SGD momentum 0.9, wd 5e-4, cosine, label
@@ -29,10 +31,13 @@ from jaxgen import configlib
 from jaxgen.classifier.train import classifier_config
 from jaxgen.errors import ConfigError
 
-PRESETS = ("tiny", "default", "resnet18_multiview", "mobilenet_v3_small_multiview",
-           "mobilenet_v3_large_multiview", "vit_tiny_multiview", "resnet18_digits",
-           "resnet18_digits_longtail", "resnet18_spinal_entropy", "resnet50_cifar10",
-           "resnet18_torchvision", "finetune")
+MATRIX_ARCHS = ("resnet18", "resnet50", "mobilenet_v3_large", "mobilenet_v3_small", "vit_tiny")
+MATRIX = tuple(f"{a}_{d}" for a in MATRIX_ARCHS for d in ("multiview", "digits"))
+PAPER_MULTIVIEW = ("resnet18_multiview_paper", "mobilenet_v3_small_multiview_paper",
+                   "mobilenet_v3_large_multiview_paper")
+PRESETS = ("tiny", "default") + MATRIX + PAPER_MULTIVIEW + (
+    "resnet18_digits_longtail", "resnet18_spinal_entropy", "resnet50_cifar10",
+    "resnet18_torchvision", "finetune")
 
 
 def _data(**overrides) -> ml_collections.ConfigDict:
@@ -86,22 +91,16 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
       c.init_from.workdir = "workdirs/classifier-default"
       c.classifier.train.num_steps = 200
       c.classifier.train.optim.lr = 1e-4
-  elif preset in ("resnet18_multiview", "mobilenet_v3_small_multiview",
-                  "mobilenet_v3_large_multiview"):
+  elif preset in MATRIX:
+    _matrix_preset(c, preset)
+  elif preset in PAPER_MULTIVIEW:
     # Paper 000 sec. IV: torchvision networks from scratch, Adam lr 1e-5, batch 128 on 64x64 renders.
     c.data.update(image_size=64, num_train=5000, num_test=1000)
-    arch = preset[:-len("_multiview")]
+    arch = preset[:-len("_multiview_paper")]
     c.classifier = classifier_config(arch, num_steps=20_000, batch_size=128, lr=1e-5,
                                      small_input=False)
     c.classifier.train.update(steps_per_call=50, checkpoint_every=2000, log_every=100)
-  elif preset == "vit_tiny_multiview":
-    c.classifier = classifier_config("vit_tiny", num_steps=3000, batch_size=128, lr=1e-3,
-                                     optimizer="adamw", patch_size=4)
-    c.classifier.train.optim.update(schedule="warmup_cosine", warmup_steps=200, weight_decay=0.05,
-                                    clip_norm=1.0)
-    c.classifier.train.update(steps_per_call=25, checkpoint_every=500)
-    c.classifier.augment.crop_padding = 4
-  elif preset in ("resnet18_digits", "resnet18_digits_longtail", "resnet18_spinal_entropy"):
+  elif preset in ("resnet18_digits_longtail", "resnet18_spinal_entropy"):
     c.data.update(name="digits", image_size=32)
     c.classifier = classifier_config("resnet18", num_steps=400, batch_size=64, lr=1e-3, width=32)
     c.classifier.train.optim.schedule = "cosine"
@@ -131,3 +130,49 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     c.classifier.train.optim.schedule = "cosine"
     c.classifier.train.update(steps_per_call=20, checkpoint_every=500)
   return c
+
+
+# The architecture matrix on this project's 2-core CPU budget (docs/classifier_results.md). Every
+# run is 32x32 (paper 000: 64x64), a few hundred steps (paper 000: 20k) at Adam with a higher lr
+# and cosine decay (paper 000: lr 1e-5 constant), and XLA:CPU-friendly reduced sizes:
+#   resnet18          torchvision stem (7x7/2 + max-pool), width 16 (paper: 64)
+#   resnet50          torchvision stem, width 16 (paper: 64), batch 64: a REDUCED-WIDTH ResNet-50
+#   mobilenet_v3_large  torchvision stem, width_mult 0.5 (paper: 1.0), batch 32
+#   mobilenet_v3_small  torchvision stem, width_mult 1.0, batch 64
+#                     (both with bn_momentum 0.9: torchvision's 0.99 running-average memory lags
+#                     weights this short run moves fast, and evaluation-mode accuracy then stays at
+#                     chance although training-mode accuracy is far above it;
+#                     docs/classifier_results.md)
+#   vit_tiny          patch 8, hidden 96, 6 layers, 3 heads, MLP 384 (ViT-Tiny: patch 4, 192, 12
+#                     layers; ViT-B/16: 768, 12 layers), AdamW with warm-up and cosine decay
+# (the 3x3 stride-1 'small_input' stems and depthwise convolutions are 5-20x slower per step on
+# XLA:CPU, hence the torchvision stems). Multi-view runs train on one view per object (NMR_c).
+_MATRIX_RECIPES = {  # arch -> (num_steps, batch_size, lr, arch options)
+    "resnet18": (400, 128, 2e-3, dict(small_input=False, width=16)),
+    "resnet50": (300, 64, 2e-3, dict(small_input=False, width=16)),
+    "mobilenet_v3_large": (400, 32, 2e-3, dict(small_input=False, width_mult=0.5,
+                                                bn_momentum=0.9)),
+    "mobilenet_v3_small": (200, 64, 2e-3, dict(small_input=False, bn_momentum=0.9)),
+    "vit_tiny": (300, 128, 1e-3, dict(patch_size=8, hidden_dim=96, num_layers=6, num_heads=3,
+                                      mlp_dim=384)),
+}
+
+
+def _matrix_preset(c: ml_collections.ConfigDict, preset: str) -> None:
+  """`<arch>_multiview` / `<arch>_digits`: one architecture on one embedded data set, minutes."""
+  arch, data = preset.rsplit("_", 1)
+  steps, batch, lr, kw = _MATRIX_RECIPES[arch]
+  c.data.update(image_size=32)
+  if data == "digits":
+    c.data.name = "digits"
+  optimizer = "adamw" if arch.startswith("vit") else "adam"
+  c.classifier = classifier_config(arch, num_steps=steps, batch_size=batch, lr=lr,
+                                   optimizer=optimizer, **kw)
+  if arch.startswith("vit"):
+    c.classifier.train.optim.update(schedule="warmup_cosine", warmup_steps=steps // 10,
+                                    weight_decay=0.05, clip_norm=1.0)
+  else:
+    c.classifier.train.optim.schedule = "cosine"
+  c.classifier.train.update(steps_per_call=20, log_every=20, checkpoint_every=steps)
+  if data == "digits":
+    c.classifier.augment.update(flip=False, crop_padding=2)  # digits are not mirror-symmetric

@@ -44,7 +44,7 @@ IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 # Architecture options a config may set (see jaxgen.nets.classifiers); each arch has a subset.
 _ARCH_KEYS = ("small_input", "head", "width", "width_mult", "dropout", "spinal_width",
               "spinal_layers", "spinal_dropout", "image_size", "patch_size", "hidden_dim",
-              "num_layers", "num_heads", "mlp_dim", "attention_dropout")
+              "num_layers", "num_heads", "mlp_dim", "attention_dropout", "bn_momentum")
 
 
 def default_arch_kw(arch: str) -> dict[str, Any]:

@@ -26,9 +26,9 @@ _REGISTRY: dict[str, tuple[Callable[..., nn.Module], frozenset[str]]] = {
     "resnet18": (resnet.resnet18, frozenset(_CNN_KW | {"width"})),
     "resnet50": (resnet.resnet50, frozenset(_CNN_KW | {"width"})),
     "mobilenet_v3_large": (mobilenet_v3.mobilenet_v3_large,
-                           frozenset(_CNN_KW | {"width_mult", "dropout"})),
+                           frozenset(_CNN_KW | {"width_mult", "dropout", "bn_momentum"})),
     "mobilenet_v3_small": (mobilenet_v3.mobilenet_v3_small,
-                           frozenset(_CNN_KW | {"width_mult", "dropout"})),
+                           frozenset(_CNN_KW | {"width_mult", "dropout", "bn_momentum"})),
     "vit_b16": (vit.vit_b16, frozenset(_VIT_KW)),
     "vit_tiny": (vit.vit_tiny, frozenset(_VIT_KW)),
 }
@@ -66,7 +66,8 @@ def build_classifier(name: str, num_classes: int, **kw: Any) -> nn.Module:
     num_classes: number of logits.
     **kw: architecture options: head ('linear' | 'spinal'), spinal_width, spinal_layers,
       spinal_dropout, dtype ('float32' | 'bfloat16' or a jnp dtype); CNNs: small_input, (ResNet)
-      width, (MobileNet) width_mult, dropout; ViTs: image_size, patch_size, hidden_dim,
+      width, (MobileNet) width_mult, dropout, bn_momentum (fraction of BatchNorm running
+      averages kept per step, torchvision 0.99); ViTs: image_size, patch_size, hidden_dim,
       num_layers, num_heads, mlp_dim, dropout, attention_dropout.
 
   Raises:
@@ -89,7 +90,7 @@ def build_classifier(name: str, num_classes: int, **kw: Any) -> nn.Module:
             "num_layers", "num_heads", "mlp_dim"):
     if k in kw:
       _positive_int(f"classifier.{k}", kw[k])
-  for k in ("dropout", "spinal_dropout", "attention_dropout"):
+  for k in ("dropout", "spinal_dropout", "attention_dropout", "bn_momentum"):
     if k in kw and not 0.0 <= float(kw[k]) < 1.0:
       raise ConfigError(f"classifier.{k}", kw[k], "a rate in [0, 1)")
   if key.startswith("vit"):

@@ -26,7 +26,10 @@ from jaxgen.nets.spinal import apply_head, conv_kaiming_fan_out
 
 Dtype = Any
 
-# torchvision builds MobileNetV3 with BatchNorm2d(eps=0.001, momentum=0.01).
+# torchvision builds MobileNetV3 with BatchNorm2d(eps=0.001, momentum=0.01); flax's momentum is
+# the fraction of the running average kept, hence 0.99. Its ~100-step memory lags weights trained
+# from scratch for a few hundred steps at a high learning rate (evaluation-mode accuracy then
+# sits at chance), so `bn_momentum` is configurable; short runs use 0.9.
 _BN_MOMENTUM = 0.99
 _BN_EPS = 1e-3
 
@@ -106,6 +109,7 @@ class InvertedResidual(nn.Module):
 
   cfg: BlockConfig
   stride: int
+  bn_momentum: float = _BN_MOMENTUM
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -113,7 +117,7 @@ class InvertedResidual(nn.Module):
     cfg = self.cfg
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
                              kernel_init=conv_kaiming_fan_out)
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=_BN_MOMENTUM,
+    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
                              epsilon=_BN_EPS, dtype=self.dtype)
     act = _act(cfg.activation)
     y = x
@@ -142,6 +146,7 @@ class MobileNetV3(nn.Module):
     dropout: dropout before the last Linear (0.2 in torchvision).
     head: 'linear' (torchvision classifier.3) or 'spinal' (replaces classifier.3).
     spinal_width, spinal_layers, spinal_dropout: SpinalHead options.
+    bn_momentum: fraction of the BatchNorm running averages kept per step (0.99 = torchvision).
     dtype: compute dtype; parameters and logits are float32.
   """
 
@@ -154,6 +159,7 @@ class MobileNetV3(nn.Module):
   spinal_width: int = 512
   spinal_layers: int = 4
   spinal_dropout: float = 0.5
+  bn_momentum: float = _BN_MOMENTUM
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -162,7 +168,7 @@ class MobileNetV3(nn.Module):
     """Returns logits, or (logits, features) with the hardswish output of classifier_0 (N, 1280
     for large / 1024 for small), i.e. the input of the last Linear."""
     cfgs = block_configs(self.variant, self.width_mult)
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=_BN_MOMENTUM,
+    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
                              epsilon=_BN_EPS, dtype=self.dtype)
     x = x.astype(self.dtype)
     x = nn.Conv(cfgs[0].in_channels, (3, 3), strides=1 if self.small_input else 2,
@@ -170,7 +176,8 @@ class MobileNetV3(nn.Module):
                 kernel_init=conv_kaiming_fan_out, name="stem_conv")(x)
     x = nn.hard_swish(norm(name="stem_bn")(x))
     for i, cfg in enumerate(cfgs):
-      x = InvertedResidual(cfg, cfg.stride, dtype=self.dtype, name=f"block{i + 1}")(x, train=train)
+      x = InvertedResidual(cfg, cfg.stride, bn_momentum=self.bn_momentum, dtype=self.dtype,
+                           name=f"block{i + 1}")(x, train=train)
     last_in = cfgs[-1].out_channels
     x = nn.Conv(6 * last_in, (1, 1), use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
                 kernel_init=conv_kaiming_fan_out, name="last_conv")(x)
