@@ -22,6 +22,7 @@ import numpy as np
 
 from jaxgen.errors import DataError
 from jaxgen.io.torch_state_dict import load_state_dict, to_flax_variables
+from jaxgen.nets.conv import Conv
 
 __all__ = [
     "FID_WEIGHTS_FILE", "FIDInceptionV3", "InceptionFeatures", "import_fid_inception",
@@ -78,7 +79,7 @@ class BasicConv(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     ph, pw = self.padding
-    x = nn.Conv(self.features, self.kernel, strides=(self.strides, self.strides),
+    x = Conv(self.features, self.kernel, strides=(self.strides, self.strides),
                 padding=((ph, ph), (pw, pw)), use_bias=False, name="conv")(x)
     x = nn.BatchNorm(use_running_average=True, epsilon=1e-3, name="bn")(x)
     return nn.relu(x)

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxgen.nets.common import group_count
+from jaxgen.nets.conv import Conv
 
 
 
@@ -24,9 +25,9 @@ class ConvEncoder(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    h = nn.Conv(self.channels[0], (3, 3), name="stem")(x)
+    h = Conv(self.channels[0], (3, 3), name="stem")(x)
     for i, c in enumerate(self.channels):
-      h = nn.Conv(c, (4, 4), strides=(2, 2), name=f"down{i}")(h)
+      h = Conv(c, (4, 4), strides=(2, 2), name=f"down{i}")(h)
       h = nn.silu(nn.GroupNorm(num_groups=group_count(c), name=f"norm{i}")(h))
     return nn.Dense(self.latent_dim, name="to_latent")(h.reshape((h.shape[0], -1)))
 
@@ -54,9 +55,9 @@ class ConvDecoder(nn.Module):
     h = nn.Dense(size * size * top, name="from_latent")(z).reshape((z.shape[0], size, size, top))
     for i, c in reversed(list(enumerate(self.channels))):
       h = nn.silu(nn.GroupNorm(num_groups=group_count(h.shape[-1]), name=f"norm{i}")(h))
-      h = nn.Conv(c, (3, 3), name=f"up{i}")(upsample_nearest(h))
+      h = Conv(c, (3, 3), name=f"up{i}")(upsample_nearest(h))
     h = nn.silu(nn.GroupNorm(num_groups=group_count(h.shape[-1]), name="norm_out")(h))
-    return nn.Conv(self.out_channels, (3, 3), name="to_image")(h)
+    return Conv(self.out_channels, (3, 3), name="to_image")(h)
 
 
 class ViewAutoencoder(nn.Module):

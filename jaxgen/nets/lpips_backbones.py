@@ -14,6 +14,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxgen.nets.conv import Conv
+
 
 def max_pool(x: jax.Array, window: int, stride: int, ceil_mode: bool = False) -> jax.Array:
   """`torch.nn.MaxPool2d(window, stride, ceil_mode=...)` without padding on NHWC input.
@@ -31,7 +33,7 @@ def max_pool(x: jax.Array, window: int, stride: int, ceil_mode: bool = False) ->
 
 
 def _conv(features: int, kernel: int, stride: int = 1, pad: int = 0, name: str | None = None):
-  return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
+  return Conv(features, (kernel, kernel), strides=(stride, stride),
                  padding=((pad, pad), (pad, pad)), name=name)
 
 

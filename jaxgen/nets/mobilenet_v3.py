@@ -22,6 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxgen.nets.conv import Conv
 from jaxgen.nets.spinal import apply_head, conv_kaiming_fan_out
 
 Dtype = Any
@@ -97,7 +98,7 @@ class SqueezeExcitation(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     c = x.shape[-1]
     s = jnp.mean(x.astype(jnp.float32), axis=(1, 2), keepdims=True).astype(self.dtype)
-    conv = functools.partial(nn.Conv, kernel_size=(1, 1), dtype=self.dtype, param_dtype=jnp.float32,
+    conv = functools.partial(Conv, kernel_size=(1, 1), dtype=self.dtype, param_dtype=jnp.float32,
                              kernel_init=conv_kaiming_fan_out, bias_init=nn.initializers.zeros)
     s = nn.relu(conv(self.squeeze, name="fc1")(s))
     s = nn.hard_sigmoid(conv(c, name="fc2")(s))
@@ -115,7 +116,7 @@ class InvertedResidual(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     cfg = self.cfg
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
+    conv = functools.partial(Conv, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
                              kernel_init=conv_kaiming_fan_out)
     norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
                              epsilon=_BN_EPS, dtype=self.dtype)
@@ -171,7 +172,7 @@ class MobileNetV3(nn.Module):
     norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
                              epsilon=_BN_EPS, dtype=self.dtype)
     x = x.astype(self.dtype)
-    x = nn.Conv(cfgs[0].in_channels, (3, 3), strides=1 if self.small_input else 2,
+    x = Conv(cfgs[0].in_channels, (3, 3), strides=1 if self.small_input else 2,
                 padding=((1, 1), (1, 1)), use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
                 kernel_init=conv_kaiming_fan_out, name="stem_conv")(x)
     x = nn.hard_swish(norm(name="stem_bn")(x))
@@ -179,7 +180,7 @@ class MobileNetV3(nn.Module):
       x = InvertedResidual(cfg, cfg.stride, bn_momentum=self.bn_momentum, dtype=self.dtype,
                            name=f"block{i + 1}")(x, train=train)
     last_in = cfgs[-1].out_channels
-    x = nn.Conv(6 * last_in, (1, 1), use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
+    x = Conv(6 * last_in, (1, 1), use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
                 kernel_init=conv_kaiming_fan_out, name="last_conv")(x)
     x = nn.hard_swish(norm(name="last_bn")(x))
     pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2)).astype(self.dtype)

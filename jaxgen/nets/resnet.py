@@ -20,6 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxgen.nets.conv import Conv
 from jaxgen.nets.spinal import apply_head, conv_kaiming_fan_out
 
 Dtype = Any
@@ -49,7 +50,7 @@ class ResidualBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
+    conv = functools.partial(Conv, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
                              kernel_init=conv_kaiming_fan_out)
     norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=_BN_MOMENTUM,
                              epsilon=_BN_EPS, dtype=self.dtype)
@@ -122,10 +123,10 @@ class ResNet(nn.Module):
     """Returns logits (N, num_classes), or (logits, pooled features (N, C)) if return_features."""
     x = x.astype(self.dtype)
     if self.small_input:
-      x = nn.Conv(self.width, (3, 3), padding=_pad(3), use_bias=False, dtype=self.dtype,
+      x = Conv(self.width, (3, 3), padding=_pad(3), use_bias=False, dtype=self.dtype,
                   param_dtype=jnp.float32, kernel_init=conv_kaiming_fan_out, name="conv1")(x)
     else:
-      x = nn.Conv(self.width, (7, 7), strides=2, padding=_pad(7), use_bias=False, dtype=self.dtype,
+      x = Conv(self.width, (7, 7), strides=2, padding=_pad(7), use_bias=False, dtype=self.dtype,
                   param_dtype=jnp.float32, kernel_init=conv_kaiming_fan_out, name="conv1")(x)
     x = nn.BatchNorm(use_running_average=not train, momentum=_BN_MOMENTUM, epsilon=_BN_EPS,
                      dtype=self.dtype, name="bn1")(x)

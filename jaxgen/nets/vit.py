@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxgen.errors import ConfigError, DataError
+from jaxgen.nets.conv import Conv
 from jaxgen.nets.spinal import apply_head, torch_linear_kernel_init
 
 Dtype = Any
@@ -145,7 +146,7 @@ class VisionTransformer(nn.Module):
     n = x.shape[0]
     p = self.patch_size
     fan_in = x.shape[-1] * p * p
-    x = nn.Conv(self.hidden_dim, (p, p), strides=p, padding="VALID", dtype=self.dtype,
+    x = Conv(self.hidden_dim, (p, p), strides=p, padding="VALID", dtype=self.dtype,
                 param_dtype=jnp.float32,
                 kernel_init=nn.initializers.normal(math.sqrt(1.0 / fan_in)),
                 name="conv_proj")(x.astype(self.dtype))
