@@ -25,6 +25,9 @@ def test_tiny_preset_writes_table1_transmission_and_report(tmp_path):
     for metric in ("psnr", "ssim", "lpips", "fid", "coherence"):
       assert isinstance(results["table1"][k][metric], float)
   assert {"psnr", "ssim"} <= set(results["table1"]["autoencoder"])
+  for metric in ("kid", "intra_kid", "inception_score", "lpips_diversity"):
+    assert isinstance(results["table1"]["1"][metric], float)
+  assert results["table1"]["real_views"]["inception_score"] >= 1.0
   assert results["num_classes"] == 12 and results["seed"] == 0
   assert "in-domain" in results["feature_network"] and results["data"].startswith("embedded")
   assert {r["bits"] for r in results["transmission"]} == {32, 4}

@@ -90,3 +90,37 @@ def test_sampling_keeps_observed_latents_clamped_exactly():
     assert np.isfinite(np.asarray(out)).all()
   loss, aux = jax.jit(lambda k: model.diffusion_loss(spec, params, k, z, config.diffusion))(jax.random.key(3))
   assert np.isfinite(float(loss)) and 0 <= float(aux["observed_views"]) < 4
+
+
+def test_set_metrics_match_direct_formulas():
+  """The extra Table I set metrics against direct computations on toy judges: intra-KID = mean
+  over classes (with >= 2 rows) of KID on that class's rows; IS = exp(E KL(p(y|x) || p(y)))
+  (NumPy, 10 splits of 4 rows); LPIPS diversity =
+  mean pairwise distance over all pairs (here < 1000 pairs, so every pair). Tolerance 1e-5."""
+  from jaxgen.metrics.kernel import kid
+  from jaxgen.mvld.evaluate import Judges, set_metrics
+
+  rng = np.random.default_rng(0)
+  fake = rng.integers(0, 256, (40, 4, 4, 3), dtype=np.uint8)
+  real = rng.integers(0, 256, (40, 4, 4, 3), dtype=np.uint8)
+  labels = np.repeat(np.arange(5), 8)
+  labels[-1] = 7  # a class with one row: left out of intra-KID
+  feats = lambda x: np.asarray(x, np.float64).reshape(len(x), -1)[:, :6] / 255.0  # noqa: E731
+  logits = lambda x: np.asarray(x, np.float64).reshape(len(x), -1)[:, :3] / 64.0  # noqa: E731
+  dist = lambda x, y: np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64)).mean((1, 2, 3))  # noqa: E731
+  judges = Judges(logits=logits, features=feats, lpips=dist, feature_network="toy",
+                  lpips_network="toy")
+  out = set_metrics(fake, real, labels, judges, seed=0)
+
+  per_class = [float(kid(feats(fake[labels == c]), feats(real[labels == c]), num_subsets=10,
+                         subset_size=8)[0]) for c in range(5)]
+  np.testing.assert_allclose(out["intra_kid"], np.mean(per_class), rtol=1e-5, atol=1e-7)
+  p = np.exp(logits(fake)) / np.exp(logits(fake)).sum(1, keepdims=True)
+  scores = []
+  for part in np.split(p, 10):
+    py = part.mean(0)
+    scores.append(np.exp(np.mean(np.sum(part * (np.log(part) - np.log(py)), 1))))
+  np.testing.assert_allclose(out["inception_score"], np.mean(scores), rtol=1e-5)
+  i, j = np.triu_indices(40, 1)
+  np.testing.assert_allclose(out["lpips_diversity"], dist(fake[i], fake[j]).mean(), rtol=1e-5)
+  assert {"fid", "kid", "precision", "recall", "density", "coverage"} <= set(out)

@@ -24,15 +24,22 @@ import numpy as np
 from jaxgen.metrics.coherence import coherence_from_logits
 from jaxgen.metrics.frechet import fid
 from jaxgen.metrics.image import psnr, ssim
+from jaxgen.metrics.inception_score import inception_score
+from jaxgen.metrics.intra import intra_class
 from jaxgen.metrics.kernel import kid
+from jaxgen.metrics.lpips import lpips_diversity
 from jaxgen.metrics.prdc import prdc
 from jaxgen.mvld import masking
 from jaxgen.mvld import model as mvld_model
 
 METRICS = ("psnr", "ssim", "lpips", "fid", "coherence")
-# Beyond Table I, on the same features as FID: KID (unbiased, less size-biased than FID) and
-# precision / recall / density / coverage (fidelity vs diversity of the generated views).
-EXTRA_METRICS = ("kid", "precision", "recall", "density", "coverage")
+# Beyond Table I, on the same equal-size subsamples as FID: KID (unbiased, less size-biased than
+# FID) and its intra-class mean (per object class, as intra-FID), precision / recall / density /
+# coverage (fidelity vs diversity), the Inception Score of the judge's logits (in-domain IS) and
+# the mean pairwise LPIPS of the set (diversity; compare with the real views').
+EXTRA_METRICS = ("kid", "intra_kid", "precision", "recall", "density", "coverage",
+                 "inception_score", "lpips_diversity")
+_DIVERSITY_PAIRS = 1000
 
 
 @dataclasses.dataclass
@@ -109,25 +116,63 @@ def evaluate_table1(generate: Callable, reconstruct: Callable, images: np.ndarra
     gen, true, lab = (np.concatenate(x) for x in (gen_views, true_views, view_labels))
     table[str(k)] = pair_metrics(gen, true, lab, judges, batch_size)
     table[str(k)]["num_generated_views"] = int(len(gen))
-    pools[k] = (gen, true)
+    pools[k] = (gen, true, lab)
   # FID on equal-size seeded subsamples (see module docstring).
-  n_fid = min(len(g) for g, _ in pools.values())
+  n_fid = min(len(g) for g, _, _ in pools.values())
   rng = np.random.default_rng(seed)
-  for k, (gen, true) in pools.items():
+  for k, (gen, true, lab) in pools.items():
     idx = rng.choice(len(gen), n_fid, replace=False)
-    table[str(k)].update(distribution_metrics(judges.features(gen[idx]), judges.features(true[idx])))
+    table[str(k)].update(set_metrics(gen[idx], true[idx], lab[idx], judges, seed))
     table[str(k)]["fid_num_images"] = int(n_fid)
   recon = _batched(reconstruct, (images,), batch_size)
   flat_recon = recon.reshape((-1,) + images.shape[2:])
   flat_true = images.reshape((-1,) + images.shape[2:])
   table["autoencoder"] = pair_metrics(flat_recon, flat_true, np.repeat(labels, num_views), judges,
                                       batch_size)
+  flat_labels = np.repeat(labels, num_views)
   idx = np.random.default_rng(seed).choice(len(flat_recon), min(n_fid, len(flat_recon)), replace=False)
-  table["autoencoder"].update(distribution_metrics(judges.features(flat_recon[idx]),
-                                                  judges.features(flat_true[idx])))
-  table["real_views"] = {"coherence": float(np.mean(
-      np.argmax(judges.logits(flat_true), -1) == np.repeat(labels, num_views)))}
+  table["autoencoder"].update(set_metrics(flat_recon[idx], flat_true[idx], flat_labels[idx],
+                                          judges, seed))
+  real_logits = judges.logits(flat_true[idx])
+  table["real_views"] = {
+      "coherence": float(np.mean(np.argmax(judges.logits(flat_true), -1) == flat_labels)),
+      "inception_score": _inception_score(real_logits),
+      "lpips_diversity": _diversity(flat_true[idx], judges, seed),
+  }
   return table, examples
+
+
+def _inception_score(logits: np.ndarray) -> float:
+  return float(inception_score(logits, num_splits=min(10, len(logits)))[0])
+
+
+def _diversity(images: np.ndarray, judges: Judges, seed: int) -> float:
+  n = len(images)
+  return float(lpips_diversity(images, max_pairs=min(_DIVERSITY_PAIRS, n * (n - 1) // 2),
+                               key=jax.random.key(seed), distance_fn=judges.lpips))
+
+
+def _intra_kid(fake: np.ndarray, real: np.ndarray, labels: np.ndarray) -> float:
+  """Mean over classes of KID between the class's fake and real features (paired rows, so both
+  sets have the same labels); classes with fewer than 2 rows are left out."""
+  values, counts = np.unique(labels, return_counts=True)
+  classes = [int(c) for c, n in zip(values, counts) if n >= 2]
+  if not classes:
+    return float("nan")
+  per_class = lambda a, b: kid(a, b, num_subsets=10, subset_size=min(len(a), len(b), 100))[0]  # noqa: E731
+  return float(intra_class(per_class, fake, labels, real, labels, classes=classes)["mean"])
+
+
+def set_metrics(fake_images: np.ndarray, real_images: np.ndarray, labels: np.ndarray,
+                judges: Judges, seed: int) -> dict[str, float]:
+  """The set-level metrics of a column: FID, KID, PRDC and intra-KID on the judge's features,
+  in-domain IS of the judge's logits and LPIPS diversity of `fake_images`."""
+  fake, real = judges.features(fake_images), judges.features(real_images)
+  out = distribution_metrics(fake, real)
+  out["intra_kid"] = _intra_kid(np.asarray(fake), np.asarray(real), labels)
+  out["inception_score"] = _inception_score(judges.logits(fake_images))
+  out["lpips_diversity"] = _diversity(fake_images, judges, seed)
+  return out
 
 
 def distribution_metrics(fake: np.ndarray, real: np.ndarray) -> dict[str, float]:

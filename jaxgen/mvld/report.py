@@ -5,6 +5,7 @@ from __future__ import annotations
 import ml_collections
 
 from jaxgen.io.report import markdown_table, write_report, write_results
+from jaxgen.mvld.evaluate import EXTRA_METRICS
 
 # Paper 000 Table I (NMR, 4 views, InceptionV3 FID, SqueezeNet LPIPS), for side-by-side reading.
 PAPER_TABLE1 = {
@@ -51,7 +52,7 @@ def write(config: ml_collections.ConfigDict, workdir: str, data: dict, table1_re
     row += [table["autoencoder"].get(metric, float("nan"))]
     row += [" / ".join(f"{PAPER_TABLE1[k][metric]:.4g}" for k in counts if k in PAPER_TABLE1)]
     rows.append(row)
-  for metric in ("kid", "precision", "recall", "density", "coverage"):
+  for metric in EXTRA_METRICS:
     rows.append([f"{metric} (extra)"] + [table[k].get(metric, float("nan")) for k in counts] +
                 [table["autoencoder"].get(metric, float("nan")), "-"])
   t1 = markdown_table(["metric"] + [f"{k} observed" for k in counts] +
@@ -66,6 +67,11 @@ def write(config: ml_collections.ConfigDict, workdir: str, data: dict, table1_re
       f"Coherence with {counts[-1]} observed views is {coh:.3f} against chance {chance:.3f} "
       f"({data['num_classes']} classes); the judge classifier labels real test views correctly "
       f"{table['real_views']['coherence']:.3f} of the time.",
+      f"Real test views, for the extra rows: in-domain IS "
+      f"{table['real_views'].get('inception_score', float('nan')):.3f}, LPIPS diversity "
+      f"{table['real_views'].get('lpips_diversity', float('nan')):.3f} (mean pairwise LPIPS; "
+      "generated views close to it are as varied as real ones). IS and diversity use the judge "
+      "networks named below; intra_kid is KID per object class, averaged.",
       f"FID uses {table1_record['feature_network']}; computed on "
       f"{table[counts[0]]['fid_num_images']} images per column (equal sizes so columns compare).",
       f"LPIPS column: {table1_record['lpips_network']}.",
