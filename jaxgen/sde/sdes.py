@@ -109,18 +109,13 @@ def _check_positive(name: str, value: float) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
-class VPSDE(_LinearSDE):
-  """Variance-preserving SDE dx = -beta(t) x / 2 dt + sqrt(beta(t)) dW (Song et al. 2021 eq. 11).
-
-  beta(t) = beta_min + t (beta_max - beta_min) / T; with B(t) = int_0^t beta, a(t) = exp(-B/2) and
-  s(t)^2 = 1 - exp(-B). Prior N(0, I).
-  """
+class _LinearBetaSDE(_LinearSDE):
+  """The linear noise-rate schedule beta(t) = beta_min + t (beta_max - beta_min) / T and the
+  drift -beta(t) x / 2 that the VP and sub-VP SDEs share; a(t) = exp(-B(t)/2), B = int_0^t beta."""
 
   beta_min: float = 0.1
   beta_max: float = 20.0
   T: float = 1.0
-  name = "vpsde"
-  prior_std = 1.0
 
   def __post_init__(self):
     _check_positive("sde.beta_min", self.beta_min)
@@ -136,22 +131,34 @@ class VPSDE(_LinearSDE):
     """B(t) = int_0^t beta(u) du."""
     return self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t ** 2 / self.T
 
+  def mean_coeff(self, t: Array) -> Array:
+    """a(t): the mean of q(x_t | x_0) is a(t) x_0."""
+    return jnp.exp(-0.5 * self.integral_beta(t))
+
+  def drift_coeff(self, t: Array) -> Array:
+    """f(t) with drift f(t) x."""
+    return -0.5 * self.beta(t)
+
+
+@dataclasses.dataclass(frozen=True)
+class VPSDE(_LinearBetaSDE):
+  """Variance-preserving SDE dx = -beta(t) x / 2 dt + sqrt(beta(t)) dW (Song et al. 2021 eq. 11).
+
+  beta(t) = beta_min + t (beta_max - beta_min) / T; with B(t) = int_0^t beta, a(t) = exp(-B/2) and
+  s(t)^2 = 1 - exp(-B). Prior N(0, I).
+  """
+
+  name = "vpsde"
+  prior_std = 1.0
+
   def inverse_integral_beta(self, b: Array) -> Array:
     """t such that B(t) = b (the positive root of the quadratic B)."""
     k = (self.beta_max - self.beta_min) / self.T
     return (jnp.sqrt(self.beta_min ** 2 + 2.0 * k * b) - self.beta_min) / k
 
-  def mean_coeff(self, t: Array) -> Array:
-    """a(t): the mean of q(x_t | x_0) is a(t) x_0."""
-    return jnp.exp(-0.5 * self.integral_beta(t))
-
   def marginal_std(self, t: Array) -> Array:
     """s(t): the std of q(x_t | x_0)."""
     return jnp.sqrt(-jnp.expm1(-self.integral_beta(t)))
-
-  def drift_coeff(self, t: Array) -> Array:
-    """f(t) with drift f(t) x."""
-    return -0.5 * self.beta(t)
 
   def diffusion(self, t: Array) -> Array:
     """g(t)."""
@@ -159,43 +166,18 @@ class VPSDE(_LinearSDE):
 
 
 @dataclasses.dataclass(frozen=True)
-class SubVPSDE(_LinearSDE):
+class SubVPSDE(_LinearBetaSDE):
   """Sub-VP SDE dx = -beta x / 2 dt + sqrt(beta(t) (1 - exp(-2 B(t)))) dW (Song et al. 2021 eq. 12).
 
   Same drift as VP; a(t) = exp(-B/2) and s(t) = 1 - exp(-B), always below the VP std. Prior N(0, I).
   """
 
-  beta_min: float = 0.1
-  beta_max: float = 20.0
-  T: float = 1.0
   name = "subvpsde"
   prior_std = 1.0
-
-  def __post_init__(self):
-    _check_positive("sde.beta_min", self.beta_min)
-    _check_positive("sde.T", self.T)
-    if not self.beta_max > self.beta_min:
-      raise ConfigError("sde.beta_max", self.beta_max, f"a number > beta_min={self.beta_min}")
-
-  def beta(self, t: Array) -> Array:
-    """Noise rate beta(t), linear in t."""
-    return self.beta_min + t / self.T * (self.beta_max - self.beta_min)
-
-  def integral_beta(self, t: Array) -> Array:
-    """B(t) = int_0^t beta(u) du."""
-    return self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t ** 2 / self.T
-
-  def mean_coeff(self, t: Array) -> Array:
-    """a(t): the mean of q(x_t | x_0) is a(t) x_0."""
-    return jnp.exp(-0.5 * self.integral_beta(t))
 
   def marginal_std(self, t: Array) -> Array:
     """s(t): the std of q(x_t | x_0)."""
     return -jnp.expm1(-self.integral_beta(t))
-
-  def drift_coeff(self, t: Array) -> Array:
-    """f(t) with drift f(t) x."""
-    return -0.5 * self.beta(t)
 
   def diffusion(self, t: Array) -> Array:
     """g(t)."""
