@@ -29,7 +29,6 @@ import ml_collections
 
 from jaxgen import configlib
 from jaxgen.classifier.train import classifier_config
-from jaxgen.errors import ConfigError
 
 MATRIX_ARCHS = ("resnet18", "resnet50", "mobilenet_v3_large", "mobilenet_v3_small", "vit_tiny")
 MATRIX = tuple(f"{a}_{d}" for a in MATRIX_ARCHS for d in ("multiview", "digits"))
@@ -63,11 +62,8 @@ def _data(**overrides) -> ml_collections.ConfigDict:
 
 
 def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
-  preset = preset or "default"
-  if preset not in PRESETS:
-    raise ConfigError("preset", preset, "one of " + ", ".join(PRESETS))
-  c = configlib.base_config("classifier")
-  c.preset = preset
+  c = configlib.base_config("classifier", preset, PRESETS)
+  preset = c.preset
   c.data = _data()
   c.init_from = ml_collections.ConfigDict({"workdir": "", "name": "classifier"})
   c.evaluate = ml_collections.ConfigDict({"num_train_examples": 1000})

@@ -13,7 +13,6 @@ from __future__ import annotations
 import ml_collections
 
 from jaxgen import configlib
-from jaxgen.errors import ConfigError
 from jaxgen.classifier.train import classifier_config
 
 PRESETS = ("tiny", "default", "nmr")
@@ -22,11 +21,8 @@ NMR_TRAIN_OBJECTS = 30_642
 
 
 def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
-  preset = preset or "default"
-  if preset not in PRESETS:
-    raise ConfigError("preset", preset, "one of " + ", ".join(PRESETS))
-  c = configlib.base_config("mvld")
-  c.preset = preset
+  c = configlib.base_config("mvld", preset, PRESETS)
+  preset = c.preset
   c.data = ml_collections.ConfigDict({
       "name": "multiview",  # 'multiview' (embedded renderer) or 'nmr' (on disk)
       "data_dir": "",  # cache (multiview) or NMR root (nmr); '' = WORKDIR/data

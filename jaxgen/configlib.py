@@ -8,7 +8,7 @@ command line fails in a second with one line naming the key.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import ml_collections
 
@@ -62,11 +62,18 @@ def train_config(num_steps: int, batch_size: int, lr: float = 1e-4, optimizer: s
   return cfg
 
 
-def base_config(method: str) -> ml_collections.ConfigDict:
-  """Fields every method has: which method, the seed, the mesh, the data and logging."""
+def base_config(method: str, preset: str | None = None,
+                presets: Sequence[str] = ("default",)) -> ml_collections.ConfigDict:
+  """Fields every method has: which method and preset, the seed, the mesh, the data and logging.
+
+  `preset` (None = 'default') must be one of `presets`, else ConfigError naming them.
+  """
+  preset = preset or "default"
+  if preset not in presets:
+    raise ConfigError("preset", preset, "one of " + ", ".join(presets))
   return ml_collections.ConfigDict({
       "method": method,
-      "preset": "default",
+      "preset": preset,
       "seed": 0,
       "mesh": mesh_config(),
       "data": ml_collections.ConfigDict({"name": "multiview", "data_dir": ""}),
