@@ -200,6 +200,7 @@ def multiview_source(split: str, *, data_dir: str | None = None, seed: int = 0,
 _REGISTRY: dict[str, str | Callable[..., Source]] = {
     "multiview": "jaxgen.data.sources:multiview_source",
     "digits": "jaxgen.data.digits:digits_source",
+    "faces": "jaxgen.data.faces:faces_source",
     "tfds": "jaxgen.data.tfds_source:tfds_source",
     "folder": "jaxgen.data.folder:folder_source",
     "nmr": "jaxgen.data.nmr:nmr_source",
