@@ -23,6 +23,7 @@ from jaxgen import sde as sde_lib
 from jaxgen.errors import ConfigError
 from jaxgen.mvld import masking
 from jaxgen.nets.autoencoder import ViewAutoencoder
+from jaxgen.nets.common import to_model_range, to_uint8  # noqa: F401 (re-exported)
 from jaxgen.nets.score_nets import ResidualMLPScoreNet, ViewAttentionScoreNet
 
 SCORE_NETS = ("mlp", "attention")
@@ -80,15 +81,6 @@ def build_spec(config: ml_collections.ConfigDict) -> MVLDSpec:
   sde = sde_lib.get_sde(config.diffusion.sde, **dict(config.diffusion.sde_params))
   return MVLDSpec(config.data.num_views, config.autoencoder.latent_dim, config.data.image_size,
                   ae, net, sde)
-
-
-def to_model_range(images: jax.Array) -> jax.Array:
-  """uint8 [0, 255] -> float32 [-1, 1]."""
-  return images.astype(jnp.float32) / 127.5 - 1.0
-
-
-def to_uint8(images: jax.Array) -> jax.Array:
-  return jnp.clip(jnp.round((images + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
 
 
 def encode_views(spec: MVLDSpec, ae_params: Any, images: jax.Array) -> jax.Array:
