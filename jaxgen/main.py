@@ -24,6 +24,7 @@ from jaxgen.errors import ConfigError, JaxgenError
 METHODS = {
     "mvld": "jaxgen.mvld.main",
     "classifier": "jaxgen.classifier.main",
+    "lrgmm": "jaxgen.lrgmm.main",
 }
 
 

@@ -98,22 +98,22 @@ def _full_covariances(x, resp, nk, means, reg):
     rk, mk, n = args
     diff = x - mk
     return (diff * rk[:, None]).T @ diff / n
-  covs = jax.lax.map(one, (resp.T, means, nk))
+  covs = jax.vmap(lambda r, m, n: one((r, m, n)))(resp.T, means, nk)
   return covs + reg * jnp.eye(x.shape[1], dtype=x.dtype)
 
 
 # --------------------------------------------------------------------------- E-step
 
-def _full_log_probs(x, means, covs, reg, block):
+def _full_log_probs(x, means, covs, reg, block, replicate=lambda t: t, pure=False):
   """log N(x_j | mu_k, Sigma_k) [N, K] from d x d covariances."""
   d = x.shape[1]
   diff_t = jnp.swapaxes(x[None] - means[:, None], 1, 2)  # [K, d, N]
-  z, _, logdet = linalg.whiten(covs, diff_t, reg, block)
+  z, _, logdet = linalg.whiten(replicate(covs), replicate(diff_t), reg, block, pure)
   quad = jnp.sum(z * z, axis=1)  # [K, N]
   return (-0.5 * (d * _LOG_2PI + logdet[:, None] + quad)).T
 
 
-def _dual_log_probs(gram, w, d, reg, block):
+def _dual_log_probs(gram, w, d, reg, block, replicate=lambda t: t, pure=False):
   """log N(x_j | mu_k, Sigma_k) [N, K] of the training points, Sigma_k = A^T A + reg I (dual)."""
   n = gram.shape[0]
 
@@ -133,7 +133,7 @@ def _dual_log_probs(gram, w, d, reg, block):
     return lifted, b, c_diag, v, sigma, alpha
 
   lifted, b, c_diag, v, sigma, alpha = jax.vmap(prepare)(w)
-  z, diag_inv, logdet = linalg.whiten(lifted, b, reg, block)
+  z, diag_inv, logdet = linalg.whiten(replicate(lifted), replicate(b), reg, block, pure)
   corr = (1.0 / reg - 1.0 / (reg + alpha)) / sigma  # [K]: undo the lift along v / |v|
   vb = jnp.einsum("kn,knm->km", v, b)
   h = jnp.sum(z * z, axis=1) + corr[:, None] * vb ** 2
@@ -157,9 +157,18 @@ def _e_step(log_probs, weights, valid):
 
 # --------------------------------------------------------------------------- the loop
 
-@functools.partial(jax.jit, static_argnames=("form", "max_iter", "block", "from_params"))
-def _fit(x, valid, resp0, weights0, means0, covs0, tol, reg, *, form, max_iter, block, from_params):
+@functools.partial(jax.jit, static_argnames=("form", "max_iter", "block", "from_params", "mesh"))
+def _fit(x, valid, resp0, weights0, means0, covs0, tol, reg, *, form, max_iter, block, from_params,
+         mesh):
   n, d = x.shape
+
+  def replicate(t):
+    # The factorisations (LAPACK custom calls, and the eigh fallback inside a lax.cond) run on
+    # replicated operands: partitioning them deadlocked XLA:CPU with 8 devices.
+    return t if mesh is None else jax.lax.with_sharding_constraint(t, NamedSharding(mesh, P()))
+
+  pure = mesh is not None and mesh.size > 1 and jax.default_backend() == "cpu"
+
   k = resp0.shape[1]
   n_valid = jnp.sum(valid)
   gram = x @ x.T if form == "dual" else None
@@ -174,12 +183,12 @@ def _fit(x, valid, resp0, weights0, means0, covs0, tol, reg, *, form, max_iter, 
   def log_probs(params):
     weights, means, extra = params
     if form == "dual":
-      return _dual_log_probs(gram, extra, d, reg, block)
-    return _full_log_probs(x, means, extra, reg, block)
+      return _dual_log_probs(gram, extra, d, reg, block, replicate, pure)
+    return _full_log_probs(x, means, extra, reg, block, replicate, pure)
 
   # The first E-step: from the given parameters, or from sklearn's initial M-step on resp0.
   if from_params:
-    lp0 = _full_log_probs(x, means0, covs0, reg, block)
+    lp0 = _full_log_probs(x, means0, covs0, reg, block, replicate, pure)
     ll, resp = _e_step(lp0, weights0, valid)
   else:
     weights, means, extra = m_step(resp0)
@@ -278,7 +287,7 @@ def fit_gmm(x: Any, num_components: int, *, init: str | tuple = "kmeans++", max_
     raise ConfigError("gmm.max_iter", 0, "at least 1 iteration (the parameters come from the EM)")
   params, history, lower_bound, converged, it, labels = _fit(
       xp, valid, resp0, weights0, means0, covs0, jnp.asarray(tol, dtype), jnp.asarray(reg_covar, dtype),
-      form=form, max_iter=max_iter, block=block, from_params=from_params)
+      form=form, max_iter=max_iter, block=block, from_params=from_params, mesh=mesh)
   weights, means, extra = params
   return GaussianMixture(
       weights=weights, means=means,

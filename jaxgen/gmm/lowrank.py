@@ -68,7 +68,8 @@ def _eigs_dual(support, support_weights, means, reg, rank):
     lam = jnp.maximum(evals, 0.0)
     basis = (a.T @ q) * jnp.where(lam > 0, jax.lax.rsqrt(jnp.maximum(lam, 1e-30)), 0.0)
     return basis, lam + reg
-  return jax.lax.map(lambda t: one(*t), (support_weights, means))
+  # vmap, not lax.map: jaxlib's CPU eigh inside a loop deadlocks with several simulated devices.
+  return jax.vmap(one)(support_weights, means)
 
 
 def low_rank(mixture: GaussianMixture, dims: np.ndarray) -> LowRankMixture:
@@ -93,7 +94,10 @@ def low_rank(mixture: GaussianMixture, dims: np.ndarray) -> LowRankMixture:
 @functools.partial(jax.jit, static_argnames=("num_samples",))
 def _sample(lr, key, num_samples, components):
   k_eps = jax.random.fold_in(key, 1)
-  eps = jax.random.normal(k_eps, (num_samples, lr.scales.shape[1]), lr.means.dtype)
+  # Draw [n, d0] and keep the first r_max columns: sample i's eps then depends on the key and i
+  # only, not on r_max = max_k d_k (a [n, r_max] draw reshuffles the stream when r_max changes).
+  eps = jax.random.normal(k_eps, (num_samples, lr.means.shape[1]), lr.means.dtype)
+  eps = eps[:, :lr.scales.shape[1]]
   coeffs = eps * lr.scales[components]
   return jnp.einsum("bdr,br->bd", lr.bases[components], coeffs) + lr.means[components]
 

@@ -1,0 +1,96 @@
+"""LR-GMM-NN: the tiny preset end to end from the command line, bad input before training, the model."""
+
+import json
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from jaxgen import main as jaxgen_main
+from jaxgen.lrgmm import model as lrgmm
+
+TINY = "--config=configs/lrgmm.py:tiny"
+
+
+def test_tiny_preset_end_to_end(tmp_path):
+  """Every stage runs; results.json has table1[N][method] with fid/precision/recall and timing."""
+  assert jaxgen_main.run(["jaxgen.main", TINY, f"--workdir={tmp_path}"]) == 0
+  results = json.loads((tmp_path / "results.json").read_text())
+  assert set(results["table1"]) == {"8", "64"}
+  for n in ("8", "64"):
+    for method in ("lr_gmm", "lr_gmm_nn", "nn_only"):
+      row = results["table1"][n][method]
+      assert np.isfinite(row["fid"]) and 0 <= row["precision"] <= 1 and 0 <= row["recall"] <= 1
+    timing = results["timing"][n]
+    for key in ("p0_compute_s", "encoding_s", "training_s", "sampling_per_image_s",
+                "refining_per_image_s", "decoding_per_image_s"):
+      assert timing[key] >= 0
+  assert results["fits"]["8"]["form"] == "dual" and results["fits"]["64"]["form"] == "full"
+  assert len(results["sweep"]) == 2 and "in-domain" in results["feature_network"]
+  assert results["seed"] == 0 and results["data"].startswith("embedded registered faces")
+  report = (tmp_path / "report.md").read_text()
+  assert "Table 1" in report and "Memorisation" in report and "seed: 0" in report
+  for png in ("samples/centroids.png", "samples/N64_methods.png", "samples/N8_latent_maps.png",
+              "samples/sweep_lowrank.png", "eval/memorisation.png"):
+    assert (tmp_path / png).stat().st_size > 100
+  before = (tmp_path / "results.json").read_text()
+  assert jaxgen_main.run(["jaxgen.main", TINY, f"--workdir={tmp_path}"]) == 0  # all stages skipped
+  assert (tmp_path / "results.json").read_text() == before
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("--config.latent.num_channels=9", "config.latent.num_channels=9"),
+    ("--config.nn.patch_size=4", "config.nn.patch_size=4"),
+    ("--config.table1.sizes=[8,65]", "config.table1.sizes"),
+    ("--config.table1.components=[1,100]", "config.table1.components"),
+    ("--config.evaluate.sweep_size=7", "config.evaluate.sweep_size=7"),
+    ("--config.gmm.init=spectral", "config.gmm.init='spectral'"),
+    ("--config.gmm.reg_covar=0.0", "config.gmm.reg_covar=0.0"),
+    ("--config.data.image_size=18", "config.data.image_size=18"),
+    ("--config.autoencoder.kind=vqgan", "config.autoencoder.checkpoint_path=''"),
+    ("--config.evaluate.inception_path=/nonexistent.pth", "config.evaluate.inception_path"),
+    ("--config.lowrank.temperature=-1.0", "config.lowrank.temperature=-1.0"),
+])
+def test_bad_values_exit_2_before_training(tmp_path, capsys, override, needle):
+  """One line naming the key, exit code 2, and nothing trained (no checkpoint written)."""
+  assert jaxgen_main.run(["jaxgen.main", TINY, f"--workdir={tmp_path}", override]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and needle in err[0], err
+  assert not (tmp_path / "checkpoints").exists()
+
+
+def test_model_fit_sample_refine_decode():
+  """The algorithm box on a toy identity codec: shapes, NN output made of training codes only."""
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 255, (40, 8, 8, 3), dtype=np.uint8)
+
+  def encode(x):  # [N, 8, 8, 3] -> a 4x4x12 latent map (space-to-depth): lossless and registered
+    x = np.asarray(x, np.float32) / 127.5 - 1
+    return x.reshape(len(x), 4, 2, 4, 2, 3).transpose(0, 1, 3, 2, 4, 5).reshape(len(x), 4, 4, 12)
+
+  def decode(z):
+    z = np.asarray(z).reshape(len(z), 4, 4, 2, 2, 3).transpose(0, 1, 3, 2, 4, 5).reshape(len(z), 8, 8, 3)
+    return np.clip(np.round((z + 1) * 127.5), 0, 255).astype(np.uint8)
+
+  gmm_cfg = ml_collections.ConfigDict({"init": "kmeans", "max_iter": 20, "tol": 1e-3, "reg_covar": 1e-6})
+  model, timing = lrgmm.fit(encode, images, num_channels=12, num_components=2, gmm_cfg=gmm_cfg,
+                            temperature=0.12, fixed_dim=0, max_rank=16, key=jax.random.key(0))
+  assert model.codes.shape == (40, 4, 4, 12) and set(np.unique(model.labels)) <= {0, 1}
+  assert timing["setup_total_s"] > 0
+  # With q = c, P0* o P0 is the identity: decoding the training codes gives the images back.
+  np.testing.assert_array_equal(lrgmm.decode_codes(decode, model.projector, model.codes), images)
+  codes, comps = lrgmm.sample_codes(model, jax.random.key(1), 10)
+  assert codes.shape == (10, 4, 4, 12) and comps.shape == (10,)
+  nn_cfg = ml_collections.ConfigDict({"patch_size": 3, "num_iters": 1, "same_position": True,
+                                      "same_cluster": True, "chunk_size": 4})
+  out = lrgmm.refine(model, codes, comps, nn_cfg)
+  idx = np.asarray(out.indices)
+  rows, cols = np.meshgrid(np.arange(4), np.arange(4), indexing="ij")
+  np.testing.assert_allclose(np.asarray(out.latents), model.codes[idx, rows[None], cols[None]], atol=1e-6)
+  # Same-cluster restriction: every copied pixel comes from a training image of the sample's cluster.
+  assert np.all(model.labels[idx] == np.asarray(comps)[:, None, None])
+  # Fig. 6c prior: every latent pixel is some training image's pixel at that position.
+  rand = lrgmm.random_codes(model, jax.random.key(2), 5)
+  match = (rand[:, None] == model.codes[None]).all(-1).any(1)
+  assert match.all()
