@@ -37,7 +37,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   })
   c.autoencoder = ml_collections.ConfigDict({
       "kind": "spatial",  # 'spatial' (trained here on A) or 'vqgan' (taming checkpoint)
-      "channels": [32, 64],  # spatial: one stride-2 level each -> latent side = image_size / 4
+      "channels": (32, 64),  # spatial: one stride-2 level each -> latent side = image_size / 4
       "latent_channels": 32,  # c
       "checkpoint_path": "",  # vqgan: the taming-transformers .ckpt
       "vqgan_preset": "ffhq_f16",  # vqgan architecture (jaxgen.nets.vqgan.VQGANConfig presets)
@@ -65,7 +65,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
       "chunk_size": 64,
   })
   # Table 1 columns: N images of X and K components for each (paper: K = 1 at N = 32).
-  c.table1 = ml_collections.ConfigDict({"sizes": [32, 512, 4096], "components": [1, 8, 8]})
+  c.table1 = ml_collections.ConfigDict({"sizes": (32, 512, 4096), "components": (1, 8, 8)})
   # The in-domain network behind FID / precision / recall (no InceptionV3 weights can be
   # downloaded here), trained on A's attribute labels; evaluate.inception_path replaces it.
   c.classifier = classifier_config("resnet18", num_steps=600, batch_size=128, lr=1e-3,
@@ -76,28 +76,28 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
       "pr_k": 3,  # k of improved precision/recall (Kynkaanniemi et al., the paper's IPR)
       "inception_path": "",
       "sweep_size": 512,  # N for the d_k sweep (Fig. 8)
-      "sweep_temperatures": [0.01, 0.03, 0.12, 0.5, 2.0],
+      "sweep_temperatures": (0.01, 0.03, 0.12, 0.5, 2.0),
       "num_grid": 8,
   })
 
   if preset == "tiny":
     c.data.update(image_size=16, num_aux=96, num_target=64, num_test=32)
-    c.autoencoder.update(channels=[8, 16], latent_channels=8)
+    c.autoencoder.update(channels=(8, 16), latent_channels=8)
     c.autoencoder.train.update(num_steps=10, batch_size=16, steps_per_call=5, log_every=5,
                                checkpoint_every=10)
     c.latent.num_channels = 4
     c.gmm.max_iter = 10
     c.nn.update(patch_size=3, chunk_size=16)
-    c.table1.update(sizes=[8, 64], components=[1, 2])
+    c.table1.update(sizes=(8, 64), components=(1, 2))
     c.classifier = classifier_config("resnet18", num_steps=10, batch_size=16, lr=1e-3,
                                      arch_kw={"width": 8})
-    c.evaluate.update(num_samples=32, batch_size=16, sweep_size=64, sweep_temperatures=[0.1, 1.0],
+    c.evaluate.update(num_samples=32, batch_size=16, sweep_size=64, sweep_temperatures=(0.1, 1.0),
                       num_grid=4)
   elif preset == "celebahq":
     c.data.update(name="folder", image_size=256, num_aux=0, num_target=28000, num_test=2000)
     c.autoencoder.update(kind="vqgan", latent_channels=256)
     c.latent.num_channels = 8
-    c.table1.update(sizes=[32, 1024, 28000], components=[1, 8, 64])
+    c.table1.update(sizes=(32, 1024, 28000), components=(1, 8, 64))
     c.nn.chunk_size = 16
     c.evaluate.update(num_samples=10000, batch_size=100, sweep_size=1024)
   return c

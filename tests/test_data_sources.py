@@ -32,8 +32,8 @@ def _one_line(err):
 # --------------------------------------------------------------------------- registry
 
 def test_registry_unknown_name_and_option():
-  assert set(known_sources()) == {"multiview", "digits", "tfds", "folder", "nmr"}
-  with pytest.raises(ConfigError, match="digits, folder, multiview, nmr, tfds"):
+  assert set(known_sources()) == {"multiview", "digits", "faces", "tfds", "folder", "nmr"}
+  with pytest.raises(ConfigError, match="digits, faces, folder, multiview, nmr, tfds"):
     get_source("imagenet", "train")
   with pytest.raises(ConfigError, match="config.data.colour=.*an option of source 'digits'"):
     get_source("digits", "train", colour=3)

@@ -1,6 +1,7 @@
 """LR-GMM-NN: the tiny preset end to end from the command line, bad input before training, the model."""
 
 import json
+import sys
 
 import jax
 import ml_collections
@@ -9,6 +10,7 @@ import pytest
 
 from jaxgen import main as jaxgen_main
 from jaxgen.lrgmm import model as lrgmm
+from test_torch_state_dict import fake_torch  # noqa: F401 (fixture)
 
 TINY = "--config=configs/lrgmm.py:tiny"
 
@@ -34,6 +36,13 @@ def test_tiny_preset_end_to_end(tmp_path):
   for png in ("samples/centroids.png", "samples/N64_methods.png", "samples/N8_latent_maps.png",
               "samples/sweep_lowrank.png", "eval/memorisation.png"):
     assert (tmp_path / png).stat().st_size > 100
+  # The results page is generated from the JSON and every table number is checked against it.
+  from jaxgen.lrgmm import claims, results_page
+  summary = claims.summarise({0: results, 1: results})
+  assert summary["nn_lowers_fid"]["64"]["num_seeds"] == 2
+  page = results_page.build(results, summary, str(tmp_path))
+  assert "Table 1" in page and results_page.check_numbers(page, [results, summary]) == []
+  assert results_page.check_numbers(page + "\n| 123.456789 |", [results, summary]) == ["123.456789"]
   before = (tmp_path / "results.json").read_text()
   assert jaxgen_main.run(["jaxgen.main", TINY, f"--workdir={tmp_path}"]) == 0  # all stages skipped
   assert (tmp_path / "results.json").read_text() == before
@@ -42,8 +51,8 @@ def test_tiny_preset_end_to_end(tmp_path):
 @pytest.mark.parametrize("override, needle", [
     ("--config.latent.num_channels=9", "config.latent.num_channels=9"),
     ("--config.nn.patch_size=4", "config.nn.patch_size=4"),
-    ("--config.table1.sizes=[8,65]", "config.table1.sizes"),
-    ("--config.table1.components=[1,100]", "config.table1.components"),
+    ("--config.table1.sizes=(8,65)", "config.table1.sizes=[8, 65]: expected integers in [2, data.num_target = 64]"),
+    ("--config.table1.components=(1,100)", "config.table1.components=[1, 100]: expected one integer K"),
     ("--config.evaluate.sweep_size=7", "config.evaluate.sweep_size=7"),
     ("--config.gmm.init=spectral", "config.gmm.init='spectral'"),
     ("--config.gmm.reg_covar=0.0", "config.gmm.reg_covar=0.0"),
@@ -94,3 +103,29 @@ def test_model_fit_sample_refine_decode():
   rand = lrgmm.random_codes(model, jax.random.key(2), 5)
   match = (rand[:, None] == model.codes[None]).all(-1).any(1)
   assert match.all()
+
+
+def test_vqgan_autoencoder_path_runs_on_a_written_checkpoint(tmp_path, fake_torch, monkeypatch):  # noqa: F811
+  """The paper's autoencoder path end to end: a taming-style .ckpt (random weights, the tiny
+  VQ-GAN architecture) written by the test is loaded and used as E / D for every stage."""
+  from test_vqgan import _write_checkpoint, fake_checkpoint_state_dict
+  from jaxgen.nets.vqgan import VQGANConfig
+  ckpt = tmp_path / "vqgan.ckpt"
+  _write_checkpoint(ckpt, fake_checkpoint_state_dict(VQGANConfig.tiny()), fake_torch)
+  monkeypatch.delitem(sys.modules, "torch", raising=False)  # the fake only writes the file
+  work = tmp_path / "run"
+  args = ["jaxgen.main", TINY, f"--workdir={work}", "--config.autoencoder.kind=vqgan",
+          "--config.autoencoder.vqgan_preset=tiny", f"--config.autoencoder.checkpoint_path={ckpt}",
+          "--config.latent.num_channels=4", "--config.table1.sizes=(64,)", "--config.table1.components=(2,)"]
+  assert jaxgen_main.run(args) == 0
+  results = json.loads((work / "results.json").read_text())
+  assert results["fits"]["64"]["latent_shape"] == [8, 8, 4]  # 16x16 images -> 8x8x8 -> q = 4
+  assert not (work / "checkpoints" / "autoencoder").exists()  # nothing trained for E / D
+
+
+def test_celebahq_preset_without_files_exits_2(tmp_path, capsys):
+  """The paper-scale preset names the first missing file in one line, before anything runs."""
+  code = jaxgen_main.run(["jaxgen.main", "--config=configs/lrgmm.py:celebahq", f"--workdir={tmp_path}",
+                          "--config.evaluate.inception_path=/nonexistent/pt_inception.pth"])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert code == 2 and len(err) == 1 and "inception_path" in err[0], err

@@ -307,23 +307,27 @@ def _component_log_probs_full(mixture, x, block):
 
 @jax.jit
 def _component_log_probs_dual(mixture, x):
-  """Woodbury form for arbitrary points: quad = (|u|^2 - |W A u|^2) / reg."""
+  """Woodbury form for arbitrary points, quad = (|u|^2 - u^T A^T M^{-1} A u) / reg, with the same
+  lift of the centring direction as the training E-step (so M factorises in float32 too)."""
   sup, w, reg = mixture.support, mixture.support_weights, mixture.reg_covar
   n, d = sup.shape
 
   def one(wk, mk):
     v = jnp.sqrt(wk)
     a = v[:, None] * (sup - mk)  # [N, d]
-    m = reg * jnp.eye(n, dtype=sup.dtype) + a @ a.T
-    chol = jnp.linalg.cholesky(m)
+    s = a @ a.T
+    sigma, alpha = jnp.sum(wk), jnp.trace(s)
+    lifted = s + reg * jnp.eye(n, dtype=sup.dtype) + (alpha / sigma) * jnp.outer(v, v)
     u = x - mk  # [m, d]
     au = a @ u.T  # [N, m]
-    z = jax.scipy.linalg.solve_triangular(chol, au, lower=True)
-    quad = (jnp.sum(u * u, 1) - jnp.sum(z * z, 0)) / reg
-    logdet = 2 * jnp.sum(jnp.log(jnp.diagonal(chol))) + (d - n) * jnp.log(reg)
+    z, _, logdet = linalg.whiten(lifted[None], au[None], reg)
+    corr = (1.0 / reg - 1.0 / (reg + alpha)) / sigma
+    h = jnp.sum(z[0] ** 2, 0) + corr * (v @ au) ** 2
+    logdet = logdet[0] - jnp.log(reg + alpha) + jnp.log(reg) + (d - n) * jnp.log(reg)
+    quad = (jnp.sum(u * u, 1) - h) / reg
     return -0.5 * (d * _LOG_2PI + logdet + jnp.maximum(quad, 0.0))
 
-  return jax.lax.map(lambda a: one(*a), (w, mixture.means)).T
+  return jax.lax.map(lambda t: one(*t), (w, mixture.means)).T
 
 
 def component_log_probs(mixture: GaussianMixture, x: Any) -> jax.Array:
