@@ -460,8 +460,8 @@ def test_whiten_float32_huge_rank2_plus_reg():
 
 # --------------------------------------------------------------------------- known defects
 
-@pytest.mark.xfail(strict=True, reason="float32 'dual' component_log_probs: reg I + A A^T without "
-                   "the E-step's lift and the (|u|^2 - |z|^2) / reg cancellation: NaN or ~10% off")
+@pytest.mark.xfail(strict=True, reason="float32 'dual' component_log_probs on training points: "
+                   "the Woodbury (|u|^2 - |z|^2) / reg cancels catastrophically for points in the span")
 def test_float32_dual_score_samples_finite():
   """score_samples of a float32 'dual' fit are finite and close (1e-3 relative) to
   scikit-learn's float64 ones from the same start. Fails today (here finite but 10% off; on

@@ -20,6 +20,7 @@ import optax
 
 from jaxgen.data.memory import ArrayBatches
 from jaxgen.errors import DataError
+from jaxgen.metrics.features import fixed_batches
 from jaxgen.nets.autoencoder import laplace_reconstruction_loss
 from jaxgen.nets.common import to_model_range, to_uint8
 from jaxgen.nets.spatial_autoencoder import SpatialAutoencoder
@@ -40,13 +41,8 @@ class Codec:
   batch_size: int
 
   def _batched(self, fn, x: np.ndarray) -> np.ndarray:
-    out = []
-    for i in range(0, len(x), self.batch_size):
-      chunk = x[i:i + self.batch_size]
-      n = len(chunk)
-      if n < self.batch_size:  # one compiled shape for every call
-        chunk = np.concatenate([chunk, np.repeat(chunk[-1:], self.batch_size - n, 0)])
-      out.append(np.asarray(fn(jnp.asarray(chunk)))[:n])
+    # fixed_batches pads the last batch, so one compiled shape serves every call.
+    out = [np.asarray(fn(jnp.asarray(batch)))[:n] for batch, n in fixed_batches(x, self.batch_size)]
     return np.concatenate(out)
 
   def encode(self, images: np.ndarray) -> np.ndarray:
