@@ -19,6 +19,8 @@ Two forms, chosen by shape (`form='auto'`):
   w_k = r_k / n_k. Woodbury and the matrix determinant lemma turn every d x d factorisation into an
   N x N one, M_k = reg I + A_k A_k^T, whose entries come from the data's Gram matrix G = X X^T
   (computed once). The d x d covariances are formed only when `.covariances` is read.
+  Per component only its active set (the points whose dropped weight stays below one rounding)
+  enters the factorisation: about N / K points instead of N when responsibilities are near-hard.
 
 Float32 in the dual form: the centring direction sqrt(w_k) is an exact null vector of A_k A_k^T,
 so reg I + A_k A_k^T has an eigenvalue of exactly reg that rounding would corrupt; it is lifted to
@@ -113,38 +115,82 @@ def _full_log_probs(x, means, covs, reg, block, replicate=lambda t: t, pure=Fals
   return (-0.5 * (d * _LOG_2PI + logdet[:, None] + quad)).T
 
 
-def _dual_log_probs(gram, w, d, reg, block, replicate=lambda t: t, pure=False):
-  """log N(x_j | mu_k, Sigma_k) [N, K] of the training points, Sigma_k = A^T A + reg I (dual)."""
+# Active-set sizes tried per component, as fractions of N (one compiled branch each).
+ACTIVE_FRACTIONS = (1 / 16, 1 / 8, 3 / 16, 1 / 4, 3 / 8, 1 / 2, 3 / 4)
+MIN_ACTIVE = 64  # below this size a smaller factorisation saves too little to be worth a branch
+
+
+def active_sizes(n: int) -> tuple[int, ...]:
+  """The static active-set sizes the dual E-step may use for N = n points (always ends with n)."""
+  sizes = {int(math.ceil(f * n)) for f in ACTIVE_FRACTIONS}
+  return tuple(sorted(m for m in sizes if MIN_ACTIVE <= m < n)) + (n,)
+
+
+def active_size_index(w: jax.Array, c_diag: jax.Array, reg: jax.Array, sizes: tuple[int, ...]
+                      ) -> tuple[jax.Array, jax.Array]:
+  """(index into `sizes`, points by decreasing weight) for one component.
+
+  Dropping the points of rank >= m changes Sigma_k by a PSD matrix of trace
+  sum_{dropped} w_j C_jj; when that is at most eps * reg (Sigma_k's smallest eigenvalue is >= reg)
+  every quadratic form and the determinant change by less than one rounding, so the smallest such
+  m is exact in the working precision. Near-hard responsibilities (separated clusters in high
+  dimension, the paper's regime) make m about the cluster's size instead of N.
+  """
+  order = jnp.argsort(-w)
+  contrib = (w * c_diag)[order]
+  tail = jnp.cumsum(contrib[::-1])[::-1]  # tail[i] = sum of contrib[i:]
+  tail = jnp.concatenate([tail, jnp.zeros((1,), tail.dtype)])
+  ok = jnp.stack([tail[m] <= jnp.finfo(w.dtype).eps * reg for m in sizes])
+  return jnp.argmax(ok), order
+
+
+def _dual_log_probs(gram, w, d, reg, block, replicate=lambda t: t, pure=False, active_set=True):
+  """log N(x_j | mu_k, Sigma_k) [N, K] of the training points, Sigma_k = A^T A + reg I (dual).
+
+  Per component only the m points that carry weight enter the N x N system (`active_size_index`):
+  the others' rows of A_k vanish to working precision, so M_k is reg I on them and the
+  factorisation is m x m. The components run one after another (`lax.map`), each in the branch of
+  its own m.
+  """
   n = gram.shape[0]
-
   gram_diag = jnp.diagonal(gram)
-  eye = jnp.eye(n, dtype=gram.dtype)
+  sizes = active_sizes(n) if active_set else (n,)
 
-  def prepare(wk):
+  def active(m, wk, g, s_, c_diag, order):
+    # All N points keep their order (no gather): the same arithmetic as without active sets.
+    p = order[:m] if m < n else jnp.arange(n)
+    take = (lambda a, axis=0: jnp.take(a, p, axis=axis)) if m < n else (lambda a, axis=0: a)
+    wp = take(wk)
+    v = jnp.sqrt(wp)
+    # Rows P of C = (X - 1 mu^T)(X - 1 mu^T)^T = G - g 1^T - 1 g^T + (w.g) 1 1^T; B = diag(v) C_P.
+    c_rows = take(gram) - take(g)[:, None] - g[None, :] + s_  # [m, N]
+    b = v[:, None] * c_rows
+    sigma = jnp.sum(wp)
+    alpha = jnp.sum(wp * take(c_diag))  # trace(A A^T)
+    lifted = (take(b, 1) * v[None, :] + reg * jnp.eye(m, dtype=gram.dtype)
+              + (alpha / sigma) * jnp.outer(v, v))
+    z, diag_inv_p, logdet = linalg.whiten(replicate(lifted[None]), replicate(b[None]), reg, block,
+                                          pure)
+    corr = (1.0 / reg - 1.0 / (reg + alpha)) / sigma  # undo the lift along v / |v|
+    h = jnp.sum(z[0] * z[0], axis=0) + corr * (v @ b) ** 2
+    diag_inv = jnp.full((n,), 1.0 / reg, gram.dtype).at[p].set(diag_inv_p[0] + corr * v ** 2)
+    logdet = logdet[0] - jnp.log(reg + alpha) + jnp.log(reg) + (d - m) * jnp.log(reg)
+    return h, diag_inv, logdet
+
+  def one(wk):
     g = gram @ wk
     s_ = wk @ g
-    v = jnp.sqrt(wk)
-    # B = diag(v) C with C = (X - 1 mu^T)(X - 1 mu^T)^T = G - g 1^T - 1 g^T + (w.g) 1 1^T.
-    b = v[:, None] * (gram - g[:, None] - g[None, :] + s_)
     c_diag = gram_diag - 2.0 * g + s_
-    sigma = jnp.sum(wk)
-    alpha = jnp.sum(wk * c_diag)  # trace(A A^T)
-    lifted = b * v[None, :] + reg * eye + (alpha / sigma) * jnp.outer(v, v)
-    return lifted, b, c_diag, v, sigma, alpha
+    index, order = active_size_index(wk, c_diag, reg, sizes)
+    branches = [functools.partial(active, m) for m in sizes]
+    h, diag_inv, logdet = jax.lax.switch(index, branches, wk, g, s_, c_diag, order)
+    quad_woodbury = (c_diag - h) / reg
+    quad_leverage = (1.0 - reg * diag_inv) / jnp.maximum(wk, jnp.finfo(wk.dtype).tiny)
+    # Error bounds ~ eps * C_jj / reg and eps / w_j: take the smaller one per point.
+    quad = jnp.where(wk * c_diag > reg, quad_leverage, quad_woodbury)
+    return -0.5 * (d * _LOG_2PI + logdet + jnp.maximum(quad, 0.0))
 
-  lifted, b, c_diag, v, sigma, alpha = jax.vmap(prepare)(w)
-  z, diag_inv, logdet = linalg.whiten(replicate(lifted), replicate(b), reg, block, pure)
-  corr = (1.0 / reg - 1.0 / (reg + alpha)) / sigma  # [K]: undo the lift along v / |v|
-  vb = jnp.einsum("kn,knm->km", v, b)
-  h = jnp.sum(z * z, axis=1) + corr[:, None] * vb ** 2
-  diag_inv = diag_inv + corr[:, None] * v ** 2
-  logdet = logdet - jnp.log(reg + alpha) + jnp.log(reg) + (d - n) * jnp.log(reg)
-  quad_woodbury = (c_diag - h) / reg
-  quad_leverage = (1.0 - reg * diag_inv) / jnp.maximum(w, jnp.finfo(w.dtype).tiny)
-  # Error bounds ~ eps * C_jj / reg and eps / w_j: take the smaller one per point.
-  quad = jnp.where(w * c_diag > reg, quad_leverage, quad_woodbury)
-  quad = jnp.maximum(quad, 0.0)
-  return (-0.5 * (d * _LOG_2PI + logdet[:, None] + quad)).T
+  return jax.lax.map(one, w).T
 
 
 def _e_step(log_probs, weights, valid):
@@ -157,9 +203,10 @@ def _e_step(log_probs, weights, valid):
 
 # --------------------------------------------------------------------------- the loop
 
-@functools.partial(jax.jit, static_argnames=("form", "max_iter", "block", "from_params", "mesh"))
+@functools.partial(jax.jit, static_argnames=("form", "max_iter", "block", "from_params", "mesh",
+                                             "active_set"))
 def _fit(x, valid, resp0, weights0, means0, covs0, tol, reg, *, form, max_iter, block, from_params,
-         mesh):
+         mesh, active_set):
   n, d = x.shape
 
   def replicate(t):
@@ -183,7 +230,7 @@ def _fit(x, valid, resp0, weights0, means0, covs0, tol, reg, *, form, max_iter, 
   def log_probs(params):
     weights, means, extra = params
     if form == "dual":
-      return _dual_log_probs(gram, extra, d, reg, block, replicate, pure)
+      return _dual_log_probs(gram, extra, d, reg, block, replicate, pure, active_set)
     return _full_log_probs(x, means, extra, reg, block, replicate, pure)
 
   # The first E-step: from the given parameters, or from sklearn's initial M-step on resp0.
@@ -252,12 +299,15 @@ def _explicit_init(init: tuple, k: int, d: int, dtype) -> tuple[jax.Array, jax.A
 def fit_gmm(x: Any, num_components: int, *, init: str | tuple = "kmeans++", max_iter: int = 100,
             tol: float = 1e-3, reg_covar: float = 1e-6, key: jax.Array | None = None,
             mesh: Mesh | None = None, form: str = "auto",
-            block: int = linalg.DEFAULT_BLOCK) -> GaussianMixture:
+            block: int = linalg.DEFAULT_BLOCK, active_set: bool = True) -> GaussianMixture:
   """Fit a K-component full-covariance mixture to x [N, d] by EM (see the module docstring).
 
   init: 'kmeans++' | 'kmeans' | 'random_from_data' (drawn with `key`) or explicit
   (weights [K], means [K, d], covariances [K, d, d]). Works in x's float dtype (float64 needs
   jax_enable_x64). mesh: rows are sharded over its 'data' axis (padded with zero-weight rows).
+  active_set: in the dual form, factorise only the points that carry weight in each component
+  (exact to working precision, see `active_size_index`); False factorises all N (the worst case,
+  for benchmarks).
   """
   x_np = np.asarray(x)
   _check(x_np, num_components, init, max_iter, tol, reg_covar, form)
@@ -287,7 +337,8 @@ def fit_gmm(x: Any, num_components: int, *, init: str | tuple = "kmeans++", max_
     raise ConfigError("gmm.max_iter", 0, "at least 1 iteration (the parameters come from the EM)")
   params, history, lower_bound, converged, it, labels = _fit(
       xp, valid, resp0, weights0, means0, covs0, jnp.asarray(tol, dtype), jnp.asarray(reg_covar, dtype),
-      form=form, max_iter=max_iter, block=block, from_params=from_params, mesh=mesh)
+      form=form, max_iter=max_iter, block=block, from_params=from_params, mesh=mesh,
+      active_set=bool(active_set))
   weights, means, extra = params
   return GaussianMixture(
       weights=weights, means=means,
