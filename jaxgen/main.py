@@ -25,6 +25,7 @@ METHODS = {
     "mvld": "jaxgen.mvld.main",
     "classifier": "jaxgen.classifier.main",
     "lrgmm": "jaxgen.lrgmm.main",
+    "dimvida": "jaxgen.dimvida.main",
 }
 
 

@@ -59,6 +59,7 @@ def _cli(workdir, env_extra=None):
                         env=env, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow  # ~90 s; the train loop's own kill-and-resume test runs in the default suite
 def test_kill_and_resume_both_training_stages_reproduce_the_uninterrupted_run(tmp_path):
   full, killed = tmp_path / "full", tmp_path / "killed"
   assert _cli(full).returncode == 0

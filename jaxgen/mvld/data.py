@@ -15,11 +15,13 @@ import numpy as np
 from jaxgen.errors import DataError
 
 
-def _nmr_views(num_views: int) -> tuple[int, ...]:
+def nmr_views(num_views: int) -> tuple[int, ...]:
+  """V NMR camera indices evenly spaced over the 24 (V = 4: front, right, back, left)."""
   return tuple(int(round(i * 24 / num_views)) % 24 for i in range(num_views))
 
 
-def _stack(source, limit: int) -> tuple[np.ndarray, np.ndarray]:
+def stack_objects(source, limit: int) -> tuple[np.ndarray, np.ndarray]:
+  """(images [n, V, H, W, 3], labels [n]) of the first n = min(len, limit) objects of a source."""
   n = min(len(source), limit)
   if n == 0:
     raise DataError(f"{source!r} holds no objects")
@@ -47,13 +49,13 @@ def load_views(config: ml_collections.ConfigDict, workdir: str) -> dict:
                         f"{d.num_test} test objects, render seed {config.seed}, variant {d.variant})"),
     }
   from jaxgen.data.nmr import nmr_source
-  views = _nmr_views(d.num_views)
+  views = nmr_views(d.num_views)
   train = nmr_source("train", data_dir=d.data_dir, views=views, seed=config.seed,
                      image_size=d.image_size)
   test = nmr_source("test", data_dir=d.data_dir, views=views, seed=config.seed,
                     image_size=d.image_size)
-  train_images, train_labels = _stack(train, d.num_train)
-  test_images, test_labels = _stack(test, d.num_test)
+  train_images, train_labels = stack_objects(train, d.num_train)
+  test_images, test_labels = stack_objects(test, d.num_test)
   return {
       "train_images": train_images, "train_labels": train_labels,
       "test_images": test_images, "test_labels": test_labels,
