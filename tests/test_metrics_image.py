@@ -88,6 +88,23 @@ def test_psnr_matches_skimage(pairs, kind):
                              rtol=1e-5)
 
 
+@pytest.mark.parametrize("metric", [psnr, ssim])
+def test_float_images_need_an_explicit_data_range(pairs, metric):
+  """Float inputs without data_range are refused in one line (not scored as [0, 255]: PSNR of
+  [0, 1] images would come out ~48 dB too high); uint8 keeps 255; a bad range is refused too."""
+  a, b = pairs["random"]
+  fa, fb = a.astype(np.float32) / 255.0, b.astype(np.float32) / 255.0
+  for x, y in ((fa, fb), (a, fb)):
+    with pytest.raises(DataError, match="without data_range; expected uint8 images or an explicit") as err:
+      metric(x, y)
+    assert "\n" not in str(err.value)
+  with pytest.raises(DataError, match="data_range=0"):
+    metric(a, b, data_range=0)
+  np.testing.assert_allclose(np.asarray(metric(a, b)), np.asarray(metric(a, b, data_range=255.0)))
+  np.testing.assert_allclose(np.asarray(metric(fa, fb, data_range=1.0)),
+                             np.asarray(metric(a, b)), rtol=1e-4)
+
+
 def test_psnr_identical_is_inf(pairs):
   a, _ = pairs["random"]
   assert np.all(np.isinf(np.asarray(psnr(a, a))))

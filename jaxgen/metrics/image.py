@@ -3,6 +3,8 @@
 Both take NHWC batches (uint8 in [0, 255] or float on the scale given by `data_range`) and return
 one value per image, shape (N,). A single HWC image gives a scalar. They are jittable
 (`data_range` is an ordinary argument; the SSIM window parameters are Python constants).
+The scale is never guessed: uint8 means [0, 255]; float images need an explicit `data_range`
+(1.0 for [0, 1], 2.0 for [-1, 1], 255.0 for [0, 255]), else a one-line DataError.
 """
 
 from __future__ import annotations
@@ -24,6 +26,24 @@ def _float_dtype() -> jnp.dtype:
   return jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
 
 
+def resolve_data_range(x: jax.Array, y: jax.Array, data_range: float | jax.Array | None,
+                       name: str) -> float | jax.Array:
+  """255 for two uint8 inputs when `data_range` is None; any other input needs it explicitly."""
+  if isinstance(data_range, jax.Array):  # traced under jit: checked by the caller
+    return data_range
+  if data_range is not None:
+    if not (isinstance(data_range, (int, float, np.floating, np.integer)) and data_range > 0):
+      raise DataError(f"{name}: data_range={data_range!r}; expected a positive number (the pixel "
+                      "scale's peak-to-peak range)")
+    return float(data_range)
+  dtypes = {jnp.asarray(x).dtype, jnp.asarray(y).dtype}
+  if dtypes == {jnp.dtype(jnp.uint8)}:
+    return 255.0
+  raise DataError(f"{name}: images of dtype {'/'.join(sorted(str(d) for d in dtypes))} without "
+                  "data_range; expected uint8 images or an explicit data_range (1.0 for [0, 1], "
+                  "2.0 for [-1, 1], 255.0 for [0, 255])")
+
+
 def _as_batch(x: jax.Array, y: jax.Array, name: str) -> tuple[jax.Array, jax.Array, bool]:
   """Checks shapes, promotes HWC to 1HWC, casts to the working float dtype."""
   x, y = jnp.asarray(x), jnp.asarray(y)
@@ -39,7 +59,7 @@ def _as_batch(x: jax.Array, y: jax.Array, name: str) -> tuple[jax.Array, jax.Arr
   return x.astype(dt), y.astype(dt), single
 
 
-def psnr(x: jax.Array, y: jax.Array, data_range: float = 255.0) -> jax.Array:
+def psnr(x: jax.Array, y: jax.Array, data_range: float | None = None) -> jax.Array:
   """Peak signal-to-noise ratio per image, in dB.
 
   PSNR = 10 log10(data_range^2 / MSE), MSE the mean squared error over H, W and C of one image
@@ -49,11 +69,12 @@ def psnr(x: jax.Array, y: jax.Array, data_range: float = 255.0) -> jax.Array:
   Args:
     x: reference images, NHWC (or HWC), uint8 or float.
     y: test images, same shape.
-    data_range: peak-to-peak range of the pixel scale (255 for uint8, 1 or 2 for float images).
+    data_range: peak-to-peak range of the pixel scale; None only for uint8 inputs (255).
 
   Returns:
     (N,) PSNR values (a scalar for a single HWC image).
   """
+  data_range = resolve_data_range(x, y, data_range, "psnr")
   x, y, single = _as_batch(x, y, "psnr")
   mse = jnp.mean(jnp.square(x - y), axis=(1, 2, 3))
   out = 10.0 * jnp.log10(jnp.square(jnp.asarray(data_range, x.dtype)) / mse)
@@ -80,7 +101,7 @@ def _valid_blur(maps: jax.Array) -> jax.Array:
                                       feature_group_count=c, precision=hi)
 
 
-def ssim(x: jax.Array, y: jax.Array, data_range: float = 255.0) -> jax.Array:
+def ssim(x: jax.Array, y: jax.Array, data_range: float | None = None) -> jax.Array:
   """Mean structural similarity per image (Wang et al. 2004, "Image quality assessment: from
   error visibility to structural similarity", eq. 13 with the Gaussian window of Sec. III-C).
 
@@ -94,11 +115,12 @@ def ssim(x: jax.Array, y: jax.Array, data_range: float = 255.0) -> jax.Array:
   Args:
     x: reference images, NHWC (or HWC), uint8 or float, H and W at least 11.
     y: test images, same shape.
-    data_range: peak-to-peak range of the pixel scale (255 for uint8).
+    data_range: peak-to-peak range of the pixel scale; None only for uint8 inputs (255).
 
   Returns:
     (N,) SSIM values in [-1, 1] (a scalar for a single HWC image).
   """
+  data_range = resolve_data_range(x, y, data_range, "ssim")
   x, y, single = _as_batch(x, y, "ssim")
   win = 2 * SSIM_RADIUS + 1
   if x.shape[1] < win or x.shape[2] < win:
