@@ -94,8 +94,36 @@ def test_importer_errors(fake_state_dict, tmp_path):
   del sd["Mixed_7b.branch1x1.conv.weight"]
   with pytest.raises(DataError, match="missing keys Mixed_7b.branch1x1.conv.weight"):
     jinc.import_fid_inception(sd)
-  with pytest.raises(DataError, match="pt_inception-2015-12-05-6726825d.pth.*never downloads"):
+  with pytest.raises(DataError, match="pt_inception-2015-12-05-6726825d.pth.*set "
+                     r"--config.evaluate.inception_path to it; jaxgen never downloads"):
     jinc.load_fid_inception(str(tmp_path / "missing.pth"))
+  with pytest.raises(DataError, match=r"set --config.eval_x.fid to it"):
+    jinc.load_fid_inception(str(tmp_path / "missing.pth"), config_key="eval_x.fid")
+
+
+def test_weight_file_hints_name_keys_the_command_line_accepts(tmp_path):
+  """Every --config.<key> that a missing-weights hint names is accepted by the command line of
+  the methods that read it, and lands in that key (followed literally, the hint is a valid flag)."""
+  import importlib
+  import re
+  from jaxgen import configlib
+  from jaxgen import main as jaxgen_main
+  jl = importlib.import_module("jaxgen.metrics.lpips")
+  hints = []
+  for call in (lambda: jinc.load_fid_inception(str(tmp_path / "a.pth")),
+               lambda: jl.load_lpips(str(tmp_path / "a.pth"), str(tmp_path / "b.pth")),
+               lambda: jl.load_lpips(jl.__file__, str(tmp_path / "b.pth"))):
+    with pytest.raises(DataError) as err:
+      call()
+    hints += re.findall(r"--config\.([\w.]+)", str(err.value))
+  assert hints == ["evaluate.inception_path", "evaluate.lpips_backbone_path",
+                   "evaluate.lpips_linear_path"]
+  for config in ("configs/mvld.py", "configs/lrgmm.py"):
+    for key in hints:
+      if key.startswith("evaluate.lpips") and config.endswith("lrgmm.py"):
+        continue  # LR-GMM-NN reads no LPIPS weights
+      fv = jaxgen_main.parse_flags(["jaxgen", f"--config={config}", f"--config.{key}=/w/x.pth"])
+      assert configlib.get_path(fv.config, key) == "/w/x.pth"
 
 
 def test_feature_function_plumbing(fake_state_dict):

@@ -69,8 +69,11 @@ def test_import_errors(squeeze_vars):
 
 
 def test_load_lpips_missing_files_say_where_weights_come_from(tmp_path):
-  with pytest.raises(DataError, match="squeezenet1_1-b8a52dc0.pth.*never downloads"):
+  with pytest.raises(DataError, match="squeezenet1_1-b8a52dc0.pth.*set "
+                     "--config.evaluate.lpips_backbone_path; jaxgen never downloads"):
     L.load_lpips(str(tmp_path / "a.pth"), str(tmp_path / "b.pth"), "squeeze")
+  with pytest.raises(DataError, match="set --config.judge.lin; jaxgen never downloads"):
+    L.load_lpips(L.__file__, str(tmp_path / "b.pth"), "squeeze", lin_key="judge.lin")
 
 
 def _numpy_lpips(fx, fy, weights):

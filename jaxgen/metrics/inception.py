@@ -25,15 +25,16 @@ from jaxgen.io.torch_state_dict import load_state_dict, to_flax_variables
 from jaxgen.nets.conv import Conv
 
 __all__ = [
-    "FID_WEIGHTS_FILE", "FIDInceptionV3", "InceptionFeatures", "import_fid_inception",
+    "FID_WEIGHTS_FILE", "FIDInceptionV3", "fid_weights_hint", "InceptionFeatures", "import_fid_inception",
     "inception_feature_fn", "load_fid_inception",
 ]
 
 FID_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
-FID_WEIGHTS_HINT = (
-    f"get {FID_WEIGHTS_FILE} from the pytorch-fid release assets (github.com/mseitzer/pytorch-fid/"
-    f"releases/download/fid_weights/{FID_WEIGHTS_FILE}) yourself and set config.eval.inception_path"
-    " to it; jaxgen never downloads weights")
+def fid_weights_hint(config_key: str) -> str:
+  """Where the FID weights come from, naming the caller's config key that takes their path."""
+  return (f"get {FID_WEIGHTS_FILE} from the pytorch-fid release assets (github.com/mseitzer/"
+          f"pytorch-fid/releases/download/fid_weights/{FID_WEIGHTS_FILE}) yourself and set "
+          f"--config.{config_key} to it; jaxgen never downloads weights")
 INPUT_SIZE = 299
 NUM_CLASSES = 1008
 
@@ -228,10 +229,11 @@ def import_fid_inception(state_dict: Mapping[str, np.ndarray]) -> dict:
                            f"FID Inception weights ({FID_WEIGHTS_FILE})")
 
 
-def load_fid_inception(path: str) -> dict:
+def load_fid_inception(path: str, config_key: str = "evaluate.inception_path") -> dict:
   """`import_fid_inception(load_state_dict(path))`; a missing file raises a DataError that says
-  where to get `pt_inception-2015-12-05-6726825d.pth` (jaxgen never downloads it)."""
-  return import_fid_inception(load_state_dict(path, hint=FID_WEIGHTS_HINT))
+  where to get `pt_inception-2015-12-05-6726825d.pth` (jaxgen never downloads it) and which
+  config key (`config_key`, the caller's) takes its path."""
+  return import_fid_inception(load_state_dict(path, hint=fid_weights_hint(config_key)))
 
 
 @functools.partial(jax.jit, static_argnames=("resize",))

@@ -13,6 +13,7 @@ knows which network produced it.
 from __future__ import annotations
 
 import functools
+import os
 import re
 from typing import Any, Callable, Mapping, Sequence
 
@@ -229,17 +230,25 @@ def import_lpips(backbone_state_dict: Mapping[str, np.ndarray],
   return {"params": out}
 
 
-def load_lpips(backbone_path: str, lin_path: str, net: str = "squeeze") -> dict:
-  """`import_lpips` from files; a missing file raises DataError saying where it comes from."""
+def load_lpips(backbone_path: str, lin_path: str, net: str = "squeeze", *,
+               backbone_key: str = "evaluate.lpips_backbone_path",
+               lin_key: str = "evaluate.lpips_linear_path") -> dict:
+  """`import_lpips` from files; a missing file raises DataError saying where it comes from and
+  which config key (the caller's `backbone_key` / `lin_key`) takes its path."""
   _check_net(net)
-  backbone = load_state_dict(backbone_path, hint=(
-      f"get torchvision's ImageNet weights {TORCHVISION_FILES[net]} (download.pytorch.org/models/"
-      f"{TORCHVISION_FILES[net]}) yourself and set config.eval.lpips_backbone_path; jaxgen never "
-      "downloads weights"))
-  lin = load_state_dict(lin_path, hint=(
-      f"get weights/v0.1/{net}.pth from the lpips package (pip install lpips, or github.com/"
-      "richzhang/PerceptualSimilarity) yourself and set config.eval.lpips_lin_path; jaxgen never "
-      "downloads weights"))
+  hints = {
+      backbone_path: (f"get torchvision's ImageNet weights {TORCHVISION_FILES[net]} (download."
+                      f"pytorch.org/models/{TORCHVISION_FILES[net]}) yourself and set "
+                      f"--config.{backbone_key}; jaxgen never downloads weights"),
+      lin_path: (f"get weights/v0.1/{net}.pth from the lpips package (pip install lpips, or "
+                 f"github.com/richzhang/PerceptualSimilarity) yourself and set --config.{lin_key}; "
+                 "jaxgen never downloads weights"),
+  }
+  for path in (backbone_path, lin_path):  # both files are checked before either is read
+    if not os.path.isfile(path):
+      raise DataError(f"weight file {path} does not exist; {hints[path]}")
+  backbone = load_state_dict(backbone_path, hint=hints[backbone_path])
+  lin = load_state_dict(lin_path, hint=hints[lin_path])
   return import_lpips(backbone, lin, net)
 
 
