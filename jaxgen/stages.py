@@ -11,9 +11,13 @@ import os
 import time
 from typing import Callable, Sequence
 
+import jax
+import ml_collections
+
 from jaxgen.errors import ConfigError
 from jaxgen.io.files import atomic_write_json
-from jaxgen.parallel.mesh import is_main_process
+from jaxgen.parallel.mesh import is_main_process, make_mesh
+from jaxgen.train.writers import MetricWriter
 
 
 def stage_done(workdir: str, name: str) -> bool:
@@ -47,3 +51,40 @@ def require_stage(workdir: str, name: str, needed_by: str) -> None:
   if not stage_done(workdir, name):
     raise ConfigError("(flag --stages)", needed_by,
                       f"stage {name!r} to have run first in {workdir} (run it, or all stages)")
+
+
+class MethodRun:
+  """Shared state of one method run: config, workdir, mesh, a root key per seed with one key per
+  stage, the metric writer; writes the resolved `config.json` (for provenance and for APIs that
+  reload a run). Methods subclass it and add their data and models."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str, stage_names: Sequence[str]):
+    self.config, self.workdir = config, workdir
+    self.stage_names = tuple(stage_names)
+    self.mesh = make_mesh(config.mesh)
+    self.root_key = jax.random.key(config.seed)
+    self.writer = MetricWriter(os.path.join(workdir, "logs"), enabled=is_main_process())
+    if is_main_process():
+      atomic_write_json(os.path.join(workdir, "config.json"), config.to_dict())
+
+  def key(self, stage: str, *sub: int) -> jax.Array:
+    """The key of `stage` (folded with `sub` indices, e.g. one per component or classifier)."""
+    key = jax.random.fold_in(self.root_key, self.stage_names.index(stage))
+    for s in sub:
+      key = jax.random.fold_in(key, s)
+    return key
+
+  def path(self, *parts: str) -> str:
+    return os.path.join(self.workdir, *parts)
+
+
+def run_method(run: MethodRun, plan: Sequence[tuple[str, Callable[[], None]]], method: str,
+               requested: Sequence[str] | None = None, force: bool = False) -> None:
+  """`run_stages` on the run's workdir, closing its writer; names the results after a report."""
+  try:
+    run_stages(run.workdir, plan, requested, force)
+  finally:
+    run.writer.close()
+  if is_main_process() and (not requested or "report" in requested):
+    print(f"[{method}] results: {os.path.join(run.workdir, 'results.json')}, report: "
+          f"{os.path.join(run.workdir, 'report.md')}", flush=True)

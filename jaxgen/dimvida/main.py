@@ -39,9 +39,8 @@ from jaxgen.io.files import atomic_write_json, read_json
 from jaxgen.io.images import image_grid, save_png
 from jaxgen.mvld import main as mvld_main
 from jaxgen.mvld import model as mvld_model
-from jaxgen.parallel.mesh import batch_sharding, is_main_process, make_mesh
-from jaxgen.stages import require_stage, run_stages
-from jaxgen.train.writers import MetricWriter
+from jaxgen.parallel.mesh import batch_sharding, is_main_process
+from jaxgen.stages import MethodRun, require_stage, run_method
 
 STAGES = ("data", "train_mvld", "generate_train", "generate_eval", "pretrain", "train_classifiers",
           "evaluate", "report")
@@ -146,24 +145,13 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
   configlib.require_positive_int(config, "evaluate.num_grid_objects")
 
 
-class Run:
+class Run(MethodRun):
   """Shared state of one DIMVIDA run."""
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
-    self.config, self.workdir = config, workdir
-    self.mesh = make_mesh(config.mesh)
-    self.root_key = jax.random.key(config.seed)
+    super().__init__(config, workdir, STAGES)
     self.mvld_dir = config.mvld_workdir or os.path.join(workdir, "mvld")
     self.num_generated = num_generated(config)
-    self.writer = MetricWriter(os.path.join(workdir, "logs"), enabled=is_main_process())
-    if is_main_process():
-      atomic_write_json(os.path.join(workdir, "config.json"), config.to_dict())
-
-  def key(self, stage: str) -> jax.Array:
-    return jax.random.fold_in(self.root_key, STAGES.index(stage))
-
-  def path(self, *parts: str) -> str:
-    return os.path.join(self.workdir, *parts)
 
   @functools.cached_property
   def data(self) -> dict:
@@ -380,10 +368,4 @@ def main(config: ml_collections.ConfigDict, workdir: str, stages=None, force: bo
           ("pretrain", lambda: _stage_pretrain(run)),
           ("train_classifiers", lambda: _stage_train_classifiers(run)),
           ("evaluate", lambda: _stage_evaluate(run)), ("report", lambda: _stage_report(run))]
-  try:
-    run_stages(workdir, plan, stages, force)
-  finally:
-    run.writer.close()
-  if is_main_process() and (not stages or "report" in stages):
-    print(f"[dimvida] results: {os.path.join(workdir, 'results.json')}, report: "
-          f"{os.path.join(workdir, 'report.md')}", flush=True)
+  run_method(run, plan, "dimvida", stages, force)

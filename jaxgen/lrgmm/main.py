@@ -33,9 +33,8 @@ from jaxgen.lrgmm import evaluate as ev
 from jaxgen.lrgmm import model as lrgmm
 from jaxgen.lrgmm import report as lrgmm_report
 from jaxgen.lrgmm.data import DATA_NAMES, load_sets
-from jaxgen.parallel.mesh import is_main_process, make_mesh
-from jaxgen.stages import require_stage, run_stages
-from jaxgen.train.writers import MetricWriter
+from jaxgen.parallel.mesh import is_main_process
+from jaxgen.stages import MethodRun, require_stage, run_method
 
 STAGES = ("data", "train_autoencoder", "train_classifier", "fit", "generate", "evaluate", "report")
 METHODS = ("lr_gmm", "lr_gmm_nn", "nn_only")
@@ -116,25 +115,11 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
   ae_lib.check_checkpoint(cfg_ae)
 
 
-class Run:
+class Run(MethodRun):
   """Shared state of one LR-GMM-NN run."""
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
-    self.config, self.workdir = config, workdir
-    self.mesh = make_mesh(config.mesh)
-    self.root_key = jax.random.key(config.seed)
-    self.writer = MetricWriter(os.path.join(workdir, "logs"), enabled=is_main_process())
-    if is_main_process():
-      atomic_write_json(os.path.join(workdir, "config.json"), config.to_dict())
-
-  def key(self, stage: str, *sub: int) -> jax.Array:
-    key = jax.random.fold_in(self.root_key, STAGES.index(stage))
-    for s in sub:
-      key = jax.random.fold_in(key, s)
-    return key
-
-  def path(self, *parts: str) -> str:
-    return os.path.join(self.workdir, *parts)
+    super().__init__(config, workdir, STAGES)
 
   @functools.cached_property
   def data(self) -> dict:
@@ -357,10 +342,4 @@ def main(config: ml_collections.ConfigDict, workdir: str, stages=None, force: bo
           ("train_classifier", lambda: _stage_classifier(run)), ("fit", lambda: _stage_fit(run)),
           ("generate", lambda: _stage_generate(run)), ("evaluate", lambda: _stage_evaluate(run)),
           ("report", lambda: _stage_report(run))]
-  try:
-    run_stages(workdir, plan, stages, force)
-  finally:
-    run.writer.close()
-  if is_main_process() and (not stages or "report" in stages):
-    print(f"[lrgmm] results: {os.path.join(workdir, 'results.json')}, report: "
-          f"{os.path.join(workdir, 'report.md')}", flush=True)
+  run_method(run, plan, "lrgmm", stages, force)

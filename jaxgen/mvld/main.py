@@ -29,9 +29,8 @@ from jaxgen.mvld import transmission
 from jaxgen.mvld.data import load_views
 from jaxgen.mvld.judges import build_judges
 from jaxgen.mvld.train import train_autoencoder, train_diffusion
-from jaxgen.parallel.mesh import is_main_process, make_mesh
-from jaxgen.stages import require_stage, run_stages
-from jaxgen.train.writers import MetricWriter
+from jaxgen.parallel.mesh import is_main_process
+from jaxgen.stages import MethodRun, require_stage, run_method
 
 STAGES = ("data", "train_autoencoder", "train_diffusion", "train_classifier", "sample", "evaluate",
           "transmission", "report")
@@ -87,23 +86,12 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
                     f"at most data.num_train = {config.data.num_train} objects")
 
 
-class Run:
+class Run(MethodRun):
   """Shared state of one MVLD run: config, workdir, mesh, model spec, keys, writer, paths."""
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
-    self.config, self.workdir = config, workdir
-    self.mesh = make_mesh(config.mesh)
+    super().__init__(config, workdir, STAGES)  # config.json: read by the Python API too
     self.spec = mvld_model.build_spec(config)
-    self.root_key = jax.random.key(config.seed)
-    self.writer = MetricWriter(os.path.join(workdir, "logs"), enabled=is_main_process())
-    if is_main_process():  # the resolved config, for the Python API and for provenance
-      atomic_write_json(os.path.join(workdir, "config.json"), config.to_dict())
-
-  def key(self, stage: str) -> jax.Array:
-    return jax.random.fold_in(self.root_key, STAGES.index(stage))
-
-  def path(self, *parts: str) -> str:
-    return os.path.join(self.workdir, *parts)
 
   @functools.cached_property
   def data(self) -> dict:
@@ -294,10 +282,4 @@ def main(config: ml_collections.ConfigDict, workdir: str, stages=None, force: bo
           ("train_classifier", lambda: _stage_classifier(run)), ("sample", lambda: _stage_sample(run)),
           ("evaluate", lambda: _stage_evaluate(run)),
           ("transmission", lambda: _stage_transmission(run)), ("report", lambda: _stage_report(run))]
-  try:
-    run_stages(workdir, plan, stages, force)
-  finally:
-    run.writer.close()
-  if is_main_process() and (not stages or "report" in stages):
-    print(f"[mvld] results: {os.path.join(workdir, 'results.json')}, report: "
-          f"{os.path.join(workdir, 'report.md')}", flush=True)
+  run_method(run, plan, "mvld", stages, force)
