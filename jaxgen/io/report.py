@@ -9,7 +9,8 @@ from __future__ import annotations
 import datetime
 import os
 import platform
-from typing import Any, Sequence
+import re
+from typing import Any, Callable, Iterable, Sequence
 
 import jax
 import ml_collections
@@ -80,3 +81,36 @@ def write_report(workdir: str, title: str, *, config: ml_collections.ConfigDict,
   markdown = "\n".join(header + body)
   atomic_write_text(os.path.join(workdir, "report.md"), markdown)
   return markdown
+
+
+def json_numbers(tree: Any, formats: Callable[[int | float], Iterable[str]],
+                 key_pattern: re.Pattern | None = None) -> set[str]:
+  """Every number of a JSON tree as `formats` writes it (and keys matching `key_pattern`, such as
+  a table's N): what a generated results page may print."""
+  out: set[str] = set()
+
+  def walk(node: Any) -> None:
+    if isinstance(node, dict):
+      for k, v in node.items():
+        if key_pattern is not None and key_pattern.fullmatch(str(k)):
+          out.add(str(k))
+        walk(v)
+    elif isinstance(node, (list, tuple)):
+      for v in node:
+        walk(v)
+    elif isinstance(node, (int, float)) and not isinstance(node, bool):
+      out.update(formats(node))
+
+  walk(tree)
+  return out
+
+
+def unlisted_numbers(markdown: str, known: set[str], pattern: re.Pattern,
+                     line_prefixes: Sequence[str] = ("|",)) -> list[str]:
+  """Numbers (`pattern`) on the lines starting with `line_prefixes` that are not in `known`:
+  a results page's check that it prints only numbers of its JSON sources (should be empty)."""
+  bad = []
+  for line in markdown.splitlines():
+    if line.startswith(tuple(line_prefixes)):
+      bad += [m for m in pattern.findall(line) if m not in known]
+  return bad

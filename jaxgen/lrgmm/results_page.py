@@ -18,7 +18,7 @@ import shutil
 import sys
 
 from jaxgen.io.files import atomic_write_text
-from jaxgen.io.report import markdown_table
+from jaxgen.io.report import json_numbers, markdown_table, unlisted_numbers
 from jaxgen.lrgmm.report import GEN_KEYS, METHOD_NAMES, PAPER_TABLE1, TIMING_KEYS
 
 FIGURES = ("centroids.png", "sweep_lowrank.png", "target.png", "reconstructions.png")
@@ -33,19 +33,10 @@ def fmt(value) -> str:
   return format(float(value), ".4g")
 
 
-def _numbers(tree, out: set[str]) -> set[str]:
-  if isinstance(tree, dict):
-    for k, v in tree.items():
-      if _NUMBER.fullmatch(str(k)):  # numeric keys such as Table 1's N
-        out.add(str(k))
-      _numbers(v, out)
-  elif isinstance(tree, (list, tuple)):
-    for v in tree:
-      _numbers(v, out)
-  elif isinstance(tree, (int, float)) and not isinstance(tree, bool):
-    out.add(fmt(tree))
-    if isinstance(tree, float) and float(tree).is_integer():
-      out.add(str(int(tree)))
+def _formats(value) -> set[str]:
+  out = {fmt(value)}
+  if isinstance(value, float) and value.is_integer():
+    out.add(str(int(value)))
   return out
 
 
@@ -53,16 +44,8 @@ def check_numbers(markdown: str, sources: list[dict]) -> list[str]:
   """Numeric tokens of table rows that are not numbers of the JSON sources (should be empty)."""
   known: set[str] = set()
   for s in sources:
-    _numbers(s, known)
-  bad = []
-  for line in markdown.splitlines():
-    if not line.startswith("|") or set(line) <= set("|- "):
-      continue
-    for cell in line.strip("|").split("|"):
-      for token in _NUMBER.findall(cell):
-        if token not in known:
-          bad.append(token)
-  return bad
+    known |= json_numbers(s, _formats, key_pattern=_NUMBER)  # numeric keys: Table 1's N
+  return unlisted_numbers(markdown, known, _NUMBER)
 
 
 def build(results: dict, claims: dict | None, image_dir: str) -> str:
