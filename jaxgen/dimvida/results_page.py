@@ -89,7 +89,10 @@ def build(claims: dict, first: dict, image_dir: str) -> str:
   else:
     reading = (f"(Not every architecture shows both true views above one real view ({real_views_help}) "
                f"and generated views below it ({generated_weaker}); read the rows above per architecture.)")
-  lines += ["", reading, ""]
+  lines += ["", reading, "",
+            "Omega_m trains for as many steps as Omega_s, so it sees each real image 1 / (1 + G) as "
+            "often; its lower NMR_e accuracy mixes that with the generated views' quality "
+            "(`docs/dimvida.md`).", ""]
   for heading, body in markdown_sections(claims, archs, inits, claims["average"],
                                          claims["num_generated"]):
     lines += [f"## {heading}", "", body, ""]
