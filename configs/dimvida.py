@@ -1,6 +1,6 @@
 """DIMVIDA (paper 000): MVLD adds generated views to a single-view set, for training and testing.
 
-  python -m jaxgen.main --config=configs/dimvida.py          # embedded renders, ~20 min on 2 CPU cores
+  python -m jaxgen.main --config=configs/dimvida.py          # embedded renders, ~14 min on 2 CPU cores
   python -m jaxgen.main --config=configs/dimvida.py:tiny     # seconds, for tests
   python -m jaxgen.main --config=configs/dimvida.py:nmr --config.mvld.data.data_dir=/path/to/NMR
   python -m jaxgen.main --config=configs/dimvida.py --config.mvld_workdir=workdirs/mvld-default
@@ -73,7 +73,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   c.mvld_workdir = ""  # a finished MVLD workdir to reuse instead of training one
   c.generate = ml_collections.ConfigDict({
       "num_generated": -1,  # generated views per sample; -1 = V - 1 (paper: 3)
-      "shard_size": 250,  # objects per cached shard (a multiple of the data-parallel size)
+      "shard_size": 256,  # objects per cached shard (a multiple of the data-parallel size)
   })
   c.archs = ARCHS
   c.classifiers = _classifiers(preset)
@@ -105,7 +105,9 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     c.evaluate.update(batch_size=16, num_grid_objects=2)
   elif preset == "nmr":
     c.mvld.data.num_test = 8762
-    c.generate.shard_size = 500
-    c.finetune.pretrain_steps = 0  # torchvision weights expected (finetune.torchvision_paths)
+    c.generate.shard_size = 512
+    # The paper fine-tunes torchvision's ImageNet weights: pass finetune.torchvision_paths.<arch>;
+    # without them the digits pre-training below stands in.
+    c.finetune.pretrain_steps = 2000
     c.finetune.lr = 1e-5
   return c

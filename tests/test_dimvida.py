@@ -289,3 +289,16 @@ def test_nmr_single_view_splits_from_a_mock_tree(tmp_path):
   np.testing.assert_array_equal(c["images"][0, 2], view12)  # views (0, 6, 12, 18)
   again = load_splits(data, seed=0, workdir=str(tmp_path))
   np.testing.assert_array_equal(again["classifier_train"]["view"], c["view"])
+
+
+@pytest.mark.parametrize("preset", ["tiny", "default", "nmr"])
+def test_every_preset_validates(preset):
+  """Each preset passes validate_config on 8 devices (the nmr one needs only its data on disk)."""
+  import importlib.util
+  from jaxgen.dimvida.main import validate_config
+  spec = importlib.util.spec_from_file_location("dimvida_config", "configs/dimvida.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config(preset)
+  validate_config(config, 8)
+  assert config.mvld.data.num_views - 1 == 3 and config.generate.num_generated == -1

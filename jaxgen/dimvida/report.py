@@ -117,7 +117,8 @@ def _gains_and_claims(records, seeds, archs, inits, average) -> tuple[dict, dict
   return gains, claims
 
 
-def _fmt(stat: dict) -> str:
+def fmt_stat(stat: dict) -> str:
+  """mean (+- std when there are several seeds), two decimals."""
   if stat["std"] is None:
     return f"{stat['mean']:.2f}"
   return f"{stat['mean']:.2f} +- {stat['std']:.2f}"
@@ -130,7 +131,7 @@ def table_rows(tables: dict, tname: str, archs: Sequence[str]) -> list[list[str]
       cell = tables[tname][arch][t]
       paper = PAPER[tname][arch][t]
       rows.append([ARCH_NAMES[arch], f"Omega_{'s' if t == 'single' else 'm'} - {NAMES[t]}",
-                   _fmt(cell["single"]), _fmt(cell["augmented"]),
+                   fmt_stat(cell["single"]), fmt_stat(cell["augmented"]),
                    f"{paper['single']:.2f} / {paper['augmented']:.2f}"])
   return rows
 
@@ -152,21 +153,21 @@ def markdown_sections(tables: dict, archs: Sequence[str], inits: Sequence[str], 
     tname = TABLE_OF_INIT[init]
     for arch in archs:
       g = tables["gains"][tname][arch]
-      rows.append([tname, ARCH_NAMES[arch], _fmt(g["test_time_only"]), _fmt(g["train_time_only"]),
-                   _fmt(g["both"])])
+      rows.append([tname, ARCH_NAMES[arch], fmt_stat(g["test_time_only"]), fmt_stat(g["train_time_only"]),
+                   fmt_stat(g["both"])])
   sections.append(("Gains over Omega_s on NMR_e (points)", markdown_table(
       ["table", "architecture", "test-time only", "train-time only", "both"], rows)))
   rows = []
   for arch in archs:
     rm = tables["real_multiview"][arch]
     rows.append([ARCH_NAMES[arch], "Omega_m on NMR_ca, given the V true views of each NMR_e object",
-                 _fmt(tables["upper_bound_true_views"][arch])])
+                 fmt_stat(tables["upper_bound_true_views"][arch])])
     rows.append([ARCH_NAMES[arch], "trained on the V real views of NMR_c, tested on NMR_e",
-                 _fmt(rm["single"])])
+                 fmt_stat(rm["single"])])
     rows.append([ARCH_NAMES[arch], "trained on the V real views of NMR_c, tested on NMR_ea",
-                 _fmt(rm["augmented"])])
+                 fmt_stat(rm["augmented"])])
     rows.append([ARCH_NAMES[arch], "Omega_m on NMR_ca, tested on the generated views of NMR_e only",
-                 _fmt(tables["generated_only"][arch]["scratch_augmented"])])
+                 fmt_stat(tables["generated_only"][arch]["scratch_augmented"])])
   sections.append(("Reference rows (from scratch, accuracy %)", markdown_table(
       ["architecture", "reference", "accuracy"], rows)))
   rows = []
@@ -175,7 +176,7 @@ def markdown_sections(tables: dict, archs: Sequence[str], inits: Sequence[str], 
     for arch in archs:
       for t in TRAIN_SETS:
         m = tables["average_modes"][tname][arch][t]
-        rows.append([tname, ARCH_NAMES[arch], NAMES[t], _fmt(m["probabilities"]), _fmt(m["logits"])])
+        rows.append([tname, ARCH_NAMES[arch], NAMES[t], fmt_stat(m["probabilities"]), fmt_stat(m["logits"])])
   sections.append(("NMR_ea: averaging probabilities or logits", markdown_table(
       ["table", "architecture", "training set", "mean of softmax", "softmax of mean logits"], rows)))
   return sections
@@ -195,7 +196,7 @@ def claims_text(claims: dict, gains: dict | None = None) -> str:
                  f"**{'holds' if both['holds'] else 'does not hold'}** ({_per_arch(both['per_arch'])}).")
     detail = ""
     if gains is not None:
-      detail = "; gains " + ", ".join(f"{ARCH_NAMES[a]} {_fmt(g['test_time_only'])}"
+      detail = "; gains " + ", ".join(f"{ARCH_NAMES[a]} {fmt_stat(g['test_time_only'])}"
                                       for a, g in gains[tname].items())
     lines.append(f"- {tname}: test-time augmentation alone helps (Omega_s, NMR_ea over NMR_e): "
                  f"**{'holds' if tta['holds'] else 'does not hold'}** (mean gain > 0: "
