@@ -122,6 +122,42 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, capsys):
   assert "step 20" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("damage", ["metadata", "array"])
+def test_corrupt_checkpoint_is_moved_aside_and_the_run_finishes_as_uninterrupted(tmp_path, capsys,
+                                                                                  damage):
+  """Killed after the step-20 checkpoint, which is then damaged (its metadata file overwritten, or
+  one array file truncated): the rerun resumes from step 10, moves step 20 aside (kept, named
+  corrupt_20_*), saves step 20 again when it gets there, and ends with the uninterrupted losses."""
+  cfg = _cfg()
+  _, uninterrupted = _run(str(tmp_path / "full"), jax.devices(), cfg)
+
+  def kill_after_25(state, step):
+    if step >= 25:
+      raise _Killed()
+
+  workdir = tmp_path / "killed"
+  with pytest.raises(_Killed):
+    _run(str(workdir), jax.devices(), cfg, on_block=kill_after_25)
+  step_dir = workdir / "checkpoints" / "toy" / "20"
+  files = [os.path.join(r, f) for r, _, fs in os.walk(step_dir) for f in fs]
+  if damage == "metadata":  # the checkpoint's step / seed record
+    with open(step_dir / "meta" / "metadata", "w") as f:
+      f.write("{not json")
+  else:  # one of the array data files (the merged OCDBT store under state/d/)
+    victim = max((f for f in files if os.path.dirname(f) == str(step_dir / "state" / "d")),
+                 key=os.path.getsize)
+    with open(victim, "r+b") as f:
+      f.truncate(max(os.path.getsize(victim) // 3, 1))
+  capsys.readouterr()
+  state, resumed = _run(str(workdir), jax.devices(), cfg)
+  out = capsys.readouterr().out
+  assert int(state.step) == 40 and "checkpoint step 20" in out and "corrupt" in out
+  aside = [d for d in os.listdir(workdir / "checkpoints" / "toy") if d.startswith("corrupt_20_")]
+  assert len(aside) == 1 and (workdir / "checkpoints" / "toy" / "40").is_dir()
+  np.testing.assert_allclose([resumed[k] for k in range(1, 41)],
+                             [uninterrupted[k] for k in range(1, 41)], rtol=1e-6)
+
+
 def test_nan_guard_names_the_step_and_keeps_last_checkpoint(tmp_path):
   cfg = _cfg(num_steps=200, lr=5.0)  # plain SGD at this rate overflows within a few dozen steps
   cfg.optim.name = "sgd"

@@ -6,8 +6,9 @@ position, so a resumed run sees exactly the batches the uninterrupted run would 
 
 Orbax writes into a temporary directory and renames it when complete, so a process killed
 mid-save leaves no checkpoint that looks finished. A checkpoint that is finished but later damaged
-(truncated file, disk error) fails to restore; `restore_latest` reports it in one line and falls
-back to the previous one, so work already done is not lost.
+(truncated file, disk error) fails to restore; `restore_latest` moves it aside (renamed
+`corrupt_<step>_<time>`, kept for inspection, reported in one line) and falls back to the previous
+one, so work already done is not lost and the run can save that step again when it gets there.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import base64
 import logging
 import os
+import time
 from typing import Any
 
 import jax
@@ -85,12 +87,24 @@ class Checkpointer:
         return self.restore(step, template)
       except Exception as err:  # orbax raises many types for a damaged file; any means unusable
         reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
-        log.warning("checkpoint %s/%d is corrupt or unreadable (%s); trying an older one",
-                    self.directory, step, reason)
-        print(f"warning: checkpoint step {step} in {self.directory} is corrupt ({reason}); "
-              "falling back to the previous one", flush=True)
+        if step == steps[0]:  # nothing older to fall back to: leave it for the user
+          break
+        aside = self._move_aside(step)
+        log.warning("checkpoint %s/%d is corrupt or unreadable (%s); moved to %s, trying an older one",
+                    self.directory, step, reason, aside)
+        print(f"warning: checkpoint step {step} in {self.directory} is corrupt ({reason}); moved "
+              f"to {os.path.basename(aside)}, falling back to the previous one", flush=True)
     raise CheckpointError(f"every checkpoint in {self.directory} (steps {steps}) is corrupt; "
                           "delete the directory to start this stage over")
+
+  def _move_aside(self, step: int) -> str:
+    """Rename a damaged step's directory so orbax no longer lists it (it can be saved again)."""
+    source = os.path.join(self.directory, str(step))
+    target = os.path.join(self.directory, f"corrupt_{step}_{time.strftime('%Y%m%dT%H%M%S')}")
+    if jax.process_index() == 0 and os.path.isdir(source):
+      os.rename(source, target)
+    self._manager.reload()
+    return target
 
   def wait(self) -> None:
     self._manager.wait_until_finished()
