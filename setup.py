@@ -12,10 +12,10 @@ INSTALL_REQUIRES = [
     "grain==0.2.18",
     "tensorflow-datasets==4.9.10",
     "ml-collections==1.1.0",
-    "clu==0.0.12",
     "scikit-learn==1.9.1",
     "numpy>=2.0,<3",
-    # TensorBoard event files without TensorFlow (clu's writers would pull in TF, +1.4 GB).
+    # TensorBoard event files without TensorFlow (clu's writers would pull in TF, +1.4 GB, so clu
+    # is not a dependency: nothing here needs its metrics or periodic actions).
     "tensorboardX==2.6.5",
     "pillow>=10",
     "absl-py>=2.1",

@@ -93,7 +93,6 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
       # 'logits' (softmax of the mean logits). The paper says "the mean of the outputs"; both are
       # reported once.
       "average": "probabilities",
-      "batch_size": 256,
       "num_grid_objects": 8,
   })
 
@@ -102,7 +101,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     c.mvld.data.num_test = 12
     c.generate.shard_size = 8
     c.finetune.pretrain_steps = 4
-    c.evaluate.update(batch_size=16, num_grid_objects=2)
+    c.evaluate.num_grid_objects = 2
   elif preset == "nmr":
     c.mvld.data.num_test = 8762
     c.generate.shard_size = 512

@@ -77,7 +77,7 @@ def base_config(method: str, preset: str | None = None,
       "seed": 0,
       "mesh": mesh_config(),
       "data": ml_collections.ConfigDict({"name": "multiview", "data_dir": ""}),
-      "log_images": True,
+      "log_images": True,  # write PNG figures (samples/, eval/); False: results and reports only
   })
 
 
@@ -118,6 +118,10 @@ def validate_mesh(config: ml_collections.ConfigDict, num_devices: int) -> int:
   require(isinstance(model, int) and model >= 1, "mesh.model", model, "an integer >= 1")
   require(isinstance(model, int) and num_devices % model == 0, "mesh.model", model,
           f"a divisor of the {num_devices} available devices")
+  # No method shards parameters over a model axis yet (the scale-out issue); a larger axis would
+  # only replicate the model silently.
+  require(model == 1, "mesh.model", model,
+          "1 (parameter sharding over a model axis is not implemented yet; use mesh.data)")
   if data == -1:
     return num_devices // model
   require(isinstance(data, int) and data >= 1 and data * model == num_devices, "mesh.data", data,

@@ -13,9 +13,11 @@ from typing import Callable, Sequence
 
 import jax
 import ml_collections
+import numpy as np
 
 from jaxgen.errors import ConfigError
 from jaxgen.io.files import atomic_write_json
+from jaxgen.io.images import save_png
 from jaxgen.parallel.mesh import is_main_process, make_mesh
 from jaxgen.train.writers import MetricWriter
 
@@ -76,6 +78,12 @@ class MethodRun:
 
   def path(self, *parts: str) -> str:
     return os.path.join(self.workdir, *parts)
+
+  def save_figure(self, image: np.ndarray, *parts: str) -> None:
+    """Write a PNG figure to WORKDIR/parts (main process only; skipped if config.log_images is
+    False: results and reports do not depend on figures)."""
+    if self.config.log_images and is_main_process():
+      save_png(self.path(*parts), image)
 
 
 def run_method(run: MethodRun, plan: Sequence[tuple[str, Callable[[], None]]], method: str,

@@ -29,6 +29,8 @@ def _run(capsys, *args):
     (("--config=configs/nosuch.py",), "existing config file"),
     ((CONFIG, "--stages=train,fly"), "stages among"),
     ((CONFIG, "--config.method=gan9000"), "config.method='gan9000'"),
+    ((CONFIG, "--config.mesh.model=2"), "parameter sharding over a model axis is not implemented"),
+    (("--config=configs/dimvida.py:tiny", "--config.mesh.model=2"), "config.mesh.model=2"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(capsys, tmp_path, args, needle):
   code, err = _run(capsys, *args, f"--workdir={tmp_path}")

@@ -223,8 +223,9 @@ def evaluate_stage(config: ml_collections.ConfigDict, workdir: str, data: Classi
   metrics["data"] = data.description
   if is_main_process():
     atomic_write_json(os.path.join(workdir, "eval", "metrics.json"), metrics)
-    save_confusion_png(os.path.join(workdir, "eval", "confusion.png"),
-                       np.asarray(metrics["confusion_matrix"]))
+    if config.log_images:
+      save_confusion_png(os.path.join(workdir, "eval", "confusion.png"),
+                         np.asarray(metrics["confusion_matrix"]))
     print(f"[evaluate] accuracy {metrics['accuracy']:.4f}"
           + (f", multi-view accuracy {metrics['multiview_accuracy']:.4f}"
              if "multiview_accuracy" in metrics else "") + f", ECE {metrics['ece']:.4f}", flush=True)

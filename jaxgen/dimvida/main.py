@@ -36,7 +36,7 @@ from jaxgen.dimvida import report as dv_report
 from jaxgen.dimvida.data import load_splits
 from jaxgen.errors import ConfigError
 from jaxgen.io.files import atomic_write_json, read_json
-from jaxgen.io.images import image_grid, save_png
+from jaxgen.io.images import image_grid
 from jaxgen.mvld import main as mvld_main
 from jaxgen.mvld import model as mvld_model
 from jaxgen.parallel.mesh import batch_sharding, is_main_process
@@ -141,7 +141,6 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
       if not path and not ft.pretrained_workdir:
         configlib.require_positive_int(config, "finetune.pretrain_steps")
   configlib.require_choice(config, "evaluate.average", dv_eval.AVERAGES)
-  configlib.require_positive_int(config, "evaluate.batch_size")
   configlib.require_positive_int(config, "evaluate.num_grid_objects")
 
 
@@ -195,7 +194,7 @@ def _stage_data(run: Run) -> None:
   if is_main_process():
     c = d["classifier_train"]
     print(f"[data] {d['description']}", flush=True)
-    save_png(run.path("samples", "nmr_c.png"), image_grid(c["image"][:32], ncols=8))
+    run.save_figure(image_grid(c["image"][:32], ncols=8), "samples", "nmr_c.png")
 
 
 def _stage_train_mvld(run: Run) -> None:
@@ -313,10 +312,11 @@ def _stage_evaluate(run: Run) -> None:
   require_stage(run.workdir, "generate_eval", "evaluate")
   e = run.data["classifier_eval"]
   ea = dv_eval.augmented_views(e["image"], run.generated("classifier_eval"))
-  labels, bs = e["label"], run.config.evaluate.batch_size
+  labels = e["label"]
   out = {}
   for arch, init, train_set in classifier_runs(run.config):
     cfg = classifier_config_of(run, arch, init)
+    bs = cfg.eval_batch_size
     clf = load_classifier(cfg, run.data["num_classes"], e["image"].shape[1:], workdir=run.workdir,
                           name=run_name(arch, init, train_set), mesh=run.mesh)
     single = clf.logits(e["image"], bs)
@@ -355,7 +355,7 @@ def _stage_report(run: Run) -> None:
     for g in range(run.num_generated):
       slots[rows, cache["generated_view"][:n, g]] = cache["views"][:n, g]
     grid = np.concatenate([slots, e["images"][:n]], axis=1)
-    save_png(run.path("samples", "nmr_ea_examples.png"), image_grid(grid))
+    run.save_figure(image_grid(grid), "samples", "nmr_ea_examples.png")
     dv_report.write(run.config, run.workdir, run.data["description"], acc,
                     num_generated=run.num_generated)
 

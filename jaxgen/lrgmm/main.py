@@ -43,8 +43,6 @@ METHODS = ("lr_gmm", "lr_gmm_nn", "nn_only")
 def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
   """Every impossible value fails here, before anything is built: shapes come from eval_shape."""
   dp = configlib.validate_mesh(config, num_devices)
-  configlib.require(config.mesh.model == 1, "mesh.model", config.mesh.model,
-                    "1 (LR-GMM-NN shards its data over 'data' only)")
   d = config.data
   configlib.require_choice(config, "data.name", DATA_NAMES)
   for key in ("data.image_size", "data.num_target", "data.num_test"):
@@ -144,7 +142,7 @@ class Run(MethodRun):
     require_stage(self.workdir, "train_classifier", "evaluate")
     clf = load_classifier(self.config.classifier, self.data["num_classes"], self.data["aux"].shape[1:],
                           workdir=self.workdir, name="classifier", mesh=self.mesh)
-    return ((lambda x: clf.features(x, batch_size=cfg.batch_size)),
+    return ((lambda x: clf.features(x, batch_size=self.config.classifier.eval_batch_size)),
             f"in-domain {self.config.classifier.arch} classifier trained by jaxgen on A's attribute "
             "labels (penultimate features), not InceptionV3: not comparable with published FIDs")
 

@@ -282,27 +282,33 @@ def capture_features(apply_fn: Callable[..., Any], variables: Any, images: jax.A
 
 
 def _domain_lpips(x: jax.Array, y: jax.Array, variables: Any, apply_fn: Callable[..., Any],
-                  layer_names: tuple[str, ...], kwargs: tuple) -> jax.Array:
+                  layer_names: tuple[str, ...], kwargs: tuple,
+                  preprocess: Callable[[jax.Array], jax.Array] | None = None) -> jax.Array:
   both = jnp.concatenate([x, y], axis=0)
-  both = both.astype(jnp.float32) / 127.5 - 1.0 if both.dtype == jnp.uint8 else \
-      both.astype(jnp.float32)
+  if both.dtype == jnp.uint8:
+    both = preprocess(both) if preprocess is not None else both.astype(jnp.float32) / 127.5 - 1.0
+  else:
+    both = both.astype(jnp.float32)
   feats = capture_features(apply_fn, variables, both, layer_names, dict(kwargs))
   n = x.shape[0]
   return distance_from_features([f[:n] for f in feats], [f[n:] for f in feats])
 
 
-_domain_lpips_jit = jax.jit(_domain_lpips, static_argnames=("apply_fn", "layer_names", "kwargs"))
+_domain_lpips_jit = jax.jit(_domain_lpips,
+                            static_argnames=("apply_fn", "layer_names", "kwargs", "preprocess"))
 
 
 def domain_lpips(x: jax.Array, y: jax.Array, apply_fn: Callable[..., Any], variables: Any,
                  layer_names: Sequence[str],
-                 apply_kwargs: Mapping[str, Any] | None = None) -> jax.Array:
+                 apply_kwargs: Mapping[str, Any] | None = None,
+                 preprocess: Callable[[jax.Array], jax.Array] | None = None) -> jax.Array:
   """In-domain LPIPS: eq. 1 with unit-normalised channels and equal weights (the paper's
   uncalibrated baseline) on the activations of `layer_names` of any Flax classifier -> [N].
 
   For offline use when the ImageNet trunks are unavailable or off-domain; report it with
-  `domain_lpips_label`, never as "LPIPS". Inputs as for `lpips` (uint8 or [-1, 1] float); the
-  classifier sees float [-1, 1] with its own channel count. Compiled once per (apply_fn,
+  `domain_lpips_label`, never as "LPIPS". uint8 inputs go through `preprocess` (the classifier's
+  own input normalisation, e.g. `Classifier.preprocess`; default: to [-1, 1]); float inputs are
+  taken to be the classifier's input already. Compiled once per (apply_fn,
   layer_names, apply_kwargs) when those are hashable (e.g. `model.apply`, {'train': False}),
   otherwise traced eagerly; it can also be called inside the caller's own `jax.jit`.
   """
@@ -312,7 +318,8 @@ def domain_lpips(x: jax.Array, y: jax.Array, apply_fn: Callable[..., Any], varia
   names = tuple(layer_names)
   kwargs = tuple(sorted(dict(apply_kwargs or {}).items()))
   try:
-    hash((apply_fn, kwargs))
+    hash((apply_fn, kwargs, preprocess))
   except TypeError:
-    return _domain_lpips(x, y, variables, apply_fn, names, kwargs)
-  return _domain_lpips_jit(x, y, variables, apply_fn=apply_fn, layer_names=names, kwargs=kwargs)
+    return _domain_lpips(x, y, variables, apply_fn, names, kwargs, preprocess)
+  return _domain_lpips_jit(x, y, variables, apply_fn=apply_fn, layer_names=names, kwargs=kwargs,
+                           preprocess=preprocess)

@@ -37,7 +37,7 @@ def build_judges(config: ml_collections.ConfigDict, classifier, mesh) -> Judges:
   del mesh
   cfg = config.evaluate
   arch = config.classifier.arch
-  bs = cfg.batch_size
+  bs = config.classifier.eval_batch_size  # every judge here runs the classifier's network
 
   if cfg.inception_path:
     from jaxgen.metrics.inception import inception_feature_fn, load_fid_inception
@@ -59,7 +59,8 @@ def build_judges(config: ml_collections.ConfigDict, classifier, mesh) -> Judges:
     from jaxgen.metrics.lpips import domain_lpips, domain_lpips_label
     pair_fn = jax.jit(functools.partial(domain_lpips, apply_fn=classifier.apply_fn,
                                         variables=classifier.variables, layer_names=LPIPS_LAYERS,
-                                        apply_kwargs={"train": False}))
+                                        apply_kwargs={"train": False},
+                                        preprocess=classifier.preprocess))
     lpips_network = domain_lpips_label(arch, LPIPS_LAYERS)
 
   return Judges(logits=lambda images: classifier.logits(images, batch_size=bs),

@@ -19,7 +19,7 @@ import numpy as np
 from jaxgen import configlib
 from jaxgen.classifier.train import fit_classifier, load_classifier, validate_classifier_config
 from jaxgen.io.files import atomic_save_npz, atomic_write_json, read_json
-from jaxgen.io.images import image_grid, save_png
+from jaxgen.io.images import image_grid
 from jaxgen.io.params import load_params, save_params
 from jaxgen.io.plots import line_plot
 from jaxgen.mvld import evaluate as mvld_eval
@@ -128,7 +128,7 @@ def _stage_data(run: Run) -> None:
   if is_main_process():
     print(f"[data] {d['description']}: train {d['train_images'].shape}, test {d['test_images'].shape}",
           flush=True)
-    save_png(run.path("samples", "data.png"), image_grid(d["train_images"][:8]))
+    run.save_figure(image_grid(d["train_images"][:8]), "samples", "data.png")
 
 
 def _stage_autoencoder(run: Run) -> None:
@@ -181,9 +181,9 @@ def _stage_sample(run: Run) -> None:
   one = generate(jax.random.fold_in(run.key("sample"), 1), images,
                  np.eye(v, dtype=np.float32)[np.zeros(n, int)])  # view 0 observed
   if is_main_process():
-    save_png(run.path("samples", "joint.png"), image_grid(np.asarray(joint)))
-    save_png(run.path("samples", "from_view0.png"),
-             image_grid(np.concatenate([np.asarray(one), images], axis=0)))
+    run.save_figure(image_grid(np.asarray(joint)), "samples", "joint.png")
+    run.save_figure(image_grid(np.concatenate([np.asarray(one), images], axis=0)),
+                    "samples", "from_view0.png")
 
 
 def _stage_evaluate(run: Run) -> None:
@@ -201,8 +201,8 @@ def _stage_evaluate(run: Run) -> None:
     atomic_write_json(run.path("eval", "table1.json"),
                       {"table1": table, "feature_network": judges.feature_network,
                        "lpips_network": judges.lpips_network})
-    save_png(run.path("samples", "table1_examples.png"),
-             mvld_eval.example_grid(images, examples, cfg.num_grid_objects))
+    run.save_figure(mvld_eval.example_grid(images, examples, cfg.num_grid_objects),
+                    "samples", "table1_examples.png")
 
 
 def _stage_transmission(run: Run) -> None:
@@ -245,9 +245,9 @@ def _stage_transmission(run: Run) -> None:
     by_k = {r["views_sent"]: r for r in rows}
     series["PNG views (k sent)"] = ([by_k[k]["png_bytes"] for k in sorted(by_k)],
                                     [_png_psnr(run, k) for k in sorted(by_k)])
-    save_png(run.path("eval", "transmission.png"),
-             line_plot(series, title="Bytes sent per object vs PSNR of all views",
-                       xlabel="bytes per object", ylabel="PSNR (dB)", log_x=True))
+    run.save_figure(line_plot(series, title="Bytes sent per object vs PSNR of all views",
+                              xlabel="bytes per object", ylabel="PSNR (dB)", log_x=True),
+                    "eval", "transmission.png")
 
 
 def _png_psnr(run: Run, k: int) -> float:
