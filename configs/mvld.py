@@ -44,8 +44,10 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   c.autoencoder.train.optim.schedule = "cosine"
   c.autoencoder.train.optim.end_lr_factor = 0.05
   c.diffusion = ml_collections.ConfigDict({
-      "sde": "vpsde",
-      "sde_params": ml_collections.ConfigDict({"beta_min": 0.1, "beta_max": 20.0}),
+      "sde": "vpsde",  # 'vpsde' | 'subvpsde' | 'vesde': the section of that name holds its parameters
+      "vpsde": ml_collections.ConfigDict({"beta_min": 0.1, "beta_max": 20.0}),
+      "subvpsde": ml_collections.ConfigDict({"beta_min": 0.1, "beta_max": 20.0}),
+      "vesde": ml_collections.ConfigDict({"sigma_min": 0.01, "sigma_max": 50.0}),
       "score_net": ml_collections.ConfigDict({
           "kind": "mlp",  # 'mlp' (residual MLP U-Net) or 'attention' (views as tokens)
           "widths": [512, 256, 128],

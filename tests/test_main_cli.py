@@ -30,6 +30,10 @@ def _run(capsys, *args):
     ((CONFIG, "--stages=train,fly"), "stages among"),
     ((CONFIG, "--config.method=gan9000"), "config.method='gan9000'"),
     ((CONFIG, "--config.mesh.model=2"), "parameter sharding over a model axis is not implemented"),
+    ((CONFIG, "--config.diffusion.sde=vesde", "--config.diffusion.vesde.sigma_max=0.001"),
+     "config.diffusion.vesde.sigma_max=0.001: expected a number > sigma_min"),
+    ((CONFIG, "--config.diffusion.vpsde.beta_min=-1.0"), "config.diffusion.vpsde.beta_min=-1.0"),
+    ((CONFIG, "--config.diffusion.sde_params.beta_min=1.0"), "unknown key 'sde_params'"),
     (("--config=configs/dimvida.py:tiny", "--config.mesh.model=2"), "config.mesh.model=2"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(capsys, tmp_path, args, needle):

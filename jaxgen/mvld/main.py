@@ -55,7 +55,8 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
   configlib.require_choice(config, "autoencoder.augment", ("trivial_augment_wide", "none"))
   configlib.validate_train(config, "autoencoder.train", dp)
   configlib.validate_train(config, "diffusion.train", dp)
-  configlib.require_choice(config, "diffusion.sde", ("vpsde", "subvpsde", "vesde"))
+  configlib.require_choice(config, "diffusion.sde", mvld_model.SDES)
+  mvld_model.build_sde(config.diffusion)  # its own section's parameters, checked by the SDE
   configlib.require_choice(config, "diffusion.score_net.kind", mvld_model.SCORE_NETS)
   configlib.require_choice(config, "diffusion.mask_mode", ("per_example", "per_batch"))
   configlib.require_range(config, "diffusion.joint_prob", 0.0, 1.0)

@@ -27,6 +27,7 @@ from jaxgen.nets.common import to_model_range, to_uint8  # noqa: F401 (re-export
 from jaxgen.nets.score_nets import ResidualMLPScoreNet, ViewAttentionScoreNet
 
 SCORE_NETS = ("mlp", "attention")
+SDES = ("vpsde", "subvpsde", "vesde")
 
 
 class LatentStats(flax.struct.PyTreeNode):
@@ -64,6 +65,25 @@ class MVLDSpec:
     return self.num_views * self.latent_dim
 
 
+def build_sde(diffusion: ml_collections.ConfigDict) -> sde_lib.SDE:
+  """The SDE `diffusion.sde` with the parameters of its own section (`diffusion.vpsde`, ...).
+
+  ConfigErrors name the real key (e.g. `diffusion.vesde.sigma_max`). Workdirs written before the
+  per-SDE sections keep their single `sde_params` section, which is read instead.
+  """
+  name = diffusion.sde
+  if name not in SDES:
+    raise ConfigError("diffusion.sde", name, "one of " + ", ".join(SDES))
+  legacy = "sde_params" in diffusion and name not in diffusion
+  params = dict(diffusion.sde_params if legacy else diffusion[name])
+  try:
+    return sde_lib.get_sde(name, **params)
+  except ConfigError as err:
+    section = "sde_params" if legacy else name
+    raise ConfigError(f"diffusion.{section}.{err.key.split('.', 1)[-1]}", err.value,
+                      err.expected) from None
+
+
 def build_spec(config: ml_collections.ConfigDict) -> MVLDSpec:
   """Modules and SDE from `config.data`, `config.autoencoder`, `config.diffusion`."""
   ae = ViewAutoencoder(image_size=config.data.image_size, latent_dim=config.autoencoder.latent_dim,
@@ -78,7 +98,7 @@ def build_spec(config: ml_collections.ConfigDict) -> MVLDSpec:
                                 time_embed_dim=net_cfg.time_embed_dim)
   else:
     raise ConfigError("diffusion.score_net.kind", net_cfg.kind, "one of " + ", ".join(SCORE_NETS))
-  sde = sde_lib.get_sde(config.diffusion.sde, **dict(config.diffusion.sde_params))
+  sde = build_sde(config.diffusion)
   return MVLDSpec(config.data.num_views, config.autoencoder.latent_dim, config.data.image_size,
                   ae, net, sde)
 
