@@ -35,6 +35,15 @@ def test_tiny_preset_writes_table1_transmission_and_report(tmp_path):
   assert "Table I" in report and "Transmission" in report and "seed: 0" in report
   for png in ("samples/table1_examples.png", "samples/joint.png", "eval/transmission.png"):
     assert (tmp_path / png).stat().st_size > 100
+  # The results page is generated from the JSON (claims over seeds) and checks its numbers.
+  from jaxgen.mvld import claims, results_page
+  summary = claims.summarise({0: results, 1: results})
+  assert summary["table1"]["1"]["psnr"]["std"] == 0.0 and summary["seeds"] == [0, 1]
+  assert set(summary["trend"]) == {"psnr", "ssim", "lpips", "fid", "coherence"}
+  page = results_page.build(summary, results)
+  assert "Table I" in page and "Transmission" in page and results_page.check_numbers(
+      page, [summary, results, results_page.PAPER_TABLE1]) == []
+  assert results_page.check_numbers(page + "\n| 123.456789 |", [summary, results]) == ["123.456789"]
   # A second run skips every finished stage and changes nothing.
   before = (tmp_path / "results.json").read_text()
   assert jaxgen_main.run(["jaxgen.main", TINY, f"--workdir={tmp_path}"]) == 0
