@@ -23,13 +23,13 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import zipfile
 
 import numpy as np
 
 from jaxgen.data import renderer
 from jaxgen.errors import ConfigError
+from jaxgen.io.files import atomic_save_npz
 
 SPLITS: tuple[str, ...] = ("train", "classifier_train", "classifier_eval", "test")
 SINGLE_VIEW_SPLITS: tuple[str, ...] = ("classifier_train", "classifier_eval")
@@ -135,19 +135,9 @@ def _load(path: str, params: dict) -> dict[str, np.ndarray]:
 
 
 def _save(path: str, flat: dict[str, np.ndarray], params: dict) -> None:
-  """Atomic write: a temp file in the same directory, then os.replace."""
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp",
-                             dir=os.path.dirname(path) or ".")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      meta = np.frombuffer(json.dumps(params, sort_keys=True).encode(), np.uint8)
-      np.savez(f, __meta__=meta, **flat)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  """Atomic write (`jaxgen.io.files.atomic_save_npz`): the parameters ride along as `__meta__`."""
+  meta = np.frombuffer(json.dumps(params, sort_keys=True).encode(), np.uint8)
+  atomic_save_npz(path, __meta__=meta, **flat)
 
 
 def _unflatten(flat: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:

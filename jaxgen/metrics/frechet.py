@@ -14,8 +14,6 @@ numbers) and in float32 otherwise. The float32 path is compensated rather than n
 
 from __future__ import annotations
 
-import os
-import tempfile
 from typing import NamedTuple
 
 import jax
@@ -23,12 +21,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxgen.errors import DataError
+from jaxgen.io.files import atomic_save_npz
+from jaxgen.metrics.dtypes import working_float_dtype
 
 _HI = jax.lax.Precision.HIGHEST
-
-
-def _float_dtype() -> jnp.dtype:
-  return jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
 
 
 def _psd_sqrt(c: jax.Array) -> jax.Array:
@@ -56,7 +52,7 @@ def frechet_distance(mu1: jax.Array, cov1: jax.Array, mu2: jax.Array, cov2: jax.
   Returns:
     A scalar >= 0 in the working float dtype.
   """
-  dt = _float_dtype()
+  dt = working_float_dtype()
   mu1, mu2, cov1, cov2 = (jnp.asarray(a, dt) for a in (mu1, mu2, cov1, cov2))
   s1, s2 = _psd_sqrt(cov1), _psd_sqrt(cov2)
   p, _, qt = jnp.linalg.svd(jnp.matmul(s2, s1, precision=_HI))
@@ -65,7 +61,7 @@ def frechet_distance(mu1: jax.Array, cov1: jax.Array, mu2: jax.Array, cov2: jax.
 
 
 def _mean_cov(feats: jax.Array) -> tuple[jax.Array, jax.Array]:
-  x = jnp.asarray(feats, _float_dtype())
+  x = jnp.asarray(feats, working_float_dtype())
   if x.ndim != 2 or x.shape[0] < 2:
     raise DataError(f"features of shape {x.shape}: expected (N, d) with N >= 2")
   mu = jnp.mean(x, axis=0)
@@ -102,7 +98,7 @@ class FeatureStats(NamedTuple):
 
 def init_stats(dim: int) -> FeatureStats:
   """Empty accumulator for d-dimensional features (float64 under x64, else float32)."""
-  dt = _float_dtype()
+  dt = working_float_dtype()
   z1, z2 = jnp.zeros((dim,), dt), jnp.zeros((dim, dim), dt)
   return FeatureStats(jnp.zeros((), dt), z1, z2, z1, z2)
 
@@ -168,15 +164,7 @@ def fid_from_stats(stats_a: StatsLike, stats_b: StatsLike) -> jax.Array:
 def save_stats(path: str, mean: jax.Array, cov: jax.Array) -> None:
   """Writes (mean, cov) as float64 .npz with keys `mu` and `sigma` (the layout used by the
   common FID reference-statistics files), atomically (temp file, then rename)."""
-  d = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(suffix=".npz", dir=d)
-  os.close(fd)
-  try:
-    np.savez(tmp, mu=np.asarray(mean, np.float64), sigma=np.asarray(cov, np.float64))
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+  atomic_save_npz(path, mu=np.asarray(mean, np.float64), sigma=np.asarray(cov, np.float64))
 
 
 def load_stats(path: str) -> tuple[np.ndarray, np.ndarray]:

@@ -14,16 +14,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxgen.errors import DataError
+from jaxgen.metrics.dtypes import working_float_dtype
 
 # Wang et al. 2004, Sec. III-C: 11x11 circular-symmetric Gaussian, sigma 1.5, K1 0.01, K2 0.03.
 SSIM_SIGMA = 1.5
 SSIM_RADIUS = 5  # int(3.5 * 1.5 + 0.5), the 11-tap window scikit-image uses with gaussian_weights
 SSIM_K1 = 0.01
 SSIM_K2 = 0.03
-
-
-def _float_dtype() -> jnp.dtype:
-  return jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
 
 
 def resolve_data_range(x: jax.Array, y: jax.Array, data_range: float | jax.Array | None,
@@ -55,7 +52,7 @@ def _as_batch(x: jax.Array, y: jax.Array, name: str) -> tuple[jax.Array, jax.Arr
   single = x.ndim == 3
   if single:
     x, y = x[None], y[None]
-  dt = _float_dtype()
+  dt = working_float_dtype()
   return x.astype(dt), y.astype(dt), single
 
 

@@ -8,12 +8,9 @@ import jax
 import jax.numpy as jnp
 
 from jaxgen.errors import ConfigError, DataError
+from jaxgen.metrics.dtypes import working_float_dtype
 
 _HI = jax.lax.Precision.HIGHEST
-
-
-def _float_dtype() -> jnp.dtype:
-  return jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
 
 
 def polynomial_kernel(x: jax.Array, y: jax.Array, degree: int = 3, gamma: float | None = None,
@@ -80,8 +77,8 @@ def kid(feats_a: jax.Array, feats_b: jax.Array, num_subsets: int = 100, subset_s
   Returns:
     (mean, std) scalars.
   """
-  fa = jnp.asarray(feats_a, _float_dtype())
-  fb = jnp.asarray(feats_b, _float_dtype())
+  fa = jnp.asarray(feats_a, working_float_dtype())
+  fb = jnp.asarray(feats_b, working_float_dtype())
   if fa.ndim != 2 or fb.ndim != 2 or fa.shape[1] != fb.shape[1]:
     raise DataError(f"kid: feature shapes {fa.shape} and {fb.shape}; expected (N, d) with equal d")
   if min(fa.shape[0], fb.shape[0], subset_size) < 2:

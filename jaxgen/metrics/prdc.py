@@ -13,12 +13,9 @@ import jax
 import jax.numpy as jnp
 
 from jaxgen.errors import ConfigError, DataError
+from jaxgen.metrics.dtypes import working_float_dtype
 
 _HI = jax.lax.Precision.HIGHEST
-
-
-def _float_dtype() -> jnp.dtype:
-  return jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
 
 
 def _sq_dists(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -100,8 +97,8 @@ def prdc(real_feats: jax.Array, fake_feats: jax.Array, k: int = 5,
   Returns:
     {'precision', 'recall', 'density', 'coverage'} scalars (density can exceed 1).
   """
-  real = jnp.asarray(real_feats, _float_dtype())
-  fake = jnp.asarray(fake_feats, _float_dtype())
+  real = jnp.asarray(real_feats, working_float_dtype())
+  fake = jnp.asarray(fake_feats, working_float_dtype())
   if real.ndim != 2 or fake.ndim != 2 or real.shape[1] != fake.shape[1]:
     raise DataError(f"prdc: feature shapes {real.shape} and {fake.shape}; "
                     "expected (N, d) with equal d")
