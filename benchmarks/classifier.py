@@ -25,8 +25,8 @@ def jax_images_per_second(args: argparse.Namespace, images: np.ndarray, labels: 
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
 
-  from jaxgen.classifier.train import (build_model, classifier_config,  # pylint: disable=import-outside-toplevel
-                                       initial_variables, make_step_fn)
+  from jaxgen.classifier.config import build_model, classifier_config  # pylint: disable=import-outside-toplevel
+  from jaxgen.classifier.train import initial_variables, make_step_fn  # pylint: disable=import-outside-toplevel
   from jaxgen.train.optim import make_optimizer  # pylint: disable=import-outside-toplevel
   from jaxgen.train.state import TrainState  # pylint: disable=import-outside-toplevel
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import ml_collections
 
 from jaxgen import configlib
-from jaxgen.classifier.train import classifier_config
+from jaxgen.classifier.config import classifier_config
 
 MATRIX_ARCHS = ("resnet18", "resnet50", "mobilenet_v3_large", "mobilenet_v3_small", "vit_tiny")
 MATRIX = tuple(f"{a}_{d}" for a in MATRIX_ARCHS for d in ("multiview", "digits"))

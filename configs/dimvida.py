@@ -21,7 +21,7 @@ import os
 import ml_collections
 
 from jaxgen import configlib
-from jaxgen.classifier.train import classifier_config
+from jaxgen.classifier.config import classifier_config
 
 PRESETS = ("tiny", "default", "nmr")
 ARCHS = ("resnet18", "mobilenet_v3")  # the paper's two architectures (results.json keys)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import ml_collections
 
 from jaxgen import configlib
-from jaxgen.classifier.train import classifier_config
+from jaxgen.classifier.config import classifier_config
 
 PRESETS = ("tiny", "default", "celebahq")
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import ml_collections
 
 from jaxgen import configlib
-from jaxgen.classifier.train import classifier_config
+from jaxgen.classifier.config import classifier_config
 
 PRESETS = ("tiny", "default", "nmr")
 # NMR_d holds 30,642 ShapeNet objects in the 13 largest classes (train split of the NMR release).
@@ -35,8 +35,8 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   c.autoencoder = ml_collections.ConfigDict({
       "latent_dim": 64,  # numbers per view (paper 000 IV-A)
       "channels": [16, 32, 64],
-      # Paper 000 IV-A uses TrivialAugmentWide (the nmr preset does). On the embedded default it
-      # cost reconstruction quality within the CPU budget (docs/results_mvld.md), so it is off.
+      # Paper 000 IV-A uses TrivialAugmentWide (the nmr preset does). An earlier comparison at
+      # the embedded default's CPU budget found it cost reconstruction quality, so it is off here.
       "augment": "none",  # or 'trivial_augment_wide'
       "train": configlib.train_config(2000, 64, lr=1e-3, steps_per_call=25, log_every=100,
                                       checkpoint_every=500),

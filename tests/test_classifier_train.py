@@ -16,9 +16,11 @@ from jaxgen import configlib
 from jaxgen.classifier import augment, evaluate
 from jaxgen.classifier.sampling import (ClassBalancedBatches, SyntheticReplacement,
                                         balanced_class_weights)
-from jaxgen.classifier.train import (classifier_config, classification_loss, fit_classifier,
-                                     load_classifier_variables, smooth_targets, soft_cross_entropy,
-                                     softmax_entropy, validate_classifier_config)
+from jaxgen.classifier.config import classifier_config, validate_classifier_config
+from jaxgen.classifier.inference import load_classifier_variables
+from jaxgen.classifier.losses import (classification_loss, smooth_targets, soft_cross_entropy,
+                                      softmax_entropy)
+from jaxgen.classifier.train import fit_classifier
 from jaxgen.data.memory import ArrayBatches
 from jaxgen.errors import ConfigError, DataError
 from jaxgen.parallel.mesh import make_mesh

@@ -20,8 +20,9 @@ import numpy as np
 
 from jaxgen import configlib
 from jaxgen.classifier.evaluate import evaluate_classifier, save_confusion_png
-from jaxgen.classifier.train import (fit_classifier, load_classifier, load_classifier_variables,
-                                     validate_classifier_config)
+from jaxgen.classifier.config import validate_classifier_config
+from jaxgen.classifier.inference import load_classifier, load_classifier_variables
+from jaxgen.classifier.train import fit_classifier
 from jaxgen.errors import ConfigError, DataError
 from jaxgen.io.files import atomic_write_json, read_json
 from jaxgen.io.report import markdown_table, write_report, write_results

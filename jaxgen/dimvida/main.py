@@ -27,8 +27,9 @@ import numpy as np
 
 from jaxgen import configlib
 from jaxgen.classifier.evaluate import classifier_view_logits
-from jaxgen.classifier.train import (build_model, fit_classifier, initial_variables, load_classifier,
-                                     load_classifier_variables, validate_classifier_config)
+from jaxgen.classifier.config import build_model, validate_classifier_config
+from jaxgen.classifier.inference import load_classifier, load_classifier_variables
+from jaxgen.classifier.train import fit_classifier, initial_variables
 from jaxgen.classifier.transfer import transfer_variables
 from jaxgen.dimvida import evaluate as dv_eval
 from jaxgen.dimvida import generation

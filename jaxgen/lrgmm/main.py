@@ -19,7 +19,9 @@ import ml_collections
 import numpy as np
 
 from jaxgen import configlib
-from jaxgen.classifier.train import fit_classifier, load_classifier, validate_classifier_config
+from jaxgen.classifier.config import validate_classifier_config
+from jaxgen.classifier.inference import load_classifier
+from jaxgen.classifier.train import fit_classifier
 from jaxgen.errors import ConfigError
 from jaxgen.gmm import pca
 from jaxgen.gmm.lowrank import component_dims

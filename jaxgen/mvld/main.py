@@ -17,7 +17,9 @@ import ml_collections
 import numpy as np
 
 from jaxgen import configlib
-from jaxgen.classifier.train import fit_classifier, load_classifier, validate_classifier_config
+from jaxgen.classifier.config import validate_classifier_config
+from jaxgen.classifier.inference import load_classifier
+from jaxgen.classifier.train import fit_classifier
 from jaxgen.io.files import atomic_save_npz, atomic_write_json, read_json
 from jaxgen.io.images import image_grid
 from jaxgen.io.params import load_params, save_params
