@@ -19,8 +19,8 @@ import ml_collections
 import numpy as np
 
 from jaxgen import configlib
-from jaxgen.classifier.evaluate import evaluate_classifier, save_confusion_png
 from jaxgen.classifier.config import validate_classifier_config
+from jaxgen.classifier.evaluate import evaluate_classifier, save_confusion_png
 from jaxgen.classifier.inference import load_classifier, load_classifier_variables
 from jaxgen.classifier.train import fit_classifier
 from jaxgen.errors import ConfigError, DataError

@@ -26,8 +26,8 @@ import ml_collections
 import numpy as np
 
 from jaxgen import configlib
-from jaxgen.classifier.evaluate import classifier_view_logits
 from jaxgen.classifier.config import build_model, validate_classifier_config
+from jaxgen.classifier.evaluate import classifier_view_logits
 from jaxgen.classifier.inference import load_classifier, load_classifier_variables
 from jaxgen.classifier.train import fit_classifier, initial_variables
 from jaxgen.classifier.transfer import transfer_variables
