@@ -68,63 +68,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   c.init_from = ml_collections.ConfigDict({"workdir": "", "name": "classifier"})
   c.evaluate = ml_collections.ConfigDict({"num_train_examples": 1000})
 
-  if preset == "tiny":
-    c.data.update(image_size=16, num_train=48, num_test=16, num_views=2)
-    c.classifier = classifier_config("vit_tiny", num_steps=20, batch_size=16, lr=3e-3,
-                                     patch_size=4, hidden_dim=16, num_layers=1, num_heads=2,
-                                     mlp_dim=32)
-    c.classifier.train.update(steps_per_call=10, log_every=10, checkpoint_every=10)
-    c.classifier.eval_batch_size = 64
-    c.evaluate.num_train_examples = 48
-  elif preset in ("default", "finetune"):
-    # ResNet-18 depth at a quarter of the width (16 stem channels): XLA:CPU trains it ~20x
-    # faster than width 64, which keeps this preset within minutes on 2 cores.
-    c.classifier = classifier_config("resnet18", num_steps=500, batch_size=128, lr=2e-3,
-                                     small_input=False, width=16)
-    c.classifier.train.optim.schedule = "cosine"
-    c.classifier.train.update(steps_per_call=20, checkpoint_every=200)
-    if preset == "finetune":  # from the default preset's run, at a tenth of the learning rate
-      c.init_from.workdir = "workdirs/classifier-default"
-      c.classifier.train.num_steps = 200
-      c.classifier.train.optim.lr = 1e-4
-  elif preset in MATRIX:
-    _matrix_preset(c, preset)
-  elif preset in PAPER_MULTIVIEW:
-    # Paper 000 sec. IV: torchvision networks from scratch, Adam lr 1e-5, batch 128 on 64x64 renders.
-    c.data.update(image_size=64, num_train=5000, num_test=1000)
-    arch = preset[:-len("_multiview_paper")]
-    c.classifier = classifier_config(arch, num_steps=20_000, batch_size=128, lr=1e-5,
-                                     small_input=False)
-    c.classifier.train.update(steps_per_call=50, checkpoint_every=2000, log_every=100)
-  elif preset in ("resnet18_digits_longtail", "resnet18_spinal_entropy"):
-    c.data.update(name="digits", image_size=32)
-    c.classifier = classifier_config("resnet18", num_steps=400, batch_size=64, lr=1e-3, width=32)
-    c.classifier.train.optim.schedule = "cosine"
-    c.classifier.train.update(steps_per_call=20, checkpoint_every=200)
-    c.classifier.augment.update(flip=False, crop_padding=2)  # digits are not mirror-symmetric
-    if preset == "resnet18_digits_longtail":
-      c.data.imbalance_factor = 10
-      c.classifier.sampling = "class_balanced"
-    elif preset == "resnet18_spinal_entropy":
-      c.classifier.arch_kw.update(head="spinal", spinal_width=64)
-      c.classifier.entropy_weight = 0.3  # paper 003 sec. 4.3
-  elif preset == "resnet50_cifar10":
-    # Paper 001 sec. 4: SGD(0.9), wd 5e-4, cosine, label smoothing (confidence 0.9), CutMix.
-    c.data.update(name="tfds", tfds_name="cifar10", image_size=32, num_train=0, num_test=0)
-    c.classifier = classifier_config("resnet50", num_steps=39_000, batch_size=128, lr=0.1,
-                                     optimizer="sgd", label_smoothing=0.1, cutmix_alpha=1.0,
-                                     mix_prob=0.5)
-    c.classifier.train.optim.update(schedule="cosine", weight_decay=5e-4, momentum=0.9)
-    c.classifier.train.update(steps_per_call=50, checkpoint_every=3900, log_every=100)
-    c.classifier.augment.crop_padding = 4
-  elif preset == "resnet18_torchvision":
-    # ImageNet weights (e.g. torchvision's resnet18-f37072fd.pth) fine-tuned on 64x64 renders.
-    c.data.update(image_size=64)
-    c.classifier = classifier_config("resnet18", num_steps=1000, batch_size=128, lr=1e-4,
-                                     small_input=False, normalization="imagenet",
-                                     pretrained_path="resnet18-f37072fd.pth")
-    c.classifier.train.optim.schedule = "cosine"
-    c.classifier.train.update(steps_per_call=20, checkpoint_every=500)
+  _PRESETS[preset](c, preset)
   return c
 
 
@@ -172,3 +116,91 @@ def _matrix_preset(c: ml_collections.ConfigDict, preset: str) -> None:
   c.classifier.train.update(steps_per_call=20, log_every=20, checkpoint_every=steps)
   if data == "digits":
     c.classifier.augment.update(flip=False, crop_padding=2)  # digits are not mirror-symmetric
+
+
+# --------------------------------------------------------------------------- presets, one builder each
+
+
+def _tiny(c: ml_collections.ConfigDict, preset: str) -> None:
+  c.data.update(image_size=16, num_train=48, num_test=16, num_views=2)
+  c.classifier = classifier_config("vit_tiny", num_steps=20, batch_size=16, lr=3e-3,
+                                   patch_size=4, hidden_dim=16, num_layers=1, num_heads=2,
+                                   mlp_dim=32)
+  c.classifier.train.update(steps_per_call=10, log_every=10, checkpoint_every=10)
+  c.classifier.eval_batch_size = 64
+  c.evaluate.num_train_examples = 48
+
+
+def _default(c: ml_collections.ConfigDict, preset: str) -> None:
+  # ResNet-18 depth at a quarter of the width (16 stem channels): XLA:CPU trains it ~20x
+  # faster than width 64, which keeps this preset within minutes on 2 cores.
+  c.classifier = classifier_config("resnet18", num_steps=500, batch_size=128, lr=2e-3,
+                                   small_input=False, width=16)
+  c.classifier.train.optim.schedule = "cosine"
+  c.classifier.train.update(steps_per_call=20, checkpoint_every=200)
+
+
+def _finetune(c: ml_collections.ConfigDict, preset: str) -> None:
+  """From the default preset's run, at a tenth of the learning rate."""
+  _default(c, preset)
+  c.init_from.workdir = "workdirs/classifier-default"
+  c.classifier.train.num_steps = 200
+  c.classifier.train.optim.lr = 1e-4
+
+
+def _paper_multiview(c: ml_collections.ConfigDict, preset: str) -> None:
+  # Paper 000 sec. IV: torchvision networks from scratch, Adam lr 1e-5, batch 128 on 64x64 renders.
+  c.data.update(image_size=64, num_train=5000, num_test=1000)
+  arch = preset[:-len("_multiview_paper")]
+  c.classifier = classifier_config(arch, num_steps=20_000, batch_size=128, lr=1e-5,
+                                   small_input=False)
+  c.classifier.train.update(steps_per_call=50, checkpoint_every=2000, log_every=100)
+
+
+def _digits_resnet18(c: ml_collections.ConfigDict) -> None:
+  c.data.update(name="digits", image_size=32)
+  c.classifier = classifier_config("resnet18", num_steps=400, batch_size=64, lr=1e-3, width=32)
+  c.classifier.train.optim.schedule = "cosine"
+  c.classifier.train.update(steps_per_call=20, checkpoint_every=200)
+  c.classifier.augment.update(flip=False, crop_padding=2)  # digits are not mirror-symmetric
+
+
+def _digits_longtail(c: ml_collections.ConfigDict, preset: str) -> None:
+  _digits_resnet18(c)
+  c.data.imbalance_factor = 10
+  c.classifier.sampling = "class_balanced"
+
+
+def _spinal_entropy(c: ml_collections.ConfigDict, preset: str) -> None:
+  _digits_resnet18(c)
+  c.classifier.arch_kw.update(head="spinal", spinal_width=64)
+  c.classifier.entropy_weight = 0.3  # paper 003 sec. 4.3
+
+
+def _resnet50_cifar10(c: ml_collections.ConfigDict, preset: str) -> None:
+  # Paper 001 sec. 4: SGD(0.9), wd 5e-4, cosine, label smoothing (confidence 0.9), CutMix.
+  c.data.update(name="tfds", tfds_name="cifar10", image_size=32, num_train=0, num_test=0)
+  c.classifier = classifier_config("resnet50", num_steps=39_000, batch_size=128, lr=0.1,
+                                   optimizer="sgd", label_smoothing=0.1, cutmix_alpha=1.0,
+                                   mix_prob=0.5)
+  c.classifier.train.optim.update(schedule="cosine", weight_decay=5e-4, momentum=0.9)
+  c.classifier.train.update(steps_per_call=50, checkpoint_every=3900, log_every=100)
+  c.classifier.augment.crop_padding = 4
+
+
+def _resnet18_torchvision(c: ml_collections.ConfigDict, preset: str) -> None:
+  # ImageNet weights (e.g. torchvision's resnet18-f37072fd.pth) fine-tuned on 64x64 renders.
+  c.data.update(image_size=64)
+  c.classifier = classifier_config("resnet18", num_steps=1000, batch_size=128, lr=1e-4,
+                                   small_input=False, normalization="imagenet",
+                                   pretrained_path="resnet18-f37072fd.pth")
+  c.classifier.train.optim.schedule = "cosine"
+  c.classifier.train.update(steps_per_call=20, checkpoint_every=500)
+
+
+_PRESETS = {"tiny": _tiny, "default": _default, "finetune": _finetune,
+            **{name: _matrix_preset for name in MATRIX},
+            **{name: _paper_multiview for name in PAPER_MULTIVIEW},
+            "resnet18_digits_longtail": _digits_longtail, "resnet18_spinal_entropy": _spinal_entropy,
+            "resnet50_cifar10": _resnet50_cifar10, "resnet18_torchvision": _resnet18_torchvision}
+assert set(_PRESETS) == set(PRESETS), "every preset has one builder"
