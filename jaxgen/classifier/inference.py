@@ -16,7 +16,8 @@ from jax.sharding import Mesh
 from jaxgen.classifier.config import build_model
 from jaxgen.classifier.losses import normalize
 from jaxgen.errors import DataError
-from jaxgen.parallel.mesh import batch_sharding, data_parallel_size, replicated
+from jaxgen.parallel.batching import batched_apply
+from jaxgen.parallel.mesh import replicated
 
 _FORWARD_CACHE: dict[tuple[nn.Module, str], Callable] = {}
 
@@ -62,24 +63,11 @@ class Classifier:
     if images.ndim != 4 or images.dtype != np.uint8:
       raise DataError(f"classifier input has shape {images.shape} and dtype {images.dtype}; "
                       "expected uint8 [N, H, W, C]")
-    n = len(images)
-    multiple = data_parallel_size(self.mesh) if self.mesh is not None else 1
-    bs = max(1, min(batch_size, n))
-    bs = -(-bs // multiple) * multiple  # padded batches split evenly over the mesh
-    logits, feats = [], []
-    for start in range(0, n, bs):
-      chunk = images[start:start + bs]
-      m = len(chunk)
-      if m < bs:  # pad the last batch so one compiled shape serves every call
-        chunk = np.concatenate([chunk, np.zeros((bs - m,) + chunk.shape[1:], chunk.dtype)])
-      if self.mesh is not None:
-        chunk = jax.device_put(chunk, batch_sharding(self.mesh))
-      z, f = jax.device_get(self._forward(self.variables, chunk))
-      logits.append(np.asarray(z[:m], np.float32))
-      feats.append(np.asarray(f[:m], np.float32))
-    if not logits:
+    out = batched_apply(lambda chunk: self._forward(self.variables, chunk), images, batch_size,
+                        mesh=self.mesh)
+    if out is None:
       return np.zeros((0, self.num_classes), np.float32), np.zeros((0, 0), np.float32)
-    return np.concatenate(logits), np.concatenate(feats)
+    return np.asarray(out[0], np.float32), np.asarray(out[1], np.float32)
 
   def logits(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """float32 logits [N, K] of uint8 images [N, H, W, C]."""

@@ -23,6 +23,7 @@ import numpy as np
 from jaxgen.errors import DataError
 from jaxgen.io.torch_state_dict import load_state_dict, to_flax_variables
 from jaxgen.nets.conv import Conv
+from jaxgen.parallel.batching import batched_apply
 
 __all__ = [
     "FID_WEIGHTS_FILE", "FIDInceptionV3", "fid_weights_hint", "InceptionFeatures", "import_fid_inception",
@@ -264,19 +265,12 @@ def inception_feature_fn(variables: Any, *, logits_bias: bool = False, batch_siz
   bias = np.asarray(variables["params"]["fc"]["bias"], np.float32)
 
   def features(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    images = np.asarray(images)
-    pools, logits = [], []
-    for start in range(0, images.shape[0], batch_size):
-      chunk = images[start:start + batch_size]
-      n = chunk.shape[0]
-      if n < batch_size:
-        chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - n, axis=0)])
-      p, l = _inception_apply(variables, preprocess(chunk), resize)
-      pools.append(np.asarray(p)[:n])
-      logits.append(np.asarray(l)[:n] - (0.0 if logits_bias else bias))
-    if not pools:
+    out = batched_apply(lambda chunk: _inception_apply(variables, preprocess(chunk), resize),
+                        np.asarray(images), batch_size, pad="edge")
+    if out is None:
       return np.zeros((0, 2048), np.float32), np.zeros((0, NUM_CLASSES), np.float32)
-    return np.concatenate(pools), np.concatenate(logits)
+    pools, logits = out
+    return np.asarray(pools), np.asarray(logits) - (0.0 if logits_bias else bias)
 
   return features
 

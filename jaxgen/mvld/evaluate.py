@@ -31,6 +31,7 @@ from jaxgen.metrics.lpips import lpips_diversity
 from jaxgen.metrics.prdc import prdc
 from jaxgen.mvld import masking
 from jaxgen.mvld import model as mvld_model
+from jaxgen.parallel.batching import batched_apply
 
 METRICS = ("psnr", "ssim", "lpips", "fid", "coherence")
 # Beyond Table I, on the same equal-size subsamples as FID: KID (unbiased, less size-biased than
@@ -61,8 +62,7 @@ def make_generator(spec: mvld_model.MVLDSpec, ae_params: Any, score_params: Any,
 
 
 def _batched(fn: Callable, arrays: tuple[np.ndarray, ...], batch_size: int) -> np.ndarray:
-  out = [np.asarray(fn(*(a[i:i + batch_size] for a in arrays))) for i in range(0, len(arrays[0]), batch_size)]
-  return np.concatenate(out)
+  return batched_apply(fn, arrays, batch_size, pad="edge")
 
 
 def pair_metrics(generated: np.ndarray, true: np.ndarray, labels: np.ndarray, judges: Judges,

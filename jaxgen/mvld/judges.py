@@ -16,20 +16,14 @@ import ml_collections
 import numpy as np
 
 from jaxgen.mvld.evaluate import Judges
+from jaxgen.parallel.batching import batched_apply
 
 LPIPS_LAYERS = ("stage1", "stage2", "stage3", "stage4")
 
 
 def _batched_pairs(fn, x: np.ndarray, y: np.ndarray, batch_size: int) -> np.ndarray:
-  out = []
-  for i in range(0, len(x), batch_size):
-    a, b = x[i:i + batch_size], y[i:i + batch_size]
-    n = len(a)
-    if n < batch_size:  # pad so one compiled shape serves every call
-      a = np.concatenate([a, np.repeat(a[-1:], batch_size - n, 0)])
-      b = np.concatenate([b, np.repeat(b[-1:], batch_size - n, 0)])
-    out.append(np.asarray(fn(a, b))[:n])
-  return np.concatenate(out) if out else np.zeros((0,), np.float32)
+  out = batched_apply(fn, (x, y), batch_size, pad="edge")
+  return np.zeros((0,), np.float32) if out is None else out
 
 
 def build_judges(config: ml_collections.ConfigDict, classifier, mesh) -> Judges:
