@@ -14,14 +14,13 @@ paper's three claims (`jaxgen.dimvida.report.build_tables`).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 
-from jaxgen import main as jaxgen_main
 from jaxgen.dimvida.report import build_tables
 from jaxgen.io.files import atomic_write_json, read_json
+from jaxgen.seeds import parse_seed_args, run_seeds, seed_workdir
 
 
 def summarise(root: str, seeds: list[int]) -> dict:
@@ -39,25 +38,18 @@ def summarise(root: str, seeds: list[int]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-  argv = list(sys.argv[1:] if argv is None else argv)
-  extra = argv[argv.index("--") + 1:] if "--" in argv else []
-  argv = argv[:argv.index("--")] if "--" in argv else argv
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--config", default="configs/dimvida.py")
-  parser.add_argument("--seeds", default="0,1,2")
-  parser.add_argument("--root", default="workdirs/dimvida-claims")
-  args = parser.parse_args(argv)
-  seeds = [int(s) for s in args.seeds.split(",") if s]
-  first = os.path.join(args.root, f"seed{seeds[0]}")
-  for seed in seeds:
-    workdir = os.path.join(args.root, f"seed{seed}")
-    reuse = [] if seed == seeds[0] else [f"--config.mvld_workdir={os.path.join(first, 'mvld')}",
-                                         f"--config.finetune.pretrained_workdir={first}"]
-    print(f"[claims] seed {seed} -> {workdir}", flush=True)
-    code = jaxgen_main.run(["jaxgen.main", f"--config={args.config}", f"--config.seed={seed}",
-                            f"--workdir={workdir}", *reuse, *extra])
-    if code:
-      return code
+  args, seeds, extra = parse_seed_args(sys.argv[1:] if argv is None else argv,
+                                       __doc__.split("\n")[0], "configs/dimvida.py",
+                                       "workdirs/dimvida-claims")
+  first = seed_workdir(args.root, seeds[0])
+
+  def reuse(seed: int) -> list[str]:  # later seeds share the first one's MVLD and pre-training
+    return [] if seed == seeds[0] else [f"--config.mvld_workdir={os.path.join(first, 'mvld')}",
+                                        f"--config.finetune.pretrained_workdir={first}"]
+
+  code = run_seeds(args.config, args.root, seeds, extra, per_seed=reuse)
+  if code:
+    return code
   summary = summarise(args.root, seeds)
   atomic_write_json(os.path.join(args.root, "claims.json"), summary)
   print(json.dumps(summary["claims"], indent=1), flush=True)

@@ -12,15 +12,13 @@ recall, and the claim "the NN step lowers FID" as the per-seed differences with 
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 
 import numpy as np
 
-from jaxgen import main as jaxgen_main
-from jaxgen.io.files import atomic_write_json
+from jaxgen.io.files import atomic_write_json, read_json
+from jaxgen.seeds import parse_seed_args, run_seeds, seed_workdir
 
 METRICS = ("fid", "precision", "recall")
 
@@ -49,25 +47,13 @@ def summarise(results: dict[int, dict]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-  argv = list(sys.argv[1:] if argv is None else argv)
-  extra = argv[argv.index("--") + 1:] if "--" in argv else []
-  argv = argv[:argv.index("--")] if "--" in argv else argv
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--config", default="configs/lrgmm.py")
-  parser.add_argument("--seeds", default="0,1,2")
-  parser.add_argument("--root", default="workdirs/lrgmm-claims")
-  args = parser.parse_args(argv)
-  seeds = [int(s) for s in args.seeds.split(",") if s]
-  results = {}
-  for seed in seeds:
-    workdir = os.path.join(args.root, f"seed{seed}")
-    print(f"[claims] seed {seed} -> {workdir}", flush=True)
-    code = jaxgen_main.run(["jaxgen.main", f"--config={args.config}", f"--config.seed={seed}",
-                            f"--workdir={workdir}", *extra])
-    if code:
-      return code
-    with open(os.path.join(workdir, "results.json")) as f:
-      results[seed] = json.load(f)
+  args, seeds, extra = parse_seed_args(sys.argv[1:] if argv is None else argv,
+                                       __doc__.split("\n")[0], "configs/lrgmm.py",
+                                       "workdirs/lrgmm-claims")
+  code = run_seeds(args.config, args.root, seeds, extra)
+  if code:
+    return code
+  results = {s: read_json(os.path.join(seed_workdir(args.root, s), "results.json")) for s in seeds}
   summary = summarise(results)
   atomic_write_json(os.path.join(args.root, "claims.json"), summary)
   for n, c in summary["nn_lowers_fid"].items():

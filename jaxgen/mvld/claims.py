@@ -13,16 +13,15 @@ budget, more views at fewer bits beat fewer views at more bits" (per pair of equ
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 
 import numpy as np
 
-from jaxgen import main as jaxgen_main
 from jaxgen.io.files import atomic_write_json, read_json
 from jaxgen.mvld.report import HIGHER_IS_BETTER, trend_verdict
+from jaxgen.seeds import parse_seed_args, run_seeds, seed_workdir
 
 TRANSMISSION_METRICS = ("psnr", "ssim", "coherence", "lpips")
 
@@ -72,24 +71,13 @@ def summarise(results: dict[int, dict]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-  argv = list(sys.argv[1:] if argv is None else argv)
-  extra = argv[argv.index("--") + 1:] if "--" in argv else []
-  argv = argv[:argv.index("--")] if "--" in argv else argv
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--config", default="configs/mvld.py")
-  parser.add_argument("--seeds", default="0,1,2")
-  parser.add_argument("--root", default="workdirs/mvld-claims")
-  args = parser.parse_args(argv)
-  seeds = [int(s) for s in args.seeds.split(",") if s]
-  results = {}
-  for seed in seeds:
-    workdir = os.path.join(args.root, f"seed{seed}")
-    print(f"[claims] seed {seed} -> {workdir}", flush=True)
-    code = jaxgen_main.run(["jaxgen.main", f"--config={args.config}", f"--config.seed={seed}",
-                            f"--workdir={workdir}", *extra])
-    if code:
-      return code
-    results[seed] = read_json(os.path.join(workdir, "results.json"))
+  args, seeds, extra = parse_seed_args(sys.argv[1:] if argv is None else argv,
+                                       __doc__.split("\n")[0], "configs/mvld.py",
+                                       "workdirs/mvld-claims")
+  code = run_seeds(args.config, args.root, seeds, extra)
+  if code:
+    return code
+  results = {s: read_json(os.path.join(seed_workdir(args.root, s), "results.json")) for s in seeds}
   summary = summarise(results)
   atomic_write_json(os.path.join(args.root, "claims.json"), summary)
   print(json.dumps(summary["trend"], indent=1), flush=True)
