@@ -125,3 +125,22 @@ def test_bad_labels_and_settings():
     im.long_tail_counts(10, 100, 0.5)
   with pytest.raises(ConfigError):
     im.few_shot_indices(np.array([0, 1]), k=0, seed=0)
+
+
+def test_explicit_distribution_and_min_class_size():
+  # 'auto' picks by class count; naming the distribution overrides it (lognormal for 12 classes).
+  auto = im.softlabel_gan_counts(12, num_samples=5000)
+  chi2 = im.softlabel_gan_counts(12, num_samples=5000, distribution="chi2")
+  np.testing.assert_array_equal(auto, chi2)
+  logn = im.softlabel_gan_counts(12, num_samples=5000, distribution="lognormal")
+  edges = np.linspace(0, 3, 13)
+  want = np.floor(5000 * np.diff(stats.lognorm.cdf(edges, 3.0)) + 1e-9)
+  np.testing.assert_array_equal(logn, want)
+  # Fig. 5: the same profile rescaled so its smallest bin holds exactly min_class_size.
+  for m in (120, 90, 65):
+    c = im.softlabel_gan_counts(10, distribution="lognormal", min_class_size=m)
+    assert c.min() == m
+    frac = np.diff(stats.lognorm.cdf(np.linspace(0, 3, 11), 3.0))
+    np.testing.assert_array_equal(c, np.floor(m / frac.min() * frac + 1e-9))
+  with pytest.raises(ConfigError, match="data.imbalance"):
+    im.softlabel_gan_counts(10, distribution="uniform")

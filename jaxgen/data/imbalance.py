@@ -71,23 +71,33 @@ def _pareto_cdf(x: np.ndarray, b: float) -> np.ndarray:
   return np.where(x >= 1, 1.0 - np.power(np.maximum(x, 1.0), -b), 0.0)
 
 
-def softlabel_gan_cdf(num_classes: int) -> tuple[str, np.ndarray]:
+IMBALANCE_DISTRIBUTIONS = ("auto", "lognormal", "chi2", "pareto")
+
+
+def softlabel_gan_cdf(num_classes: int, distribution: str = "auto") -> tuple[str, np.ndarray]:
   """The CDF values at the C+1 bin edges of paper 003 Sec. 5.1, and the distribution's name.
 
-  C <= 10: lognormal (s=3) at linspace(0, 3, C+1); C <= 100: chi-squared (3 dof) at
-  linspace(0, 3, C+1); otherwise Pareto (shape 2, scale 1) at linspace(1, 4, C+1).
+  lognormal (s=3) at linspace(0, 3, C+1) (Imbalanced CIFAR-10), chi-squared (3 dof) at
+  linspace(0, 3, C+1) (CIFAR-100) or Pareto (shape 2, scale 1) at linspace(1, 4, C+1) (Tiny
+  ImageNet). 'auto' picks as the paper does by class count: lognormal for C <= 10, chi2 for
+  C <= 100, else Pareto.
   """
   if num_classes < 1:
     raise ConfigError("data.num_classes", num_classes, "a positive number of classes")
-  if num_classes <= 10:
+  if distribution not in IMBALANCE_DISTRIBUTIONS:
+    raise ConfigError("data.imbalance", distribution, "one of " + ", ".join(IMBALANCE_DISTRIBUTIONS))
+  if distribution == "auto":
+    distribution = "lognormal" if num_classes <= 10 else "chi2" if num_classes <= 100 else "pareto"
+  if distribution == "lognormal":
     return "lognormal(s=3) on [0,3)", _lognormal_cdf(np.linspace(0, 3, num_classes + 1), 3.0)
-  if num_classes <= 100:
+  if distribution == "chi2":
     return "chi2(df=3) on [0,3)", _chi2_3_cdf(np.linspace(0, 3, num_classes + 1))
   return "pareto(b=2) on [1,4)", _pareto_cdf(np.linspace(1, 4, num_classes + 1), 2.0)
 
 
 def softlabel_gan_counts(num_classes: int, *, num_samples: int = 5000,
-                         seed: int | None = None) -> np.ndarray:
+                         seed: int | None = None, distribution: str = "auto",
+                         min_class_size: int = 0) -> np.ndarray:
   """Per-class target counts of paper 003 Sec. 5.1: floor(num_samples * diff(CDF(edges))).
 
   Our reading: the histogram is NOT renormalised to the CDF mass inside the range; bin b gets
@@ -95,25 +105,33 @@ def softlabel_gan_counts(num_classes: int, *, num_samples: int = 5000,
   F(lo)). With num_samples=5000 this gives exactly the paper's Imbalanced CIFAR-10 (3,208
   images, 65-1,720 per class) and CIFAR-100 (2,993 images, 6-36 per class). With `seed`, the
   bins are assigned to classes by a seeded permutation ("we shuffle the order of class
-  labels"): class c gets bin perm[c]; without it class c gets bin c.
+  labels"): class c gets bin perm[c]; without it class c gets bin c. `min_class_size` > 0
+  replaces num_samples by the one that gives the smallest bin that many records (our reading of
+  Fig. 5's "minor class of 120 / 90 / 65 samples": the same profile, rescaled).
   """
-  _, cdf = softlabel_gan_cdf(num_classes)
-  counts = np.floor(num_samples * np.diff(cdf) + 1e-9).astype(np.int64)
+  _, cdf = softlabel_gan_cdf(num_classes, distribution)
+  fractions = np.diff(cdf)
+  if min_class_size > 0:
+    num_samples = min_class_size / float(fractions.min())
+  counts = np.floor(num_samples * fractions + 1e-9).astype(np.int64)
   if seed is not None:
     counts = counts[np.random.default_rng(seed).permutation(num_classes)]
   return counts
 
 
 def softlabel_gan_indices(labels: np.ndarray, *, seed: int, num_samples: int = 5000,
-                          num_classes: int | None = None) -> Subset:
+                          num_classes: int | None = None, distribution: str = "auto",
+                          min_class_size: int = 0) -> Subset:
   """Imbalanced subset of paper 003 Sec. 5.1 (Imbalanced CIFAR-10/100, Tiny ImageNet).
 
-  Targets from `softlabel_gan_counts(C, num_samples=num_samples, seed=seed)`; each class then
-  keeps min(target, available) records drawn at random with the same seed.
+  Targets from `softlabel_gan_counts(C, num_samples=..., seed=seed, distribution=...,
+  min_class_size=...)`; each class then keeps min(target, available) records drawn at random
+  with the same seed.
   """
   labels, c = _check_labels(labels, num_classes)
-  target = softlabel_gan_counts(c, num_samples=num_samples, seed=seed)
-  name, _ = softlabel_gan_cdf(c)
+  target = softlabel_gan_counts(c, num_samples=num_samples, seed=seed, distribution=distribution,
+                                min_class_size=min_class_size)
+  name, _ = softlabel_gan_cdf(c, distribution)
   return _select(labels, target, seed, f"softlabel-gan imbalance ({name}, {num_samples})")
 
 
