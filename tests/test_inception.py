@@ -146,3 +146,13 @@ def test_feature_function_plumbing(fake_state_dict):
   np.testing.assert_allclose(np.asarray(ext(gray[:2])), pool[:2], rtol=1e-6, atol=1e-6)
   with pytest.raises(DataError):
     jinc.InceptionFeatures(v, "pool4")
+
+
+def test_preprocess_needs_the_range_of_float_images():
+  x = np.random.default_rng(4).integers(0, 256, (2, 5, 5, 3), dtype=np.uint8)
+  want = x.astype(np.float32) / 127.5 - 1.0
+  np.testing.assert_allclose(np.asarray(jinc.preprocess(x)), want, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(jinc.preprocess(x / 255.0, (0, 1))), want, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(jinc.preprocess(want, (-1, 1))), want, atol=1e-6)
+  with pytest.raises(DataError, match="value_range"):
+    jinc.preprocess(x / 255.0)

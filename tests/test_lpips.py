@@ -112,9 +112,18 @@ def test_lpips_metric_properties(squeeze_vars):
   np.testing.assert_allclose(dxy, np.asarray(L.lpips(y, x, variables)), rtol=1e-5)  # symmetric
   assert (dxy > 0).all()
   np.testing.assert_allclose(np.asarray(L.lpips(x, x, variables)), 0.0, atol=1e-6)
-  # uint8 input and the same images as [-1, 1] floats give the same distance.
+  # uint8 input and the same images as floats in any stated range give the same distance.
   xf, yf = x / 127.5 - 1.0, y / 127.5 - 1.0
-  np.testing.assert_allclose(np.asarray(L.lpips(xf, yf, variables)), dxy, rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(L.lpips(xf, yf, variables, value_range=(-1, 1))), dxy, rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(L.lpips(x / 255.0, y / 255.0, variables, value_range=(0, 1))),
+                             dxy, rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(L.lpips(x.astype(np.float32), y.astype(np.float32), variables,
+                                                value_range=(0, 255))), dxy, rtol=1e-5)
+  # A float image's scale is never guessed.
+  with pytest.raises(DataError, match="value_range"):
+    L.lpips(x / 255.0, y / 255.0, variables)
+  with pytest.raises(DataError, match="value_range"):
+    L.lpips(xf, yf, variables, value_range=(0, 2))
   with pytest.raises(DataError, match="shapes"):
     L.lpips(x, y[:2], variables)
 

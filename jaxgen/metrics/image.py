@@ -23,6 +23,24 @@ SSIM_K1 = 0.01
 SSIM_K2 = 0.03
 
 
+VALUE_RANGES = ((-1.0, 1.0), (0.0, 1.0), (0.0, 255.0))
+
+
+def scale_to_unit_range(images: jax.Array, value_range: tuple[float, float] | None, what: str
+                        ) -> jax.Array:
+  """uint8 [0, 255] -> float32 [-1, 1]; float images need their `value_range` stated, one of
+  VALUE_RANGES (a float image's scale is never guessed: [0, 1] read as [-1, 1] would silently
+  shift every distance)."""
+  images = jnp.asarray(images)
+  if images.dtype == jnp.uint8:
+    return images.astype(jnp.float32) / 127.5 - 1.0
+  if value_range is None or tuple(float(v) for v in value_range) not in VALUE_RANGES:
+    raise DataError(f"{what}: float images with value_range={value_range!r}; expected uint8 images "
+                    "or value_range=(-1, 1), (0, 1) or (0, 255)")
+  lo, hi = (float(v) for v in value_range)
+  return (images.astype(jnp.float32) - lo) * (2.0 / (hi - lo)) - 1.0
+
+
 def resolve_data_range(x: jax.Array, y: jax.Array, data_range: float | jax.Array | None,
                        name: str) -> float | jax.Array:
   """255 for two uint8 inputs when `data_range` is None; any other input needs it explicitly."""

@@ -22,6 +22,7 @@ import numpy as np
 
 from jaxgen.errors import DataError
 from jaxgen.io.torch_state_dict import load_state_dict, to_flax_variables
+from jaxgen.metrics.image import scale_to_unit_range
 from jaxgen.nets.conv import Conv
 from jaxgen.parallel.batching import batched_apply
 
@@ -242,13 +243,13 @@ def _inception_apply(variables: Any, x: jax.Array, resize: int | None) -> tuple[
   return FIDInceptionV3(resize=resize).apply(variables, x)
 
 
-def preprocess(images: jax.Array) -> jax.Array:
-  """uint8 NHWC [0, 255] -> float32 [-1, 1] (float input is taken as [-1, 1]); gray -> RGB."""
+def preprocess(images: jax.Array, value_range: tuple[float, float] | None = None) -> jax.Array:
+  """uint8 NHWC [0, 255], or float images in the stated `value_range` ((-1, 1), (0, 1) or
+  (0, 255); required for float input), -> float32 [-1, 1]; gray -> RGB."""
   images = jnp.asarray(images)
   if images.ndim != 4 or images.shape[-1] not in (1, 3):
     raise DataError(f"Inception input has shape {images.shape}; expected NHWC with 1 or 3 channels")
-  x = images.astype(jnp.float32) / 127.5 - 1.0 if images.dtype == jnp.uint8 else \
-      images.astype(jnp.float32)
+  x = scale_to_unit_range(images, value_range, "Inception")
   return jnp.repeat(x, 3, axis=-1) if x.shape[-1] == 1 else x
 
 
@@ -287,6 +288,7 @@ class InceptionFeatures:
   variables: Any
   output: str = "pool3"
   resize: int | None = INPUT_SIZE
+  value_range: tuple[float, float] | None = None  # required for float images (see `preprocess`)
 
   def __post_init__(self):
     if self.output not in ("pool3", "logits", "logits_bias"):
@@ -302,7 +304,7 @@ class InceptionFeatures:
     return 2048 if self.output == "pool3" else NUM_CLASSES
 
   def __call__(self, images: jax.Array) -> jax.Array:
-    pool3, logits = _inception_apply(self.variables, preprocess(images), self.resize)
+    pool3, logits = _inception_apply(self.variables, preprocess(images, self.value_range), self.resize)
     if self.output == "pool3":
       return pool3
     if self.output == "logits":

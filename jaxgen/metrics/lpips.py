@@ -24,6 +24,7 @@ import numpy as np
 
 from jaxgen.errors import ConfigError, DataError
 from jaxgen.io.torch_state_dict import load_state_dict, to_flax_variables
+from jaxgen.metrics.image import scale_to_unit_range
 from jaxgen.nets.lpips_backbones import BACKBONES, CHANNELS, MIN_SIZE, torchvision_name
 
 # lpips v0.1 ScalingLayer: maps [-1, 1] inputs to ImageNet-normalised ones.
@@ -58,16 +59,15 @@ def domain_lpips_label(model_name: str, layer_names: Sequence[str]) -> str:
   return f"domain-LPIPS({model_name}:{','.join(layer_names)}, uncalibrated)"
 
 
-def to_unit_range(images: jax.Array) -> jax.Array:
-  """uint8 [0, 255] -> float32 [-1, 1]; floating input is taken to be in [-1, 1] already.
+def to_unit_range(images: jax.Array, value_range: tuple[float, float] | None = None) -> jax.Array:
+  """uint8 [0, 255], or float images in the stated `value_range`, -> float32 [-1, 1].
 
   Single-channel images are repeated to three channels (the trunks are RGB networks).
   """
   images = jnp.asarray(images)
   if images.ndim != 4:
     raise DataError(f"LPIPS input has shape {images.shape}; expected NHWC images")
-  x = images.astype(jnp.float32) / 127.5 - 1.0 if images.dtype == jnp.uint8 else \
-      images.astype(jnp.float32)
+  x = scale_to_unit_range(images, value_range, "LPIPS")
   if x.shape[-1] == 1:
     x = jnp.repeat(x, 3, axis=-1)
   if x.shape[-1] != 3:
@@ -124,17 +124,19 @@ def _lpips_apply(variables: Any, x: jax.Array, y: jax.Array, net: str) -> jax.Ar
   return LPIPS(net).apply(variables, x, y)
 
 
-def lpips(x: jax.Array, y: jax.Array, variables: Any, net: str = "squeeze") -> jax.Array:
+def lpips(x: jax.Array, y: jax.Array, variables: Any, net: str = "squeeze",
+          value_range: tuple[float, float] | None = None) -> jax.Array:
   """LPIPS distance (Zhang et al. 2018 eq. 1, lpips v0.1) between image batches -> [N].
 
   Args:
-    x, y: NHWC, uint8 [0, 255] or float in [-1, 1], same shape, 1 or 3 channels, at least
-      `MIN_SIZE[net]` pixels a side (squeeze 17, alex 31, vgg 16).
+    x, y: NHWC, uint8 [0, 255] or float with `value_range` given, same shape, 1 or 3 channels,
+      at least `MIN_SIZE[net]` pixels a side (squeeze 17, alex 31, vgg 16).
     variables: from `import_lpips` / `load_lpips` for the same `net`.
     net: 'squeeze' (paper 000), 'alex' or 'vgg'.
+    value_range: the scale of float inputs: (-1, 1), (0, 1) or (0, 255); required for them.
   """
   _check_net(net)
-  x, y = to_unit_range(x), to_unit_range(y)
+  x, y = to_unit_range(x, value_range), to_unit_range(y, value_range)
   if x.shape != y.shape:
     raise DataError(f"LPIPS inputs have shapes {x.shape} and {y.shape}; expected equal shapes")
   if min(x.shape[1:3]) < MIN_SIZE[net]:
