@@ -12,6 +12,7 @@ import os
 from typing import Callable, Sequence
 
 from jaxgen import main as jaxgen_main
+from jaxgen.io.files import atomic_write_json, read_json
 
 
 def parse_seed_args(argv: Sequence[str], description: str, config: str, root: str
@@ -44,3 +45,17 @@ def run_seeds(config: str, root: str, seeds: Sequence[int], extra: Sequence[str]
 
 def seed_workdir(root: str, seed: int) -> str:
   return os.path.join(root, f"seed{seed}")
+
+
+def run_claims(argv: Sequence[str], description: str, config: str, root: str,
+               summarise: Callable[[dict[int, dict]], dict]) -> tuple[int, dict | None]:
+  """A claims script: parse its arguments, run every seed, then `summarise` the seeds'
+  results.json ({seed: record}) into ROOT/claims.json. Returns (exit code, summary or None)."""
+  args, seeds, extra = parse_seed_args(argv, description, config, root)
+  code = run_seeds(args.config, args.root, seeds, extra)
+  if code:
+    return code, None
+  results = {s: read_json(os.path.join(seed_workdir(args.root, s), "results.json")) for s in seeds}
+  summary = summarise(results)
+  atomic_write_json(os.path.join(args.root, "claims.json"), summary)
+  return 0, summary

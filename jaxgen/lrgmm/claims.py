@@ -12,13 +12,11 @@ recall, and the claim "the NN step lowers FID" as the per-seed differences with 
 
 from __future__ import annotations
 
-import os
 import sys
 
 import numpy as np
 
-from jaxgen.io.files import atomic_write_json, read_json
-from jaxgen.seeds import parse_seed_args, run_seeds, seed_workdir
+from jaxgen.seeds import run_claims
 
 METRICS = ("fid", "precision", "recall")
 
@@ -47,15 +45,10 @@ def summarise(results: dict[int, dict]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-  args, seeds, extra = parse_seed_args(sys.argv[1:] if argv is None else argv,
-                                       __doc__.split("\n")[0], "configs/lrgmm.py",
-                                       "workdirs/lrgmm-claims")
-  code = run_seeds(args.config, args.root, seeds, extra)
+  code, summary = run_claims(sys.argv[1:] if argv is None else argv, __doc__.split("\n")[0],
+                             "configs/lrgmm.py", "workdirs/lrgmm-claims", summarise)
   if code:
     return code
-  results = {s: read_json(os.path.join(seed_workdir(args.root, s), "results.json")) for s in seeds}
-  summary = summarise(results)
-  atomic_write_json(os.path.join(args.root, "claims.json"), summary)
   for n, c in summary["nn_lowers_fid"].items():
     d = c["fid_difference_nn_minus_lr_gmm"]
     print(f"[claims] N={n}: FID(LR-GMM-NN) - FID(LR-GMM) = {d['mean']:.3f} +- {d['std']:.3f} over "

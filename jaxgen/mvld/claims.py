@@ -14,14 +14,12 @@ budget, more views at fewer bits beat fewer views at more bits" (per pair of equ
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 import numpy as np
 
-from jaxgen.io.files import atomic_write_json, read_json
 from jaxgen.mvld.report import HIGHER_IS_BETTER, trend_verdict
-from jaxgen.seeds import parse_seed_args, run_seeds, seed_workdir
+from jaxgen.seeds import run_claims
 
 TRANSMISSION_METRICS = ("psnr", "ssim", "coherence", "lpips")
 
@@ -71,15 +69,10 @@ def summarise(results: dict[int, dict]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-  args, seeds, extra = parse_seed_args(sys.argv[1:] if argv is None else argv,
-                                       __doc__.split("\n")[0], "configs/mvld.py",
-                                       "workdirs/mvld-claims")
-  code = run_seeds(args.config, args.root, seeds, extra)
+  code, summary = run_claims(sys.argv[1:] if argv is None else argv, __doc__.split("\n")[0],
+                             "configs/mvld.py", "workdirs/mvld-claims", summarise)
   if code:
     return code
-  results = {s: read_json(os.path.join(seed_workdir(args.root, s), "results.json")) for s in seeds}
-  summary = summarise(results)
-  atomic_write_json(os.path.join(args.root, "claims.json"), summary)
   print(json.dumps(summary["trend"], indent=1), flush=True)
   return 0
 
