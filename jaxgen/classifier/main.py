@@ -23,6 +23,7 @@ from jaxgen.classifier.config import validate_classifier_config
 from jaxgen.classifier.evaluate import evaluate_classifier, save_confusion_png
 from jaxgen.classifier.inference import load_classifier, load_classifier_variables
 from jaxgen.classifier.train import fit_classifier
+from jaxgen.data.memory import source_arrays
 from jaxgen.errors import ConfigError, DataError
 from jaxgen.io.files import atomic_write_json, read_json
 from jaxgen.io.report import markdown_table, write_report, write_results
@@ -92,27 +93,6 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
 # --------------------------------------------------------------------------- data
 
 
-def _source_arrays(source: Any, image_size: int, limit: int = 0) -> dict[str, np.ndarray]:
-  """All records of a source as arrays (in-memory sources directly), resized to image_size."""
-  from jaxgen.data.pipeline import resize_center_crop  # pylint: disable=import-outside-toplevel
-  if hasattr(source, "arrays"):
-    arrays = {k: np.asarray(v) for k, v in source.arrays.items()}
-    if limit:
-      arrays = {k: v[:limit] for k, v in arrays.items()}
-  else:
-    n = min(len(source), limit) if limit else len(source)
-    records = [source[i] for i in range(n)]
-    arrays = {"image": np.stack([resize_center_crop(np.asarray(r["image"]), image_size)
-                                 for r in records]),
-              "label": np.asarray([int(r["label"]) for r in records], np.int32)}
-  image = arrays["image"]
-  if image.shape[1:3] != (image_size, image_size):
-    arrays["image"] = np.stack([resize_center_crop(x, image_size) for x in image])
-  if arrays["image"].shape[-1] == 1:  # every classifier takes RGB
-    arrays["image"] = np.repeat(arrays["image"], 3, axis=-1)
-  return arrays
-
-
 def _data_dir(config: ml_collections.ConfigDict, workdir: str) -> str | None:
   if config.data.data_dir:
     return config.data.data_dir
@@ -144,22 +124,22 @@ def load_data(config: ml_collections.ConfigDict, workdir: str) -> ClassifierData
     opts = dict(image_size=d.image_size, channels=3, seed=d.seed, test_fraction=d.test_fraction)
     train_src = sources.get_source("digits", "train", **opts)
     test_src = sources.get_source("digits", "test", **opts)
-    train, test = _source_arrays(train_src, d.image_size), _source_arrays(test_src, d.image_size)
+    train, test = source_arrays(train_src, d.image_size), source_arrays(test_src, d.image_size)
     what = (f"scikit-learn digits resized to {d.image_size}x{d.image_size}, split seed {d.seed}: "
             f"{len(train['label'])} train / {len(test['label'])} test")
   elif d.name == "tfds":
     train_src = sources.get_source("tfds", d.train_split, data_dir=data_dir, tfds_name=d.tfds_name)
     test_src = sources.get_source("tfds", d.test_split, data_dir=data_dir, tfds_name=d.tfds_name)
-    train = _source_arrays(train_src, d.image_size, d.num_train)
-    test = _source_arrays(test_src, d.image_size, d.num_test)
+    train = source_arrays(train_src, d.image_size, d.num_train)
+    test = source_arrays(test_src, d.image_size, d.num_test)
     what = (f"TFDS {d.tfds_name} {d.train_split}/{d.test_split} at {d.image_size}x{d.image_size}: "
             f"{len(train['label'])} train / {len(test['label'])} test")
   else:  # folder
     opts = dict(image_size=d.image_size, seed=d.seed, test_fraction=d.test_fraction)
     train_src = sources.get_source("folder", "train", data_dir=data_dir, **opts)
     test_src = sources.get_source("folder", "test", data_dir=data_dir, **opts)
-    train = _source_arrays(train_src, d.image_size, d.num_train)
-    test = _source_arrays(test_src, d.image_size, d.num_test)
+    train = source_arrays(train_src, d.image_size, d.num_train)
+    test = source_arrays(test_src, d.image_size, d.num_test)
     what = (f"image folder {data_dir} at {d.image_size}x{d.image_size}: "
             f"{len(train['label'])} train / {len(test['label'])} test")
   num_classes = int(train_src.num_classes)

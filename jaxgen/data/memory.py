@@ -9,7 +9,7 @@ contiguous share of each global batch.
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -64,3 +64,24 @@ class ArrayBatches:
   @property
   def steps_per_epoch(self) -> int:
     return self._n // self._batch
+
+
+def source_arrays(source: Any, image_size: int, limit: int = 0) -> dict[str, np.ndarray]:
+  """All records of a source as arrays (in-memory sources directly), resized to image_size."""
+  from jaxgen.data.pipeline import resize_center_crop  # pylint: disable=import-outside-toplevel
+  if hasattr(source, "arrays"):
+    arrays = {k: np.asarray(v) for k, v in source.arrays.items()}
+    if limit:
+      arrays = {k: v[:limit] for k, v in arrays.items()}
+  else:
+    n = min(len(source), limit) if limit else len(source)
+    records = [source[i] for i in range(n)]
+    arrays = {"image": np.stack([resize_center_crop(np.asarray(r["image"]), image_size)
+                                 for r in records]),
+              "label": np.asarray([int(r["label"]) for r in records], np.int32)}
+  image = arrays["image"]
+  if image.shape[1:3] != (image_size, image_size):
+    arrays["image"] = np.stack([resize_center_crop(x, image_size) for x in image])
+  if arrays["image"].shape[-1] == 1:  # every classifier takes RGB
+    arrays["image"] = np.repeat(arrays["image"], 3, axis=-1)
+  return arrays

@@ -8,7 +8,7 @@
 Object ids are contiguous blocks: train [0, n), classifier_train [n, 2n), classifier_eval
 [2n, 2n + m), test [2n + m, 2n + 2m), with n = num_train and m = num_test.
 
-variant="background_shift" mimics Waterbird (paper 001 sec. 4.4): the classes fall into the two
+variant="plain" renders every object on a white background (as NMR does); variant="background_shift" mimics Waterbird (paper 001 sec. 4.4): the classes fall into the two
 groups of `SHAPE_GROUPS`; in 'train' / 'classifier_train' a group-0 object lies on a "water"
 background with probability SHIFT_CORRELATION (else "land") and a group-1 object on "land" with
 that probability; in 'classifier_eval' / 'test' the correlation is swapped.
@@ -33,7 +33,7 @@ from jaxgen.io.files import atomic_save_npz
 
 SPLITS: tuple[str, ...] = ("train", "classifier_train", "classifier_eval", "test")
 SINGLE_VIEW_SPLITS: tuple[str, ...] = ("classifier_train", "classifier_eval")
-VARIANTS: tuple[str, ...] = ("standard", "background_shift")
+VARIANTS: tuple[str, ...] = ("standard", "background_shift", "plain")
 SHIFT_CORRELATION = 0.95
 # Bump when the split layout or the per-object choices (view, background) change.
 SPLITS_VERSION = 1
@@ -61,6 +61,8 @@ def background_codes(seed: int, object_ids: np.ndarray, labels: np.ndarray, spli
   """
   if variant == "standard":
     return np.full(object_ids.shape, _BG["random"], np.int32)
+  if variant == "plain":  # white background, as NMR's renders
+    return np.full(object_ids.shape, _BG["plain"], np.int32)
   group = np.asarray(renderer.SHAPE_GROUPS)[labels]
   swapped = split not in ("train", "classifier_train")
   prefers_water = (group == 0) != swapped

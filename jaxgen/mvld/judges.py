@@ -26,12 +26,14 @@ def _batched_pairs(fn, x: np.ndarray, y: np.ndarray, batch_size: int) -> np.ndar
   return np.zeros((0,), np.float32) if out is None else out
 
 
-def build_judges(config: ml_collections.ConfigDict, classifier, mesh) -> Judges:
-  """Judges from the trained in-domain classifier and any standard weight files configured."""
+def build_judges(config: ml_collections.ConfigDict, classifier, mesh,
+                 section: str = "classifier") -> Judges:
+  """Judges from the trained in-domain classifier (config section `section`) and any standard
+  weight files configured in `config.evaluate`."""
   del mesh
   cfg = config.evaluate
-  arch = config.classifier.arch
-  bs = config.classifier.eval_batch_size  # every judge here runs the classifier's network
+  arch = config[section].arch
+  bs = config[section].eval_batch_size  # every judge here runs the classifier's network
 
   if cfg.inception_path:
     from jaxgen.metrics.inception import inception_feature_fn, load_fid_inception
