@@ -26,6 +26,7 @@ METHODS = {
     "classifier": "jaxgen.classifier.main",
     "lrgmm": "jaxgen.lrgmm.main",
     "dimvida": "jaxgen.dimvida.main",
+    "softlabel_gan": "jaxgen.softlabel_gan.main",
 }
 
 

@@ -1,0 +1,173 @@
+"""Softlabel-GAN (paper 003): label sources, the training step's EMA of batch statistics, sampling,
+validation before training, claims aggregation, and the tiny preset end to end."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs.softlabel_gan import PRESETS, get_config
+from jaxgen import main as jaxgen_main
+from jaxgen.nets.common import to_uint8
+from jaxgen.softlabel_gan import claims as claims_lib
+from jaxgen.softlabel_gan import labels as L
+from jaxgen.softlabel_gan import train as T
+from jaxgen.softlabel_gan.evaluate import TABLE2_METRICS
+
+
+def test_label_sources_by_hand():
+  labels = np.array([0, 2, 1, 2])
+  probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6], [0.5, 0.4, 0.1], [0.0, 0.2, 0.8]], np.float32)
+  np.testing.assert_array_equal(L.real_label_vectors("onehot", labels, 3), np.eye(3)[labels])
+  smooth = L.real_label_vectors("smooth", labels, 3, smooth_alpha=0.3)
+  np.testing.assert_allclose(smooth[1], [0.1, 0.1, 0.8], rtol=1e-6)  # 0.7 * onehot + 0.3 / 3
+  np.testing.assert_array_equal(L.real_label_vectors("soft", labels, 3, probs=probs), probs)
+  # Class means over correctly classified samples: class 0 -> row 0; class 2 -> mean of rows 1, 3;
+  # class 1 has no correct sample (row 2 predicts 0) and keeps its one-hot row.
+  means = L.class_mean_probabilities(probs, labels)
+  np.testing.assert_allclose(means, [[0.7, 0.2, 0.1], [0, 1, 0], [0.05, 0.25, 0.7]], rtol=1e-6)
+  np.testing.assert_allclose(L.real_label_vectors("class_mean", labels, 3, probs=probs), means[labels])
+  # Table 1: samples giving a class more than 0.01 (row 3 gives class 0 exactly 0).
+  np.testing.assert_array_equal(L.augmented_counts(probs, 0.01), [3, 4, 4])
+  with pytest.raises(Exception, match="probabilities"):
+    L.real_label_vectors("soft", labels, 3)
+
+
+def test_mixup_mixes_images_and_labels_with_one_lambda():
+  x = jnp.arange(4, dtype=jnp.float32).reshape(4, 1, 1, 1) * jnp.ones((4, 2, 2, 3))
+  y = jax.nn.one_hot(jnp.arange(4), 4)
+  xm, ym = T._mixup(jax.random.key(3), x, y, 1.0)
+  # Each mixed label is lam e_i + (1 - lam) e_perm(i); the image carries the same weights.
+  lam = float(jnp.max(ym[0])) if float(ym[0, 0]) >= 0.5 else None
+  for i in range(4):
+    weights = np.asarray(ym[i])
+    np.testing.assert_allclose(weights.sum(), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(float(xm[i, 0, 0, 0]), float(np.dot(weights, np.arange(4))), rtol=1e-5)
+  del lam
+
+
+def _tiny_gan():
+  config = get_config("tiny")
+  g, d = T.build_networks(config.gan, 3, 32)
+  return config, g, d
+
+
+def test_ema_covers_batch_statistics_and_starts_at_ema_start():
+  config, g, d = _tiny_gan()
+  cfg = config.gan
+  state = T.init_state(g, d, cfg, jax.random.key(0))
+  batch = {"image": np.random.default_rng(0).integers(0, 256, (cfg.train.batch_size, 32, 32, 3), np.uint8),
+           "label": np.eye(3, dtype=np.float32)[np.arange(cfg.train.batch_size) % 3]}
+  step = jax.jit(T.make_step_fn(g, d, cfg, L.VARIANTS["soft"], 1.0))
+  # Before ema_start (= 2 in tiny) the EMA equals G, statistics included.
+  s1, _ = step(state, batch, jax.random.key(1))
+  for a, b in zip(jax.tree.leaves(s1.ema_stats), jax.tree.leaves(s1.g_stats)):
+    np.testing.assert_array_equal(a, b)
+  s2, _ = step(s1, batch, jax.random.key(2))
+  s3, _ = step(s2, batch, jax.random.key(3))  # step 2 >= ema_start: decayed
+  decay = cfg.train.ema_decay
+  stats_before = jax.tree.leaves(s2.ema_stats)
+  changed = 0
+  for e_new, e_old, g_new in zip(jax.tree.leaves(s3.ema_stats), stats_before, jax.tree.leaves(s3.g_stats)):
+    np.testing.assert_allclose(e_new, decay * e_old + (1 - decay) * g_new, rtol=1e-5, atol=1e-6)
+    changed += int(not np.allclose(e_new, g_new))
+  assert changed > 0  # the running statistics really are averaged, not copied
+  bn = s3.g_stats["batch_stats"]
+  assert jax.tree.leaves(bn), "the generator keeps BatchNorm running statistics"
+  for e_new, e_old, p in zip(jax.tree.leaves(s3.ema_params), jax.tree.leaves(s2.ema_params),
+                             jax.tree.leaves(s3.g_params)):
+    np.testing.assert_allclose(e_new, decay * e_old + (1 - decay) * p, rtol=1e-5, atol=1e-6)
+
+
+def test_samples_are_the_generator_in_eval_mode_without_diffaugment():
+  """DiffAugment #84: augmentation belongs to D's inputs only; samples are G(z, onehot) exactly."""
+  config, g, d = _tiny_gan()
+  state = T.init_state(g, d, config.gan, jax.random.key(0))
+  classes = np.array([0, 1, 2, 2, 1], np.int32)
+  images = T.sample(g, state.ema_params, state.ema_stats, jax.random.key(5), classes, batch_size=2)
+  z = jax.random.normal(jax.random.key(5), (5, g.dim_z))
+  direct = to_uint8(g.apply({"params": state.ema_params, **state.ema_stats}, z,
+                            jax.nn.one_hot(classes, 3), train=False))
+  np.testing.assert_array_equal(images, np.asarray(direct))
+  # Independent of the batch size.
+  np.testing.assert_array_equal(images, T.sample(g, state.ema_params, state.ema_stats,
+                                                 jax.random.key(5), classes, batch_size=5))
+
+
+def test_every_preset_validates(tmp_path):
+  from jaxgen.softlabel_gan.main import validate_config
+  weights = tmp_path / "weights.pth"
+  weights.write_bytes(b"0")
+  for preset in PRESETS:
+    config = get_config(preset)
+    if config.data.name != "multiview":
+      with config.unlocked():
+        config.data.data_dir = str(tmp_path)
+      # Data on disk needs InceptionV3 / LPIPS files: refused in one line, before anything runs.
+      with pytest.raises(Exception, match="evaluate.inception_path"):
+        validate_config(config, 1)
+      config.evaluate.update(inception_path=str(weights), lpips_backbone_path=str(weights),
+                             lpips_linear_path=str(weights))
+    validate_config(config, 1)
+
+
+@pytest.mark.parametrize("override", [
+    "--config.variants=('soft','nope')",
+    "--config.gan.loss=softmax",
+    "--config.gan.diffaugment=color,zoom",
+    "--config.data.image_size=48",
+    "--config.gan.hierarchical=True",  # dim_z 16 is not 20 x (blocks + 1)
+    "--config.data.num_pool=100",
+    "--config.gan.d_optim.b1=1.5",
+    "--config.gan.train.optim.eps=0.0",
+    "--config.evaluate.lpips_per_class=1",
+    "--config.data.imbalance=uniform",
+    "--config.data.name=tfds",
+    "--config.data.variant=background_shift",
+])
+def test_bad_values_exit_2_before_anything_runs(tmp_path, capsys, override):
+  code = jaxgen_main.run(["jaxgen.main", "--config=configs/softlabel_gan.py:tiny",
+                          f"--workdir={tmp_path}", override])
+  assert code == 2
+  err = capsys.readouterr().err.strip()
+  assert err.startswith("jaxgen: error: ") and "\n" not in err
+  assert not os.path.exists(tmp_path / "stages")
+
+
+def test_claims_summary_over_seeds():
+  def record(fid_soft, fid_one):
+    row = {m: 1.0 for m in TABLE2_METRICS}
+    return {"table2": {"onehot": {**row, "fid": fid_one}, "soft": {**row, "fid": fid_soft}},
+            "data": "d", "feature_network": "f", "networks": {}, "preset": "default",
+            "classifiers": {"judge": {"reference_accuracy": 0.9}}}
+  summary = claims_lib.summarise({0: record(10.0, 12.0), 1: record(11.0, 10.0), 2: record(9.0, 12.0)})
+  assert summary["table2"]["soft"]["fid"]["mean"] == pytest.approx(10.0)
+  assert summary["table2"]["soft"]["fid"]["std"] == pytest.approx(1.0)
+  diff = summary["softlabel_minus"]["onehot"]["fid"]
+  assert diff["values"] == [-2.0, 1.0, -3.0]
+  assert diff["seeds_where_softlabel_better"] == 2
+  assert summary["judge_accuracy"]["mean"] == pytest.approx(0.9)
+
+
+def test_tiny_end_to_end(tmp_path):
+  workdir = str(tmp_path / "run")
+  code = jaxgen_main.run(["jaxgen.main", "--config=configs/softlabel_gan.py:tiny", f"--workdir={workdir}",
+                          "--config.variants=('onehot','soft')", "--config.log_images=False"])
+  assert code == 0
+  results = json.load(open(os.path.join(workdir, "results.json")))
+  assert set(results["table2"]) == {"onehot", "soft"}
+  for metric in ("fid", "intra_fid_mean", "intra_fid_std", "lpips", "precision", "recall", "density",
+                 "coverage"):
+    assert np.isfinite(results["table2"]["soft"][metric])
+  assert len(results["table1"]["soft"]) == 12
+  assert "not InceptionV3" in results["feature_network"]
+  report = open(os.path.join(workdir, "report.md")).read()
+  assert "Softlabel-GAN (`soft`)" in report and "Table 1" in report
+  # A second run finds every stage done and changes nothing.
+  before = open(os.path.join(workdir, "results.json")).read()
+  assert jaxgen_main.run(["jaxgen.main", "--config=configs/softlabel_gan.py:tiny", f"--workdir={workdir}",
+                          "--config.variants=('onehot','soft')", "--config.log_images=False"]) == 0
+  assert open(os.path.join(workdir, "results.json")).read() == before
