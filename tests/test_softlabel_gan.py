@@ -171,3 +171,10 @@ def test_tiny_end_to_end(tmp_path):
   assert jaxgen_main.run(["jaxgen.main", "--config=configs/softlabel_gan.py:tiny", f"--workdir={workdir}",
                           "--config.variants=('onehot','soft')", "--config.log_images=False"]) == 0
   assert open(os.path.join(workdir, "results.json")).read() == before
+  # The results page from a one-seed summary prints only numbers of its JSON sources.
+  from jaxgen.softlabel_gan import results_page
+  summary = claims_lib.summarise({0: results})
+  page = results_page.build(summary, results, str(tmp_path / "img"), entropy0=results["table1"])
+  assert "Table 2" in page and "Softlabel-GAN" in page
+  assert results_page.check_numbers(page, [summary, results]) == []
+  assert results_page.check_numbers(page + "\n| 123.456 |", [summary, results]) == ["123.456"]

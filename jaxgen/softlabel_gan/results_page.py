@@ -4,7 +4,9 @@ by hand.
   python -m jaxgen.softlabel_gan.results_page --root=workdirs/softlabel_gan-claims \
       --out=docs/results_softlabel_gan.md
 
-Every number in the page's tables and claim lines is checked against the two JSON files (formatted
+With ROOT/entropy0 (the data, train_classifier and soft_labels stages of seed 0's config with
+`--config.classifier.entropy_weight=0.0`), Table 1 is also shown for C trained without the entropy
+term. Every number in the page's tables and claim lines is checked against the two JSON files (formatted
 the same way) before the page is written; seed 0's figures are copied to docs/img/softlabel_gan/.
 """
 
@@ -51,7 +53,7 @@ def _pm(stat: dict, digits: int) -> str:
   return f"{stat['mean']:.{digits}f} +- {stat['std']:.{digits}f}"
 
 
-def build(claims: dict, first: dict, image_dir: str) -> str:
+def build(claims: dict, first: dict, image_dir: str, entropy0: dict | None = None) -> str:
   seeds, variants = claims["seeds"], claims["variants"]
   cfg = first["config"]
   g = cfg["gan"]
@@ -112,6 +114,19 @@ def build(claims: dict, first: dict, image_dir: str) -> str:
               f"{t1['count_threshold']}. The classifier C (seed 0) on its own training set: accuracy "
               f"{t1['train_accuracy']:.3f}, mean entropy {t1['mean_entropy']:.3f} nats, mean "
               f"true-class probability {t1['mean_true_class_probability']:.3f}.", ""]
+  if entropy0 is not None and first.get("table1"):
+    t1, t0 = first["table1"], entropy0
+    rows = [[name, t1["original"][c], t1["soft"][c], t0["soft"][c]]
+            for c, name in enumerate(first["class_names"])]
+    lines += ["### The entropy term (seed 0)", "",
+              "The same classifier trained without the entropy term (weight 0, as the authors' released "
+              "code does), from `ENTROPY0/eval/table1.json`:", "",
+              markdown_table(["class", "images (one-hot)", f"samples > {t1['count_threshold']}, weight "
+                              f"{first['config']['classifier']['entropy_weight']}",
+                              f"samples > {t0['count_threshold']}, weight 0"], rows), "",
+              f"Without the term C's mean entropy on its training set is {t0['mean_entropy']:.3f} nats "
+              f"(with it {t1['mean_entropy']:.3f}) and its training accuracy {t0['train_accuracy']:.3f} "
+              f"({t1['train_accuracy']:.3f}).", ""]
   if claims.get("classifier_accuracy"):
     lines += [f"- C's accuracy on the balanced reference set: {_pm(claims['classifier_accuracy'], 3)}"]
   if claims.get("judge_accuracy"):
@@ -152,8 +167,10 @@ def main(argv: list[str] | None = None) -> int:
     src = os.path.join(first_dir, "eval", name)
     if os.path.exists(src):
       shutil.copy(src, image_dir)
-  markdown = build(claims, first, image_dir)
-  bad = check_numbers(markdown, [claims, first, PAPER_CIFAR10])
+  entropy0_path = os.path.join(args.root, "entropy0", "eval", "table1.json")
+  entropy0 = read_json(entropy0_path) if os.path.exists(entropy0_path) else None
+  markdown = build(claims, first, image_dir, entropy0)
+  bad = check_numbers(markdown, [claims, first, PAPER_CIFAR10] + ([entropy0] if entropy0 else []))
   if bad:
     print(f"results_page: numbers not in the JSON files: {bad[:10]}", file=sys.stderr)
     return 1
