@@ -1,0 +1,238 @@
+"""Softlabel-GAN training throughput: jaxgen's G+D step vs the same step in PyTorch.
+
+  .venv/bin/python benchmarks/gan.py                             # jaxgen only
+  .venv-torch/bin/python benchmarks/gan.py [--ch 8,64] [--steps 20] [--warmup 3]
+  .venv-torch/bin/python benchmarks/gan.py --torch_threads 1   # CPU shared with another job
+
+One step = `d_steps` (here 1) D updates on 64 real images and 64 fakes (real and fake through D in
+one call, hinge loss, DiffAugment 'color,translation,cutout' on both), one G update through D
+with its stored spectral vectors, Adam(0, 0.999, eps 1e-6) for both, then G's EMA of parameters
+and buffers: `jaxgen.softlabel_gan.train.make_step_fn` for the 'soft' variant against
+`benchmarks.torch_biggan.SoftlabelGANStep`, BigGAN at 32x32 with 12 classes, G and D of width
+`ch` (8: the CPU default of configs/softlabel_gan.py, 64: the paper's BigGAN CIFAR width). Both
+start from jaxgen's initial weights and train on the same random uint8 images and soft labels,
+put on the device once. jaxgen runs as its training loop does (`jaxgen.train.loop`: one jitted
+call per step on CPU, `steps_per_call` steps fused in one lax.scan on GPU/TPU). steps/s =
+timed steps / wall time, waiting for the last result; the warm-up steps (compilation included)
+are timed apart. GPU when jax / torch see one (torch on CUDA when available), else CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+# Both frameworks share one GPU: JAX must not preallocate most of its memory.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+GOAL = 1.5  # jaxgen steps/s over the best PyTorch steps/s
+
+
+def gan_config(args: argparse.Namespace, ch: int):
+  """The `gan` section of configs/softlabel_gan.py with the benchmark's width, batch, d_steps."""
+  from configs.softlabel_gan import get_config  # pylint: disable=import-outside-toplevel
+
+  cfg = get_config().gan
+  cfg.update(g_ch=ch, d_ch=ch, d_steps=args.d_steps)
+  cfg.train.batch_size = args.batch_size
+  return cfg
+
+
+def make_data(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
+  """Random uint8 images [d_steps * B, H, W, 3] and soft labels (softmax rows) [d_steps * B, K]."""
+  rng = np.random.default_rng(0)
+  n = args.batch_size * args.d_steps
+  images = rng.integers(0, 256, (n, args.image_size, args.image_size, 3), np.uint8)
+  logits = 3.0 * rng.normal(size=(n, args.num_classes))
+  probs = np.exp(logits - logits.max(1, keepdims=True))
+  return images, (probs / probs.sum(1, keepdims=True)).astype(np.float32)
+
+
+def bench_jax(args: argparse.Namespace, ch: int, images: np.ndarray, labels: np.ndarray
+              ) -> dict[str, Any]:
+  import jax  # pylint: disable=import-outside-toplevel
+
+  from jaxgen.configlib import mesh_config  # pylint: disable=import-outside-toplevel
+  from jaxgen.parallel import mesh as mesh_lib  # pylint: disable=import-outside-toplevel
+  from jaxgen.softlabel_gan import train as T  # pylint: disable=import-outside-toplevel
+  from jaxgen.softlabel_gan.labels import VARIANTS  # pylint: disable=import-outside-toplevel
+  from jaxgen.train import loop  # pylint: disable=import-outside-toplevel
+
+  cfg = gan_config(args, ch)
+  g, d = T.build_networks(cfg, args.num_classes, args.image_size)
+  state = T.init_state(g, d, cfg, jax.random.key(0))
+  # Host copies for the PyTorch side, taken before the jitted step donates the state.
+  init = {"g": jax.device_get({"params": state.g_params, **state.g_stats}),
+          "d": jax.device_get({"params": state.d_params, **state.d_stats})}
+  mesh = mesh_lib.make_mesh(mesh_config(), devices=jax.devices()[:1])
+  step_fn = T.make_step_fn(g, d, cfg, VARIANTS["soft"], 1.0)
+  block = args.block or (cfg.train.steps_per_call if loop.use_scan("auto") else 1)
+  batch = {"image": images, "label": labels}
+  if block > 1:
+    run = loop.make_multi_step(step_fn, jax.random.key(1), mesh)
+    batch = jax.tree.map(lambda x: np.stack([x] * block), batch)
+    batch = mesh_lib.shard_batch(batch, mesh, leading_axes=1)
+  else:
+    run = loop.make_single_step(step_fn, jax.random.key(1), mesh)
+    batch = mesh_lib.shard_batch(batch, mesh)
+  state = jax.device_put(state, mesh_lib.replicated(mesh))
+
+  def steps(n_calls: int) -> float:
+    nonlocal state
+    t0 = time.perf_counter()
+    for _ in range(n_calls):
+      state, metrics = run(state, batch)
+    jax.block_until_ready((state, metrics))
+    return time.perf_counter() - t0
+
+  warm_calls, timed_calls = max(1, math.ceil(args.warmup / block)), math.ceil(args.steps / block)
+  warm_s = steps(warm_calls)
+  return {"steps_per_s": timed_calls * block / steps(timed_calls), "warmup_s": warm_s,
+          "warmup_steps": warm_calls * block, "block": block, "init": init, "cfg": cfg}
+
+
+def bench_torch(args: argparse.Namespace, jax_result: dict[str, Any], images: np.ndarray,
+                labels: np.ndarray, compiled: bool) -> dict[str, Any]:
+  import torch  # pylint: disable=import-outside-toplevel
+
+  from benchmarks import torch_biggan as tb  # pylint: disable=import-outside-toplevel
+
+  cfg = jax_result["cfg"]
+  device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+  torch.manual_seed(0)
+  g = tb.Generator(args.num_classes, args.image_size, cfg.g_ch, cfg.dim_z, cfg.shared_dim,
+                   cfg.hierarchical, cfg.g_attention)
+  d = tb.Discriminator(args.num_classes, args.image_size, cfg.d_ch, cfg.d_attention,
+                       pool_first=True)  # jaxgen's shortcut order: the same FLOPs
+  tb.load_flax_variables(g, jax_result["init"]["g"])
+  tb.load_flax_variables(d, jax_result["init"]["d"])
+  step = tb.SoftlabelGANStep(
+      g.to(device), d.to(device), num_classes=args.num_classes, dim_z=cfg.dim_z,
+      d_steps=cfg.d_steps, policy=cfg.diffaugment, loss=cfg.loss, g_lr=cfg.train.optim.lr,
+      d_lr=cfg.d_optim.lr, betas=(cfg.d_optim.b1, cfg.d_optim.b2), eps=cfg.d_optim.eps,
+      ema_decay=cfg.train.ema_decay, ema_start=cfg.ema_start, compile=compiled,
+      compile_mode=args.compile_mode if compiled else None)
+  x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(device)  # NCHW, once
+  y = torch.from_numpy(labels).to(device)
+
+  def steps(n: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(n):
+      out = step(x, y)
+    float(out["g_loss"])  # waits for the device
+    return time.perf_counter() - t0
+
+  warm_s = steps(max(1, args.warmup))
+  return {"steps_per_s": args.steps / steps(args.steps), "warmup_s": warm_s,
+          "warmup_steps": max(1, args.warmup)}
+
+
+def _fmt(v: float | None, spec: str = "10.2f") -> str:
+  return format(v, spec) if v is not None else format("n/a", ">" + spec.split(".")[0])
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--ch", type=lambda s: tuple(int(c) for c in s.split(",")), default=(8, 64),
+                      help="comma-separated G/D widths")
+  parser.add_argument("--steps", type=int, default=20, help="timed steps per side")
+  parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation)")
+  parser.add_argument("--batch_size", type=int, default=64, help="real images per D step")
+  parser.add_argument("--d_steps", type=int, default=1)
+  parser.add_argument("--image_size", type=int, default=32)
+  parser.add_argument("--num_classes", type=int, default=12)
+  parser.add_argument("--block", type=int, default=0,
+                      help="jaxgen steps per jitted call (0: as the training loop, "
+                           "steps_per_call fused on GPU/TPU, 1 on CPU)")
+  parser.add_argument("--compile_mode", default=None,
+                      help="torch.compile mode (default, reduce-overhead, max-autotune)")
+  parser.add_argument("--torch_threads", type=int, default=0,
+                      help="PyTorch CPU threads (0: all cores; 1 avoids OpenMP spin-waits on "
+                           "cores another job holds)")
+  parser.add_argument("--no_torch", action="store_true")
+  args = parser.parse_args()
+
+  import jax  # pylint: disable=import-outside-toplevel
+  torch = None
+  if not args.no_torch:
+    try:
+      import torch  # pylint: disable=import-outside-toplevel
+    except ImportError:
+      torch = None
+  dev = jax.devices()[0]
+  print(f"Softlabel-GAN step (BigGAN {args.image_size}x{args.image_size}, {args.num_classes} "
+        f"classes, batch {args.batch_size} per D step, d_steps={args.d_steps}, DiffAugment, "
+        f"hinge, Adam, G EMA); {args.steps} timed steps after {args.warmup} warm-up")
+  print(f"jaxgen: JAX {jax.__version__} on {dev.device_kind} ({jax.default_backend()}, "
+        f"{os.cpu_count()} CPU cores visible)")
+  if torch is not None:
+    if torch.cuda.is_available():
+      torch.backends.cudnn.benchmark = True
+      # TF32 matmuls as XLA's default precision on GPU (torch's convs already use TF32).
+      torch.set_float32_matmul_precision("high")
+      where = torch.cuda.get_device_name()
+    else:
+      torch.set_num_threads(args.torch_threads or os.cpu_count() or 1)
+      where = f"cpu, {torch.get_num_threads()} threads"
+    print(f"PyTorch {torch.__version__} on {where}")
+  else:
+    why = "--no_torch" if args.no_torch else "torch not importable; run with .venv-torch/bin/python"
+    print(f"PyTorch reference unavailable ({why})")
+
+  images, labels = make_data(args)
+  rows = []
+  for ch in args.ch:
+    ours = bench_jax(args, ch, images, labels)
+    row = {"ch": ch, "jax": ours, "eager": None, "compile": None}
+    print(f"ch={ch}: jaxgen {ours['steps_per_s']:.2f} steps/s (block {ours['block']}, warm-up "
+          f"{ours['warmup_steps']} steps {ours['warmup_s']:.1f}s)", flush=True)
+    if torch is not None:
+      for kind in ("eager", "compile"):
+        try:
+          row[kind] = bench_torch(args, ours, images, labels, compiled=kind == "compile")
+        except Exception as e:  # pylint: disable=broad-except
+          # torch.compile needs a working toolchain (C++ compiler / Triton); report, go on.
+          print(f"ch={ch}: torch {kind} failed: {type(e).__name__}: {str(e).splitlines()[0]}")
+          continue
+        r = row[kind]
+        print(f"ch={ch}: torch {kind} {r['steps_per_s']:.2f} steps/s (warm-up "
+              f"{r['warmup_steps']} steps {r['warmup_s']:.1f}s)", flush=True)
+    rows.append(row)
+
+  rate = lambda r: r["steps_per_s"] if r else None  # noqa: E731
+  ratio = lambda a, b: a / b if a and b else None  # noqa: E731
+  print()
+  print(f"{'width':>5} {'jaxgen':>10} {'eager':>10} {'compile':>10} {'/eager':>8} {'/compile':>9}"
+        "   (steps/s; ratio = jaxgen / torch)")
+  for row in rows:
+    j, e, c = rate(row["jax"]), rate(row["eager"]), rate(row["compile"])
+    print(f"{row['ch']:>5} {_fmt(j)} {_fmt(e)} {_fmt(c)} {_fmt(ratio(j, e), '8.2f')} "
+          f"{_fmt(ratio(j, c), '9.2f')}")
+  print("warm-up / compile seconds (excluded above):")
+  for row in rows:
+    parts = [f"jaxgen {row['jax']['warmup_s']:.1f}"]
+    parts += [f"torch {k} {row[k]['warmup_s']:.1f}" for k in ("eager", "compile") if row[k]]
+    print(f"  width {row['ch']}: " + ", ".join(parts))
+  print(f"goal >= {GOAL}x the best PyTorch")
+  if torch is None:
+    print("  PyTorch reference unavailable: no ratio in this run")
+    return
+  for row in rows:
+    best = max((rate(row[k]) for k in ("eager", "compile") if row[k]), default=None)
+    if best is None:
+      print(f"  width {row['ch']}: no PyTorch number")
+      continue
+    r = rate(row["jax"]) / best
+    print(f"  width {row['ch']}: {r:.2f}x the best PyTorch ({best:.2f} steps/s): "
+          f"{'met' if r >= GOAL else 'not met'}")
+
+
+if __name__ == "__main__":
+  main()
