@@ -72,7 +72,7 @@ def evaluate_samples(ev: Evaluator, fake: np.ndarray, fake_labels: np.ndarray,
   key = jax.random.key(seed)
   out["lpips"] = _diversity(fake, ev, lpips_pairs * 4, jax.random.fold_in(key, 0))
 
-  intra_fid = intra_class(lambda a, b: fid(a, b), real_feats, real_labels, fake_feats, fake_labels)
+  intra_fid = intra_class(fid, real_feats, real_labels, fake_feats, fake_labels)
   out["intra_fid_mean"], out["intra_fid_std"] = float(intra_fid["mean"]), float(intra_fid["std"])
 
   def class_kid(a, b):
@@ -101,12 +101,11 @@ def evaluate_samples(ev: Evaluator, fake: np.ndarray, fake_labels: np.ndarray,
   return out
 
 
-def real_reference_row(ev: Evaluator, real: np.ndarray, labels: np.ndarray, real_feats: np.ndarray,
-                       *, lpips_pairs: int, seed: int) -> dict:
+def real_reference_row(ev: Evaluator, real: np.ndarray, labels: np.ndarray, *, lpips_pairs: int,
+                       seed: int) -> dict:
   """What the real reference images themselves score on the label-free metrics (IS, class
   consistency, LPIPS diversity): the ceiling a generator is read against."""
   logits = ev.logits(real)
-  del real_feats
   consistency = None if ev.classify is None else float(np.mean(np.argmax(ev.classify(real), 1) == labels))
   return {"inception_score": float(inception_score(logits, num_splits=min(10, len(logits)))[0]),
           "class_consistency": consistency,

@@ -3,8 +3,6 @@ Fig. 6 and the per-class gain over DiffAug-GAN of Fig. 8 (classes ordered by tra
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import numpy as np
 
 from jaxgen.io.plots import line_plot
@@ -15,7 +13,7 @@ def class_fids(results: dict, name: str, num_classes: int) -> np.ndarray:
   return np.asarray([results[name]["per_class"]["fid"][str(c)] for c in range(num_classes)])
 
 
-def figures(results: dict, train_counts: np.ndarray, class_names: Sequence[str]) -> dict[str, np.ndarray]:
+def figures(results: dict, train_counts: np.ndarray) -> dict[str, np.ndarray]:
   """{'fig6_class_fid_histogram.png': ..., 'fig8_class_fid_gain.png': ... (when 'onehot' ran)}."""
   k = len(train_counts)
   fids = {name: class_fids(results, name, k) for name in results}
@@ -32,5 +30,4 @@ def figures(results: dict, train_counts: np.ndarray, class_names: Sequence[str])
          for n, v in fids.items() if n != "onehot"},
         title="Class FID gain over DiffAug-GAN (Fig. 8)", xlabel="training images of the class",
         ylabel="FID(DiffAug-GAN) - FID", log_x=True)
-  del class_names
   return out

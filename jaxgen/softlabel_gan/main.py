@@ -348,15 +348,15 @@ def _stage_evaluate(run: Run) -> None:
     if is_main_process():
       print(f"[evaluate] {name}: FID {results[name]['fid']:.2f}, intra-FID "
             f"{results[name]['intra_fid_mean']:.2f} +- {results[name]['intra_fid_std']:.2f}", flush=True)
-  reference = ev.real_reference_row(evaluator, real, real_labels, real_feats,
-                                    lpips_pairs=e.lpips_pairs, seed=run.config.seed)
+  reference = ev.real_reference_row(evaluator, real, real_labels, lpips_pairs=e.lpips_pairs,
+                                    seed=run.config.seed)
   if is_main_process():
     atomic_write_json(run.path("eval", "evaluation.json"), {
         "table2": results, "real_reference": reference,
         "networks": {"features": evaluator.feature_network, "lpips": evaluator.lpips_network,
                      "logits": evaluator.logits_network, "classify": evaluator.classify_network}})
     counts = np.asarray(read_json(run.path("eval", "data.json"))["train_counts"])
-    for fig_name, image in figures.figures(results, counts, list(run.data["class_names"])).items():
+    for fig_name, image in figures.figures(results, counts).items():
       run.save_figure(image, "eval", fig_name)
 
 
