@@ -167,7 +167,7 @@ def test_eps_to_score_and_argument_errors():
   np.testing.assert_allclose(score, -2.0 * x / sde.marginal_std(t)[:, None, None], rtol=1e-6)
   sc = mixture_score(sde)
   with pytest.raises(ConfigError, match="sampler.name"):
-    get_sampler("ddim")
+    get_sampler("no_such_sampler")
   with pytest.raises(ConfigError, match="num_steps"):
     sample_euler_maruyama(jax.random.key(0), sc, sde, (2, 2), 0)
   with pytest.raises(ConfigError, match="mask"):

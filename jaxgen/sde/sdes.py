@@ -20,6 +20,7 @@ from typing import Any, Union
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxgen.errors import ConfigError
 
@@ -229,13 +230,107 @@ class VESDE(_LinearSDE):
     return self.sigma(t) * math.sqrt(2.0 * math.log(self.sigma_max / self.sigma_min) / self.T)
 
 
-SDE = Union[VPSDE, SubVPSDE, VESDE]
+BETA_SCHEDULES = ("scaled_linear", "linear")
 
-_REGISTRY: dict[str, Any] = {"vpsde": VPSDE, "subvpsde": SubVPSDE, "vesde": VESDE}
+
+@dataclasses.dataclass(frozen=True)
+class DiscreteVPSDE(_LinearSDE):
+  """The DDPM-discretised VP process of Stable Diffusion (Ho et al. 2020; Rombach et al. 2022) as a
+  continuous-time VP SDE, so every sampler of this library runs on it.
+
+  DDPM has N (1000) steps n = 0..N-1 with betas b_n ("scaled_linear": linspace(sqrt(beta_start),
+  sqrt(beta_end), N)^2, SD's; "linear": linspace(beta_start, beta_end, N)) and
+  alpha_bar_n = prod_{i<=n} (1 - b_i). Step n sits at time t_n = (n + 1) / N, t = 0 is clean data
+  (alpha_bar = 1), and log alpha_bar is interpolated linearly between these N + 1 knots, which
+  makes beta(t) = -d log alpha_bar / dt piecewise constant: a VP SDE whose marginals equal DDPM's
+  exactly at every step. A network trained on DDPM indices takes `timestep(t) = N t - 1`
+  (diffusers' `timesteps`), so t = 1 is index N - 1 = 999.
+  """
+
+  beta_start: float = 0.00085
+  beta_end: float = 0.012
+  num_train_timesteps: int = 1000
+  schedule: str = "scaled_linear"
+  T: float = 1.0
+  name = "discrete_vp"
+  prior_std = 1.0
+
+  def __post_init__(self):
+    _check_positive("sde.beta_start", self.beta_start)
+    if not self.beta_end > self.beta_start:
+      raise ConfigError("sde.beta_end", self.beta_end, f"a number > beta_start={self.beta_start}")
+    if self.beta_end >= 1.0:
+      raise ConfigError("sde.beta_end", self.beta_end, "a number < 1")
+    if (not isinstance(self.num_train_timesteps, int) or isinstance(self.num_train_timesteps, bool)
+        or self.num_train_timesteps < 2):
+      raise ConfigError("sde.num_train_timesteps", self.num_train_timesteps, "an integer >= 2")
+    if self.schedule not in BETA_SCHEDULES:
+      raise ConfigError("sde.schedule", self.schedule, f"one of {BETA_SCHEDULES}")
+    if self.T != 1.0:
+      raise ConfigError("sde.T", self.T, "1.0 (the DDPM steps are laid out on [0, 1])")
+
+  def betas(self) -> "np.ndarray":
+    """The N DDPM betas, float64 on the host."""
+    n = self.num_train_timesteps
+    if self.schedule == "scaled_linear":
+      return np.linspace(self.beta_start ** 0.5, self.beta_end ** 0.5, n) ** 2
+    return np.linspace(self.beta_start, self.beta_end, n)
+
+  def alphas_cumprod(self) -> "np.ndarray":
+    """alpha_bar_n for n = 0..N-1 (diffusers' `scheduler.alphas_cumprod`), float64."""
+    return np.cumprod(1.0 - self.betas())
+
+  def _knots(self) -> tuple[Array, Array]:
+    n = self.num_train_timesteps
+    times = np.arange(n + 1) / n
+    integral = np.concatenate([[0.0], -np.log(self.alphas_cumprod())])
+    return jnp.asarray(times, jnp.float32), jnp.asarray(integral, jnp.float32)
+
+  def integral_beta(self, t: Array) -> Array:
+    """B(t) = -log alpha_bar(t), piecewise linear through the DDPM steps."""
+    times, integral = self._knots()
+    return jnp.interp(jnp.asarray(t, jnp.float32), times, integral)
+
+  def beta(self, t: Array) -> Array:
+    """beta(t) = dB/dt, constant N b'_n on each step's interval (the right-continuous value)."""
+    times, integral = self._knots()
+    n = self.num_train_timesteps
+    idx = jnp.clip(jnp.floor(jnp.asarray(t, jnp.float32) * n).astype(jnp.int32), 0, n - 1)
+    return (integral[idx + 1] - integral[idx]) * n
+
+  def mean_coeff(self, t: Array) -> Array:
+    """a(t) = sqrt(alpha_bar(t))."""
+    return jnp.exp(-0.5 * self.integral_beta(t))
+
+  def marginal_std(self, t: Array) -> Array:
+    """s(t) = sqrt(1 - alpha_bar(t))."""
+    return jnp.sqrt(-jnp.expm1(-self.integral_beta(t)))
+
+  def drift_coeff(self, t: Array) -> Array:
+    """f(t) = -beta(t) / 2."""
+    return -0.5 * self.beta(t)
+
+  def diffusion(self, t: Array) -> Array:
+    """g(t) = sqrt(beta(t))."""
+    return jnp.sqrt(self.beta(t))
+
+  def timestep(self, t: Array) -> Array:
+    """The DDPM index N t - 1 a network trained on integer steps expects (continuous in t)."""
+    return jnp.asarray(t, jnp.float32) * self.num_train_timesteps - 1.0
+
+  def time(self, timestep: Array) -> Array:
+    """Inverse of `timestep`: t = (n + 1) / N."""
+    return (jnp.asarray(timestep, jnp.float32) + 1.0) / self.num_train_timesteps
+
+
+SDE = Union[VPSDE, SubVPSDE, VESDE, DiscreteVPSDE]
+
+_REGISTRY: dict[str, Any] = {"vpsde": VPSDE, "subvpsde": SubVPSDE, "vesde": VESDE,
+                             "discrete_vp": DiscreteVPSDE}
 
 
 def get_sde(name: str, **kw: float) -> SDE:
-  """Build an SDE by name: 'vpsde', 'subvpsde' or 'vesde'; `kw` are its dataclass fields.
+  """Build an SDE by name: 'vpsde', 'subvpsde', 'vesde' or 'discrete_vp'; `kw` are its fields.
 
   Raises ConfigError for an unknown name or an unknown/invalid parameter.
   """
