@@ -161,9 +161,11 @@ class Upsample(nn.Module):
 
 class Encoder(nn.Module):
   """Image [N, H, W, in_channels] -> [N, H/f, W/f, z_channels]. Submodule names follow taming's
-  with '.' -> '_' (`down_1_block_0` is `encoder.down.1.block.0`)."""
+  with '.' -> '_' (`down_1_block_0` is `encoder.down.1.block.0`). With `double_z` the conv_out
+  gives 2 * z_channels (mean and log-variance of a KL autoencoder, ldm's `double_z`)."""
 
   config: VQGANConfig
+  double_z: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -179,7 +181,8 @@ class Encoder(nn.Module):
         h = Downsample(name=f"down_{level}_downsample")(h)
     h = _middle(h, g)
     h = swish(_norm(g, "norm_out")(h))
-    return Conv(cfg.z_channels, (3, 3), padding=_PAD1, name="conv_out")(h)
+    out_channels = 2 * cfg.z_channels if self.double_z else cfg.z_channels
+    return Conv(out_channels, (3, 3), padding=_PAD1, name="conv_out")(h)
 
 
 class Decoder(nn.Module):
