@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
-from typing import Any
+from typing import Any, BinaryIO, Iterator
 
 import numpy as np
 
 
-def atomic_write_bytes(path: str, data: bytes) -> None:
-  """Write to a temporary file in the same directory, fsync, then rename over `path`."""
+@contextlib.contextmanager
+def atomic_writer(path: str) -> Iterator[BinaryIO]:
+  """A binary file object for `path` that appears there only once the block exits cleanly:
+  written to a temporary file in the same directory, fsynced, then renamed over `path`."""
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".tmp")
   try:
     with os.fdopen(fd, "wb") as f:
-      f.write(data)
+      yield f
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -25,6 +28,11 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
     if os.path.exists(tmp):
       os.remove(tmp)
     raise
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+  with atomic_writer(path) as f:
+    f.write(data)
 
 
 def atomic_write_text(path: str, text: str) -> None:
