@@ -25,7 +25,11 @@ EXTRAS_REQUIRE = {
     # Reference libraries the tests compare against, and the runner.
     "test": ["pytest>=8", "scikit-image>=0.24", "scipy>=1.13"],
     # Opt-in PyTorch parity group (multi-GB): see README "PyTorch parity tests".
-    "torch": ["torch==2.14.1", "torchvision==0.29.1", "lpips==0.1.4"],
+    "torch": [
+        "torch==2.14.1", "torchvision==0.29.1", "lpips==0.1.4",
+        # Stable Diffusion parity: the diffusers/transformers modules our importers are checked against.
+        "diffusers==0.42.1", "transformers==5.24.0", "safetensors>=0.4",
+    ],
     # Accelerators: install the matching jax build instead of the CPU one.
     "cuda": ["jax[cuda12]==0.10.2"],
     "tpu": ["jax[tpu]==0.10.2"],
