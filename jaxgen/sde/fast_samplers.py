@@ -152,24 +152,59 @@ def _check_eta(eta: Any) -> None:
     raise ConfigError("sampler.eta", eta, "a number >= 0 (0 = deterministic DDIM, 1 = DDPM-like)")
 
 
+def _check_times(times: Any, sde: SDE, sampler: str) -> Array:
+  """A caller's grid: 1-D, at least 2 entries, and (when its values are known at trace time)
+  strictly decreasing inside (0, T]."""
+  arr = jnp.asarray(times, jnp.float32)
+  if arr.ndim != 1 or arr.shape[0] < 2:
+    raise ConfigError("sampler.times", tuple(arr.shape), f"a 1-D grid of >= 2 times for {sampler}")
+  if not isinstance(times, jax.core.Tracer):
+    host = jnp.asarray(times).tolist()
+    if not (all(a > b for a, b in zip(host, host[1:])) and host[-1] > 0 and host[0] <= sde.T):
+      raise ConfigError("sampler.times", host, f"strictly decreasing times in (0, T={sde.T}]")
+  return arr
+
+
 def _setup(key: Array, sde: SDE, sampler: str, shape: tuple[int, ...], num_steps: int,
-           t_eps: float, time_spacing: str, observed: Optional[Array], mask: Optional[Array]):
-  """Validate; draw the clamped x_T; tabulate t, a(t), s(t) on the grid and the lambda steps h."""
+           t_eps: float, time_spacing: str, observed: Optional[Array], mask: Optional[Array],
+           times: Optional[Array] = None, x_init: Optional[Array] = None):
+  """Validate; draw the clamped x_T (or take `x_init`); tabulate t, a(t), s(t) on the grid (the
+  caller's `times` or a `fast_time_grid`) and the lambda steps h."""
   _check_vp(sde, sampler)
   if time_spacing not in TIME_SPACINGS:
     raise ConfigError("sampler.time_spacing", time_spacing, f"one of {TIME_SPACINGS}")
+  if times is not None:
+    ts = _check_times(times, sde, sampler)
+    num_steps, t_eps = ts.shape[0] - 1, sde.T * 0.5  # t_eps is only range-checked by prepare
   x, observed, mask, key_steps = prepare(key, sde, shape, num_steps, t_eps, observed, mask)
-  if not t_eps > 0:  # lambda(0) = +inf: the solvers' step sizes would be infinite
-    raise ConfigError("sde.t_eps", t_eps, f"a number in (0, T={sde.T}) for {sampler}")
-  ts = fast_time_grid(sde, num_steps, t_eps, time_spacing)
+  if times is None:
+    if not t_eps > 0:  # lambda(0) = +inf: the solvers' step sizes would be infinite
+      raise ConfigError("sde.t_eps", t_eps, f"a number in (0, T={sde.T}) for {sampler}")
+    ts = fast_time_grid(sde, num_steps, t_eps, time_spacing)
+  if x_init is not None:
+    if tuple(x_init.shape) != tuple(shape):
+      raise ConfigError("sampler.x_init.shape", tuple(x_init.shape), f"the sample shape {shape}")
+    x = clamp(jnp.asarray(x_init, x.dtype), observed, mask)
   h = log_snr(sde, ts[1:]) - log_snr(sde, ts[:-1])
   return x, observed, mask, key_steps, ts, sde.mean_coeff(ts), sde.marginal_std(ts), h
+
+
+def _active(i: Array, start_index: Optional[Array], x: Array) -> Optional[Array]:
+  """[B, 1, ..] booleans: which examples have reached their first step (None: all of them)."""
+  if start_index is None:
+    return None
+  return (i >= start_index).reshape((-1,) + (1,) * (x.ndim - 1))
+
+
+def _keep_inactive(active: Optional[Array], new: Array, old: Array) -> Array:
+  return new if active is None else jnp.where(active, new, old)
 
 
 def sample_ddim(key: Array, score_fn: ScoreFn, sde: SDE, shape: tuple[int, ...], num_steps: int,
                 *, eta: float = 0.0, observed: Optional[Array] = None,
                 mask: Optional[Array] = None, t_eps: float = 1e-3, denoise: bool = True,
-                time_spacing: str = "logsnr") -> Array:
+                time_spacing: str = "logsnr", times: Optional[Array] = None,
+                x_init: Optional[Array] = None, start_index: Optional[Array] = None) -> Array:
   """DDIM (Song, Meng & Ermon 2021, eq. 12) from T to t_eps; one score evaluation per step.
 
   Per step t -> t': eps = -s score(x, t), x0 = (x - s eps) / a (observed coordinates set to
@@ -178,10 +213,18 @@ def sample_ddim(key: Array, score_fn: ScoreFn, sde: SDE, shape: tuple[int, ...],
   eta = 1: DDPM posterior; for eta > 1 sigma is capped at s'. Grid uniform in lambda = log(a/s)
   (`time_spacing="logsnr"`, default: better than uniform t at 10-50 steps) or in t ("uniform",
   DDIM's evenly spaced sub-sequence). VP-type SDEs only (VESDE: ConfigError).
+
+  `times` (N + 1 decreasing times) replaces the grid (`num_steps`, `t_eps` and `time_spacing` are
+  then unused), e.g. a scheduler's discrete timesteps. `x_init` replaces the prior draw as the
+  state at times[0]; with `start_index` [B] (ints) example b instead starts at grid index
+  start_index[b] from x_init[b] (which must be a sample at times[start_index[b]]) and is left
+  unchanged by the earlier steps, so examples with different start times share one compiled
+  scan (SDEdit with per-example strength).
   """
   _check_eta(eta)
   x, observed, mask, key_steps, ts, a, s, h = _setup(key, sde, "ddim", shape, num_steps, t_eps,
-                                                     time_spacing, observed, mask)
+                                                     time_spacing, observed, mask, times, x_init)
+  num_steps = ts.shape[0] - 1
   sigma = jnp.minimum(eta * s[1:] * jnp.sqrt(-jnp.expm1(-2.0 * h)), s[1:])
   c_eps = jnp.sqrt(jnp.maximum(s[1:] ** 2 - sigma ** 2, 0.0))
 
@@ -189,10 +232,10 @@ def sample_ddim(key: Array, score_fn: ScoreFn, sde: SDE, shape: tuple[int, ...],
     i, t, a_i, s_i, a_n, sig, ce = inp
     eps = -s_i * score_fn(x, _vec(t, x))
     x0 = clamp((x - s_i * eps) / a_i, observed, mask)
-    x = a_n * x0 + ce * eps
+    x_new = a_n * x0 + ce * eps
     if eta > 0:  # static: eta = 0 draws no noise at all
-      x = x + sig * jax.random.normal(jax.random.fold_in(key_steps, i), x.shape, x.dtype)
-    return clamp(x, observed, mask), None
+      x_new = x_new + sig * jax.random.normal(jax.random.fold_in(key_steps, i), x.shape, x.dtype)
+    return clamp(_keep_inactive(_active(i, start_index, x), x_new, x), observed, mask), None
 
   inputs = (jnp.arange(num_steps), ts[:-1], a[:-1], s[:-1], a[1:], sigma, c_eps)
   x, _ = jax.lax.scan(body, x, inputs)
@@ -202,7 +245,9 @@ def sample_ddim(key: Array, score_fn: ScoreFn, sde: SDE, shape: tuple[int, ...],
 def sample_dpmpp_2m(key: Array, score_fn: ScoreFn, sde: SDE, shape: tuple[int, ...],
                     num_steps: int, *, observed: Optional[Array] = None,
                     mask: Optional[Array] = None, t_eps: float = 1e-3, denoise: bool = True,
-                    time_spacing: str = "logsnr") -> Array:
+                    time_spacing: str = "logsnr", times: Optional[Array] = None,
+                    x_init: Optional[Array] = None, start_index: Optional[Array] = None,
+                    lower_order_final: bool = True) -> Array:
   """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2): data-prediction multistep solver, one NFE per step.
 
   Grid uniform in lambda = log(a/s) (`time_spacing="logsnr"`, default) or in t ("uniform").
@@ -213,21 +258,30 @@ def sample_dpmpp_2m(key: Array, score_fn: ScoreFn, sde: SDE, shape: tuple[int, .
   at the last step, whose h can dwarf h_{i-1} on a uniform-t grid and make the extrapolation
   unstable (diffusers' `lower_order_final`; the global error stays second order). The scan carry
   is (x_i, x0_{i-1}). VP-type SDEs only (VESDE: ConfigError).
+
+  `times`, `x_init` and `start_index` as in `sample_ddim`; an example's first step is first
+  order wherever it starts. `lower_order_final=False` keeps the last step second order: right
+  when `denoise` follows it at a time well above zero, as in diffusers' schedule whose final step
+  to sigma = 0 is exactly the data prediction.
   """
   x, observed, mask, _, ts, a, s, h = _setup(key, sde, "dpmpp_2m", shape, num_steps, t_eps,
-                                             time_spacing, observed, mask)
-  c = jnp.concatenate([jnp.zeros((1,), h.dtype), 0.5 * h[1:] / h[:-1]]).at[-1].set(0.0)
+                                             time_spacing, observed, mask, times, x_init)
+  c = jnp.concatenate([jnp.zeros((1,), h.dtype), 0.5 * h[1:] / h[:-1]])
+  if lower_order_final:
+    c = c.at[-1].set(0.0)
   ratio_s = s[1:] / s[:-1]
   coef_d = -a[1:] * jnp.expm1(-h)
 
   def body(carry, inp):
     x, x0_prev = carry
-    t, a_i, s_i, c_i, rs, cd = inp
+    i, t, a_i, s_i, c_i, rs, cd = inp
     x0 = clamp((x + s_i ** 2 * score_fn(x, _vec(t, x))) / a_i, observed, mask)
-    d = x0 + c_i * (x0 - x0_prev)  # c_0 = 0: the initial x0_prev (zeros) is never used
-    x = clamp(rs * x + cd * d, observed, mask)
-    return (x, x0), None
+    if start_index is not None:  # an example's first step has no history: first order
+      c_i = jnp.where(i > start_index, c_i, 0.0).reshape((-1,) + (1,) * (x.ndim - 1))
+    d = x0 + c_i * (x0 - x0_prev)  # c = 0 at a first step: the initial x0_prev is never used
+    x_new = clamp(rs * x + cd * d, observed, mask)
+    return (_keep_inactive(_active(i, start_index, x), x_new, x), x0), None
 
-  inputs = (ts[:-1], a[:-1], s[:-1], c, ratio_s, coef_d)
+  inputs = (jnp.arange(ts.shape[0] - 1), ts[:-1], a[:-1], s[:-1], c, ratio_s, coef_d)
   (x, _), _ = jax.lax.scan(body, (x, jnp.zeros_like(x)), inputs)
   return _finish(score_fn, sde, x, ts[-1], denoise, observed, mask)
