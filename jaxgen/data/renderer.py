@@ -25,6 +25,7 @@ import concurrent.futures
 import functools
 import math
 import os
+from typing import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -55,6 +56,10 @@ _U = {name: 4 + i for i, name in enumerate((
     "floor_h", "floor_s", "floor_v", "floor2_dv", "tex_kind", "tex_scale", "tex_off_x",
     "tex_off_z", "tex_angle", "sky_h", "sky_v"))}
 _BIG = 1e9
+# Uniform columns that `render_objects(uniforms_override=...)` may replace: the shape's own
+# "shape_0".."shape_3" (scale and proportions, see `shapes.build_pieces`) and those of `_U`.
+UNIFORM_COLUMNS: dict[str, int] = {
+    **{f"shape_{i}": i for i in range(shapes.NUM_SHAPE_UNIFORMS)}, **_U}
 
 
 def object_uniforms(seed: int, object_ids: np.ndarray, stream: int = _STREAM) -> np.ndarray:
@@ -306,14 +311,56 @@ def _check(num_views: int, image_size: int, elevation_deg: float) -> None:
     raise ConfigError("elevation_deg", elevation_deg, "degrees in [-80, 80]")
 
 
+def _apply_overrides(u: np.ndarray, overrides: Mapping[str, np.ndarray]) -> np.ndarray:
+  """Copy of the uniforms `u` [n, NUM_UNIFORMS] with the named columns replaced (validated)."""
+  u = u.copy()
+  for name, values in overrides.items():
+    if name not in UNIFORM_COLUMNS:
+      raise ConfigError("uniforms_override", name, f"a column name in {tuple(UNIFORM_COLUMNS)}")
+    try:
+      col = np.broadcast_to(np.asarray(values, np.float64), u.shape[:1])
+    except (ValueError, TypeError):
+      raise ConfigError(f"uniforms_override.{name}", np.shape(values),
+                        f"a scalar or {u.shape[0]} per-object values") from None
+    if not np.all((col >= 0.0) & (col < 1.0)):
+      raise ConfigError(f"uniforms_override.{name}", (float(np.min(col)), float(np.max(col))),
+                        "finite values in [0, 1)")
+    u[:, UNIFORM_COLUMNS[name]] = col
+  return u
+
+
+def _check_shape_classes(shape_classes: np.ndarray, n: int) -> np.ndarray:
+  """Per-object class indices broadcast to [n] int32, each in [0, len(SHAPE_CLASSES))."""
+  arr = np.asarray(shape_classes)
+  if arr.size and not np.issubdtype(arr.dtype, np.integer):
+    raise ConfigError("shape_classes", arr.dtype.name, "integer class indices")
+  try:
+    arr = np.broadcast_to(arr.astype(np.int64), (n,))
+  except ValueError:
+    raise ConfigError("shape_classes", arr.shape, f"a scalar or {n} class indices") from None
+  if arr.size and (arr.min() < 0 or arr.max() >= len(SHAPE_CLASSES)):
+    raise ConfigError("shape_classes", (int(arr.min()), int(arr.max())),
+                      f"indices in [0, {len(SHAPE_CLASSES)})")
+  return arr.astype(np.int32)
+
+
 def render_objects(seed: int, object_ids: np.ndarray, backgrounds: np.ndarray | int, *,
-                   num_views: int = 4, image_size: int = 64, elevation_deg: float = 20.0
-                   ) -> dict[str, np.ndarray]:
+                   num_views: int = 4, image_size: int = 64, elevation_deg: float = 20.0,
+                   uniforms_override: Mapping[str, np.ndarray] | None = None,
+                   shape_classes: np.ndarray | None = None) -> dict[str, np.ndarray]:
   """Renders the given objects with per-object background codes (indices into BACKGROUND_TYPES).
 
   Returns 'images' uint8 [N, V, H, W, 3], 'masks' bool [N, V, H, W], 'labels' int32 [N],
   'azimuths' float32 [V]. Pixels of object `id` depend only on (seed, id, its background code,
-  num_views, image_size, elevation_deg).
+  num_views, image_size, elevation_deg) and, when given, its override values.
+
+  uniforms_override: {column name in UNIFORM_COLUMNS: a scalar or [N] values in [0, 1)} replaces
+    those columns of the objects' uniforms before geometry and appearance are built, e.g.
+    {"front_h": ...} to force the front hue (colour-worded or fine-grained classes of
+    `jaxgen.data.t2i_sets`). shape_classes: a scalar or [N] indices into SHAPE_CLASSES that
+    replace `id mod C` as each object's solid (and its returned label). Without either, pixels
+    are exactly those of the plain call (they are not part of any cache key, so callers that
+    cache must key on them themselves).
   """
   _check(num_views, image_size, elevation_deg)
   if not 0 <= seed < 2**32:
@@ -326,13 +373,15 @@ def render_objects(seed: int, object_ids: np.ndarray, backgrounds: np.ndarray | 
     raise ConfigError("backgrounds", np.unique(backgrounds).tolist(),
                       f"codes in [0, {len(BACKGROUND_TYPES)})")
   n, hw = ids.size, image_size * image_size
-  labels = object_labels(ids)
+  labels = object_labels(ids) if shape_classes is None else _check_shape_classes(shape_classes, n)
   images = np.zeros((n, num_views, hw, 3), np.uint8)
   masks = np.zeros((n, num_views, hw), bool)
   ray_o, ray_d = camera_rays(num_views, image_size, elevation_deg)
   ray_o, ray_d, light = jnp.asarray(ray_o), jnp.asarray(ray_d), jnp.asarray(_LIGHT, jnp.float32)
   chunk = max(1, _RAYS_PER_CHUNK // (num_views * hw))
   u = object_uniforms(seed, ids) if n else np.zeros((0, NUM_UNIFORMS))
+  if uniforms_override:
+    u = _apply_overrides(u, uniforms_override)
   groups: dict[tuple[int, int, bool, bool], list] = {}
   for cls, name in enumerate(SHAPE_CLASSES):
     idx = np.flatnonzero(labels == cls)
