@@ -59,16 +59,18 @@ def test_ema_covers_batch_statistics_and_samples_are_g_in_eval_mode():
   config, g, d = _tiny_gan()
   cfg = config.gan
   state = T.init_state(g, d, cfg, jax.random.key(0))
-  # DiffAugment #84: augmentation belongs to D's inputs only; samples are G(z, onehot) exactly,
-  # in eval mode, whatever the batch size.
+  # DiffAugment #84: augmentation belongs to D's inputs only; samples are G(z, onehot) in eval
+  # mode, whatever the batch size. A different batch may change XLA:CPU's convolution blocking
+  # and so float32 rounding, which can move a pixel across a uint8 rounding boundary: atol 1.
   classes = np.array([0, 1, 2, 2, 1], np.int32)
   images = T.sample(g, state.ema_params, state.ema_stats, jax.random.key(5), classes, batch_size=2)
   z = jax.random.normal(jax.random.key(5), (5, g.dim_z))
   direct = to_uint8(g.apply({"params": state.ema_params, **state.ema_stats}, z,
                             jax.nn.one_hot(classes, 3), train=False))
-  np.testing.assert_array_equal(images, np.asarray(direct))
-  np.testing.assert_array_equal(images, T.sample(g, state.ema_params, state.ema_stats,
-                                                 jax.random.key(5), classes, batch_size=5))
+  np.testing.assert_allclose(images.astype(int), np.asarray(direct, int), atol=1)
+  np.testing.assert_allclose(images.astype(int), T.sample(g, state.ema_params, state.ema_stats,
+                                                          jax.random.key(5), classes,
+                                                          batch_size=5).astype(int), atol=1)
   batch = {"image": np.random.default_rng(0).integers(0, 256, (cfg.train.batch_size, 32, 32, 3), np.uint8),
            "label": np.eye(3, dtype=np.float32)[np.arange(cfg.train.batch_size) % 3]}
   step = jax.jit(T.make_step_fn(g, d, cfg, L.VARIANTS["soft"], 1.0))
