@@ -27,6 +27,7 @@ METHODS = {
     "lrgmm": "jaxgen.lrgmm.main",
     "dimvida": "jaxgen.dimvida.main",
     "softlabel_gan": "jaxgen.softlabel_gan.main",
+    "t2i": "jaxgen.t2i.main",
 }
 
 

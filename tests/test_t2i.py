@@ -1,0 +1,124 @@
+"""The text-to-image backbone: diffusers' step semantics, the v-prediction algebra, config checks,
+and the tiny preset end to end (textual-inversion rows, LoRA, report).
+
+Diffusers parity of the sampling itself (DDIM / DPM-Solver++ pipelines, img2img with mixed
+strengths) is in the torch group: tests/test_parity_t2i.py.
+"""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxgen import main as jaxgen_main
+from jaxgen.errors import ConfigError
+from jaxgen.io.params import load_params
+from jaxgen.nets.text_encoder import token_embedding
+from jaxgen.t2i import backbone as bb
+from jaxgen.text.tokenizers import WordTokenizer
+from jaxgen.t2i.schedules import SamplerSpec, sampler_grid, scheduler_timesteps, start_index
+
+TINY = "--config=configs/t2i.py:tiny"
+
+
+def test_scheduler_timesteps_follow_the_diffusers_formulas():
+  """SD 1.x's DDIM (leading, offset 1) visits 961, 921, ..., 1; DPM-Solver++ (linspace) the
+  rounded linspace(0, 999, K + 1) without its 0; trailing ends at the last training step."""
+  np.testing.assert_array_equal(scheduler_timesteps(25, spacing="leading", steps_offset=1),
+                                np.arange(961, 0, -40))
+  np.testing.assert_array_equal(
+      scheduler_timesteps(25, spacing="linspace", scheduler="dpmpp_2m"),
+      np.round(np.linspace(0, 999, 26))[::-1][:-1].astype(np.int64))
+  trailing = scheduler_timesteps(10, spacing="trailing")
+  assert trailing[0] == 999 and trailing[-1] == 99 and np.all(np.diff(trailing) == -100)
+  with pytest.raises(ConfigError, match="sampler.timestep_spacing"):
+    scheduler_timesteps(10, spacing="karras")
+
+
+def test_grid_and_strength_semantics():
+  """DDIM with set_alpha_to_one=False steps last to alpha_bar_0 (t = 1/N); DPM-Solver++ ends with
+  the data prediction and is first order at the end below 15 steps; strength s starts at index
+  K - int(K s), at least one step."""
+  sde = bb.BackboneConfig.tiny().sde
+  g = sampler_grid(SamplerSpec(name="ddim", num_steps=25), sde)
+  assert len(g.times) == 26 and not g.denoise and g.times[-1] == np.float32(1 / 1000)
+  np.testing.assert_allclose(g.times[:-1], (g.timesteps + 1) / 1000, rtol=1e-6)
+  assert sampler_grid(SamplerSpec(name="ddim", num_steps=25, set_alpha_to_one=True), sde).denoise
+  g = sampler_grid(SamplerSpec(name="dpmpp_2m", num_steps=10), sde)
+  assert len(g.times) == 10 and g.denoise and g.lower_order_final
+  assert not sampler_grid(SamplerSpec(name="dpmpp_2m", num_steps=20), sde).lower_order_final
+  np.testing.assert_array_equal(start_index(jnp.array([1.0, 0.7, 0.5, 0.3, 0.01]), 25),
+                                [0, 8, 13, 18, 24])
+  with pytest.raises(ConfigError, match="sampler.eta"):
+    SamplerSpec(name="dpmpp_2m", eta=1.0)
+
+
+def test_v_prediction_algebra_and_config_checks():
+  """v = a eps - s x0 and eps = a v + s x_t invert each other for x_t = a x0 + s eps."""
+  cfg = bb.BackboneConfig(**{**bb.BackboneConfig.tiny().__dict__, "prediction_type": "v_prediction"})
+  k1, k2 = jax.random.split(jax.random.key(0))
+  x0, eps = jax.random.normal(k1, (3, 4, 4, 4)), jax.random.normal(k2, (3, 4, 4, 4))
+  t = jnp.array([0.05, 0.5, 0.99])
+  a = cfg.sde.mean_coeff(t)[:, None, None, None]
+  s = cfg.sde.marginal_std(t)[:, None, None, None]
+  v = bb.training_target(x0, eps, t, cfg)
+  np.testing.assert_allclose(v, a * eps - s * x0, rtol=1e-6)
+  np.testing.assert_allclose(bb.noise_prediction(v, a * x0 + s * eps, t, cfg), eps, atol=2e-5)
+  tiny = bb.BackboneConfig.tiny()
+  with pytest.raises(ConfigError, match="backbone.prediction_type"):
+    bb.BackboneConfig(unet=tiny.unet, vae=tiny.vae, text=tiny.text, prediction_type="sample")
+  with pytest.raises(ConfigError, match="cross_attention_dim"):
+    bb.BackboneConfig(unet=tiny.unet, vae=tiny.vae,
+                      text=tiny.text.__class__(width=64, heads=2, vocab_size=10, max_length=8))
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--config.sampler.name=euler"], "sampler.name"),
+    (["--config.finetune.strategy=lora"], "finetune.strategy"),
+    (["--config.data.image_size=18"], "data.image_size"),
+    (["--config.backbone.unet_heads=3"], "num_attention_heads"),
+    (["--config.finetune.seeds=(0,0)"], "finetune.seeds"),
+])
+def test_bad_values_exit_2_before_anything_runs(capsys, tmp_path, args, needle):
+  code = jaxgen_main.run(["jaxgen.main", TINY, f"--workdir={tmp_path}", *args])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert code == 2 and len(err) == 1 and needle in err[0]
+  assert not (tmp_path / "stages").exists()
+
+
+def test_tiny_preset_end_to_end(tmp_path):
+  """Every stage runs; fine-tuning moved only the identifier rows of the text encoder; the report
+  names data, seed and feature network; a second call skips every stage."""
+  assert jaxgen_main.run(["jaxgen.main", TINY, f"--workdir={tmp_path}"]) == 0
+  results = json.loads((tmp_path / "results.json").read_text())
+  assert set(results["claims"]) == {
+      "prompt_following_above_chance", "guidance_raises_class_accuracy",
+      "sdedit_edit_grows_with_strength", "sdedit_fidelity_falls_with_strength",
+      "finetuning_improves_class_fidelity"}
+  assert set(results["sdedit"]) == {"0.3", "0.5", "0.7", "0.9"}
+  for name in ("guided", "unguided"):
+    assert np.isfinite(results["vanilla"][name]["fid"])
+  assert results["finetune"]["diff_gen"]["accuracy"]["values"] and results["seed"] == 0
+  base = load_params(str(tmp_path / "models" / "denoiser.msgpack"))["text"]["params"]
+  tuned = load_params(str(tmp_path / "models" / "finetune_seed0.msgpack"))
+  old, new = token_embedding(base), token_embedding(tuned["text"]["params"])
+  assert new.shape[0] == old.shape[0] + 3  # three target classes in the tiny preset
+  np.testing.assert_array_equal(new[:old.shape[0]], old)  # bit-identical old rows
+  cube = WordTokenizer.load(str(tmp_path / "models" / "tokenizer.json")).token_to_id("cube")
+  assert np.all(np.any(new[old.shape[0]:] != old[cube], axis=1))  # every identifier row trained
+  base_layers = jax.tree.leaves({k: v for k, v in base.items() if k != "embeddings"})
+  tuned_layers = jax.tree.leaves({k: v for k, v in tuned["text"]["params"].items()
+                                  if k != "embeddings"})
+  for a, b in zip(base_layers, tuned_layers):
+    np.testing.assert_array_equal(a, b)
+  assert jax.tree.leaves(tuned["lora"])  # ti_db trains LoRA factors too
+  report = (tmp_path / "report.md").read_text()
+  assert "seed: 0" in report and "in-domain" in report and "SDEdit" in report
+  for png in ("samples/vanilla_guided.png", "samples/sdedit.png",
+              "samples/target_diff_gen_seed0.png"):
+    assert (tmp_path / png).stat().st_size > 100
+  before = (tmp_path / "results.json").read_text()
+  assert jaxgen_main.run(["jaxgen.main", TINY, f"--workdir={tmp_path}"]) == 0
+  assert (tmp_path / "results.json").read_text() == before
