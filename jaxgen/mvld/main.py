@@ -37,7 +37,7 @@ from jaxgen.stages import MethodRun, require_stage, run_method
 STAGES = ("data", "train_autoencoder", "train_diffusion", "train_classifier", "sample", "evaluate",
           "transmission", "report")
 DATA_NAMES = ("multiview", "nmr")
-SAMPLERS = ("euler_maruyama", "pc", "ode", "repaint")
+SAMPLERS = ("euler_maruyama", "pc", "ode", "repaint", "ddim", "dpmpp_2m")
 BITS = (32, 16, 8, 4)
 
 
@@ -64,6 +64,14 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
   configlib.require_range(config, "diffusion.joint_prob", 0.0, 1.0)
   configlib.require_range(config, "diffusion.t_eps", 1e-6, 0.5)
   configlib.require_choice(config, "sampler.name", SAMPLERS)
+  if config.sampler.name in ("ddim", "dpmpp_2m"):  # few-step samplers of VP-type SDEs
+    configlib.require(config.diffusion.sde in ("vpsde", "subvpsde"), "diffusion.sde",
+                      config.diffusion.sde, f"vpsde or subvpsde for sampler {config.sampler.name}")
+    configlib.require_choice(config, "sampler.time_spacing", ("logsnr", "uniform"))
+    configlib.require(isinstance(config.sampler.eta, (int, float)) and config.sampler.eta >= 0,
+                      "sampler.eta", config.sampler.eta, "a number >= 0")
+    configlib.require(config.sampler.t_eps > 0, "sampler.t_eps", config.sampler.t_eps,
+                      f"> 0 for {config.sampler.name} (log-SNR is infinite at t = 0)")
   configlib.require_positive_int(config, "sampler.jump_length")
   configlib.require_positive_int(config, "sampler.num_repeats")
   validate_classifier_config(config, "classifier", dp)

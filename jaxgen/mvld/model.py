@@ -169,6 +169,10 @@ def sample_latents(spec: MVLDSpec, score_params: Any, key: jax.Array, z_observed
   elif sampler.name == "repaint":
     kwargs.update(jump_length=sampler.jump_length, num_repeats=sampler.num_repeats,
                   predictor=sampler.predictor)
+  elif sampler.name in ("ddim", "dpmpp_2m"):
+    kwargs.update(time_spacing=sampler.time_spacing)
+    if sampler.name == "ddim":
+      kwargs.update(eta=float(sampler.eta))
   return sample(key, score_fn, spec.sde, tuple(z_observed.shape), sampler.num_steps, **kwargs)
 
 
