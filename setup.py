@@ -23,7 +23,7 @@ INSTALL_REQUIRES = [
 
 EXTRAS_REQUIRE = {
     # Reference libraries the tests compare against, and the runner.
-    "test": ["pytest>=8", "scikit-image>=0.24", "scipy>=1.13"],
+    "test": ["pytest>=8", "pytest-xdist>=3.5", "scikit-image>=0.24", "scipy>=1.13"],
     # Opt-in PyTorch parity group (multi-GB): see README "PyTorch parity tests".
     "torch": [
         "torch==2.14.1", "torchvision==0.29.1", "lpips==0.1.4",
