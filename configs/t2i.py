@@ -1,6 +1,6 @@
 """The text-to-image latent diffusion backbone (the "vanilla SD" of Diff-Mix, paper 001 sec. 3.3).
 
-  python -m jaxgen.main --config=configs/t2i.py          # embedded renders: pre-train, fine-tune, report (~30 min, 2 CPU cores)
+  python -m jaxgen.main --config=configs/t2i.py          # embedded renders: pre-train, fine-tune, report (~35 min, 2 CPU cores)
   python -m jaxgen.main --config=configs/t2i.py:tiny     # seconds, for tests
   python -m jaxgen.main --config=configs/t2i.py:sd15 --config.backbone.weights_path=/models/stable-diffusion-v1-5
                                                          # real Stable Diffusion 1.5 weights: sample + fine-tune
@@ -92,7 +92,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
 
   if preset == "tiny":
     c.data.update(image_size=16, pretrain_per_class=2, pretrain_test_per_class=1,
-                  target_classes=3, target_shots=2, target_judge_per_class=4,
+                  target_classes=3, target_shots=3, target_judge_per_class=4,
                   target_test_per_class=2)
     c.backbone.update(vae_ch=8, vae_ch_mult=(1, 2), vae_num_groups=4, unet_channels=(16, 32),
                       unet_heads=2, unet_num_groups=8, text_width=16, text_layers=1,

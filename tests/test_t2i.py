@@ -6,6 +6,9 @@ strengths) is in the torch group: tests/test_parity_t2i.py.
 """
 
 import json
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -80,12 +83,20 @@ def test_v_prediction_algebra_and_config_checks():
     (["--config.data.image_size=18"], "data.image_size"),
     (["--config.backbone.unet_heads=3"], "num_attention_heads"),
     (["--config.finetune.seeds=(0,0)"], "finetune.seeds"),
+    (["--config.backbone.weights_path=/nonexistent/sd15"], "backbone.weights_path"),
+    (["--config.finetune.train.batch_size=16"], "finetune.train.batch_size"),
 ])
 def test_bad_values_exit_2_before_anything_runs(capsys, tmp_path, args, needle):
   code = jaxgen_main.run(["jaxgen.main", TINY, f"--workdir={tmp_path}", *args])
   err = capsys.readouterr().err.strip().splitlines()
   assert code == 2 and len(err) == 1 and needle in err[0]
   assert not (tmp_path / "stages").exists()
+
+
+def test_sd15_preset_needs_its_weights(capsys, tmp_path):
+  code = jaxgen_main.run(["jaxgen.main", "--config=configs/t2i.py:sd15", f"--workdir={tmp_path}"])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert code == 2 and len(err) == 1 and "backbone.weights_path" in err[0]
 
 
 def test_tiny_preset_end_to_end(tmp_path):
@@ -122,3 +133,36 @@ def test_tiny_preset_end_to_end(tmp_path):
   before = (tmp_path / "results.json").read_text()
   assert jaxgen_main.run(["jaxgen.main", TINY, f"--workdir={tmp_path}"]) == 0
   assert (tmp_path / "results.json").read_text() == before
+
+
+# checkpoints every 2 steps, so a kill at step 2 resumes mid-stage
+RESUME_FLAGS = [f"--config.{s}.train.checkpoint_every=2" for s in
+                ("autoencoder", "denoiser", "judge", "finetune")]
+
+
+def _cli(workdir, env_extra=None):
+  env = dict(os.environ, **(env_extra or {}))
+  return subprocess.run([sys.executable, "-m", "jaxgen.main", TINY, f"--workdir={workdir}",
+                         *RESUME_FLAGS],
+                        env=env, capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.slow  # ~6 min: four killed runs and two complete ones of the tiny preset
+def test_kill_and_resume_of_every_training_stage_gives_the_uninterrupted_weights(tmp_path):
+  """SIGKILL at step 2 of the autoencoder, the denoiser, a judge and a fine-tuning run (each
+  resumes from its step-2 checkpoint, finished stages kept); the final weights and results equal
+  those of an uninterrupted run."""
+  full, killed = tmp_path / "full", tmp_path / "killed"
+  assert _cli(full).returncode == 0
+  previous = None
+  for stage in ("autoencoder", "denoiser", "judge_target", "finetune_seed0", None):
+    out = _cli(killed, {"JAXGEN_KILL_AT": f"{stage}:2"} if stage else None)
+    assert out.returncode == (-9 if stage else 0), (stage, out.stderr[-2000:])
+    if previous:  # the stage killed last time picked up from its step-2 checkpoint
+      assert f"[{previous}] resumed from checkpoint at step 2" in out.stdout + out.stderr
+    previous = stage
+  for name in ("autoencoder.msgpack", "denoiser.msgpack", "finetune_seed0.msgpack"):
+    assert (full / "models" / name).read_bytes() == (killed / "models" / name).read_bytes(), name
+  a = json.loads((full / "results.json").read_text())
+  b = json.loads((killed / "results.json").read_text())
+  assert a["finetune"] == b["finetune"] and a["vanilla"] == b["vanilla"]

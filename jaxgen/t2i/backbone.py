@@ -90,9 +90,11 @@ def encode_prompts(text_variables: dict, config: BackboneConfig, token_ids: Arra
 
 
 def unet_apply(unet_variables: dict, config: BackboneConfig, latents: Array, timesteps: Array,
-               context: Array, *, dtype: Any = jnp.float32) -> Array:
-  """The raw U-Net output (eps or v, per `prediction_type`) at DDPM indices `timesteps`."""
-  return CondUNet(config.unet, dtype=dtype).apply(unet_variables, latents, timesteps, context)
+               context: Array, *, dtype: Any = jnp.float32, attention_impl: str = "jnp") -> Array:
+  """The raw U-Net output (eps or v, per `prediction_type`) at DDPM indices `timesteps`.
+  `attention_impl='dot_product_attention'` lets XLA pick a fused kernel (GPU)."""
+  return CondUNet(config.unet, dtype=dtype, attention_impl=attention_impl).apply(
+      unet_variables, latents, timesteps, context)
 
 
 def noise_prediction(model_output: Array, x: Array, t: Array, config: BackboneConfig) -> Array:
@@ -117,13 +119,15 @@ def training_target(x0: Array, noise: Array, t: Array, config: BackboneConfig) -
 
 
 def eps_fn(unet_variables: dict, config: BackboneConfig, *, dtype: Any = jnp.float32,
-           apply_fn: Callable[..., Array] | None = None) -> Callable[[Array, Array, Array], Array]:
+           attention_impl: str = "jnp", apply_fn: Callable[..., Array] | None = None
+           ) -> Callable[[Array, Array, Array], Array]:
   """eps(x, t, context) on the SDE's continuous time (t -> DDPM index N t - 1).
 
   `apply_fn(variables, x, timesteps, context)` replaces the plain U-Net call, e.g. a LoRA-wrapped
   forward (`jaxgen.nets.lora.apply_with_lora`).
   """
-  apply_fn = apply_fn or (lambda v, x, n, c: unet_apply(v, config, x, n, c, dtype=dtype))
+  apply_fn = apply_fn or (lambda v, x, n, c: unet_apply(v, config, x, n, c, dtype=dtype,
+                                                        attention_impl=attention_impl))
 
   def fn(x: Array, t: Array, context: Array) -> Array:
     out = apply_fn(unet_variables, x, config.sde.timestep(t), context)

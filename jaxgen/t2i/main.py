@@ -146,6 +146,18 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
       "distinct non-negative integers")
   configlib.validate_train(config, "finetune.train", dp)
   validate_classifier_config(config, "judge", dp)
+  # every batch fits in the set it is drawn from (else the first batch fails after training)
+  pre = 72 * d.pretrain_per_class
+  for key, available, what in (
+      ("autoencoder.train.batch_size", pre, "pre-training images"),
+      ("denoiser.train.batch_size", pre, "pre-training images"),
+      ("finetune.train.batch_size", d.target_shots * d.target_classes, "target shots"),
+      ("judge.train.batch_size", min(pre, d.target_judge_per_class * d.target_classes),
+       "images of the smaller judge set")):
+    if key.startswith(("autoencoder", "denoiser")) and b.weights_path:
+      continue
+    value = configlib.get_path(config, key)
+    configlib.require(value <= available, key, value, f"at most the {available} {what}")
   e = config.evaluate
   for key in ("samples_per_class", "target_samples_per_class", "batch_size", "num_grid"):
     configlib.require_positive_int(config, f"evaluate.{key}")

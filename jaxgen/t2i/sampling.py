@@ -51,12 +51,12 @@ def _check_context(config: bb.BackboneConfig, context: Array, batch: int, name: 
                       f"[batch={batch}, tokens, width={config.text.width}]")
 
 
-@functools.partial(jax.jit, static_argnames=("config", "spec", "dtype"))
+@functools.partial(jax.jit, static_argnames=("config", "spec", "dtype", "attention_impl"))
 def sample_latents(unet_variables: dict, config: bb.BackboneConfig, spec: SamplerSpec,
                    key: Array, context: Array, uncond_context: Array | None = None,
                    guidance_scale: Any = 7.5, *, init_latents: Array | None = None,
                    strength: Array | None = None, noise: Array | None = None,
-                   dtype: Any = jnp.float32) -> Array:
+                   dtype: Any = jnp.float32, attention_impl: str = "jnp") -> Array:
   """Latents [B, h, w, c] from noise (text-to-image) or from `init_latents` (SDEdit).
 
   Args:
@@ -66,6 +66,10 @@ def sample_latents(unet_variables: dict, config: bb.BackboneConfig, spec: Sample
     guidance_scale: w (scalar, traced).
     init_latents: scaled latents of the references; with `strength` [B] in (0, 1] (traced).
     noise: the initial N(0, I) draw (else drawn from `key`), e.g. to share it across calls.
+    dtype, attention_impl: the U-Net's compute dtype and attention kernel (`CondUNet`).
+
+  The scan always runs all K steps (examples not yet started are masked), so a batch of small
+  strengths costs as much as strength 1; the price of mixing strengths in one compiled call.
   """
   batch = context.shape[0]
   _check_context(config, context, batch, "context")
@@ -82,8 +86,8 @@ def sample_latents(unet_variables: dict, config: bb.BackboneConfig, spec: Sample
   key_noise, key_sampler = jax.random.split(key)
   if noise is None:
     noise = jax.random.normal(key_noise, shape, jnp.float32)
-  eps = guided_eps(bb.eps_fn(unet_variables, config, dtype=dtype), context, uncond_context,
-                   guidance_scale)
+  eps = guided_eps(bb.eps_fn(unet_variables, config, dtype=dtype, attention_impl=attention_impl),
+                   context, uncond_context, guidance_scale)
   score_fn = lambda x, t: -eps(x, t) / sde.marginal_std(t).reshape(-1, 1, 1, 1)  # noqa: E731
   starts = None
   x_init = noise
@@ -100,24 +104,25 @@ def sample_latents(unet_variables: dict, config: bb.BackboneConfig, spec: Sample
                          lower_order_final=grid.lower_order_final, **kwargs)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "spec", "dtype"))
+@functools.partial(jax.jit, static_argnames=("config", "spec", "dtype", "attention_impl"))
 def text_to_image(params: dict, config: bb.BackboneConfig, spec: SamplerSpec, key: Array,
                   token_ids: Array, uncond_ids: Array | None = None,
-                  guidance_scale: Any = 7.5, dtype: Any = jnp.float32) -> Array:
+                  guidance_scale: Any = 7.5, dtype: Any = jnp.float32,
+                  attention_impl: str = "jnp") -> Array:
   """Images [B, H, W, 3] in [-1, 1] for prompts `token_ids` [B, L] (uncond_ids: the empty
   prompt's ids [B, L], or None for no guidance); encode, sample, decode in one compiled call."""
   context = bb.encode_prompts(params["text"], config, token_ids)
   uncond = None if uncond_ids is None else bb.encode_prompts(params["text"], config, uncond_ids)
   latents = sample_latents(params["unet"], config, spec, key, context, uncond, guidance_scale,
-                           dtype=dtype)
+                           dtype=dtype, attention_impl=attention_impl)
   return jnp.clip(bb.decode_latents(params["vae"], config, latents), -1.0, 1.0)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "spec", "dtype"))
+@functools.partial(jax.jit, static_argnames=("config", "spec", "dtype", "attention_impl"))
 def image_to_image(params: dict, config: bb.BackboneConfig, spec: SamplerSpec, key: Array,
                    images: Array, strength: Array, token_ids: Array,
                    uncond_ids: Array | None = None, guidance_scale: Any = 7.5,
-                   dtype: Any = jnp.float32) -> Array:
+                   dtype: Any = jnp.float32, attention_impl: str = "jnp") -> Array:
   """SDEdit: references `images` [B, H, W, 3] in [-1, 1] translated toward the prompts
   `token_ids` with per-example `strength` [B] (or a scalar) in (0, 1]. The reference is encoded
   by a posterior sample (as diffusers' img2img); one compiled call for any mix of strengths."""
@@ -126,5 +131,6 @@ def image_to_image(params: dict, config: bb.BackboneConfig, spec: SamplerSpec, k
   context = bb.encode_prompts(params["text"], config, token_ids)
   uncond = None if uncond_ids is None else bb.encode_prompts(params["text"], config, uncond_ids)
   latents = sample_latents(params["unet"], config, spec, key_sample, context, uncond,
-                           guidance_scale, init_latents=init, strength=strength, dtype=dtype)
+                           guidance_scale, init_latents=init, strength=strength, dtype=dtype,
+                           attention_impl=attention_impl)
   return jnp.clip(bb.decode_latents(params["vae"], config, latents), -1.0, 1.0)
