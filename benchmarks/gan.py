@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from benchmarks import devices  # noqa: E402
 # Both frameworks share one GPU: JAX must not preallocate most of its memory.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
@@ -173,14 +174,7 @@ def main() -> None:
   print(f"jaxgen: JAX {jax.__version__} on {dev.device_kind} ({jax.default_backend()}, "
         f"{os.cpu_count()} CPU cores visible)")
   if torch is not None:
-    if torch.cuda.is_available():
-      torch.backends.cudnn.benchmark = True
-      # TF32 matmuls as XLA's default precision on GPU (torch's convs already use TF32).
-      torch.set_float32_matmul_precision("high")
-      where = torch.cuda.get_device_name()
-    else:
-      torch.set_num_threads(args.torch_threads or os.cpu_count() or 1)
-      where = f"cpu, {torch.get_num_threads()} threads"
+    where = devices.setup_torch(torch, args.torch_threads)
     print(f"PyTorch {torch.__version__} on {where}")
   else:
     why = "--no_torch" if args.no_torch else "torch not importable; run with .venv-torch/bin/python"

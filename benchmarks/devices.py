@@ -1,0 +1,27 @@
+"""Device setup and the header lines the side-by-side benchmarks print (jaxgen vs PyTorch)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+
+def jax_line() -> str:
+  """'JAX <version> on <device kind> (<backend>, N CPU cores visible)'."""
+  import jax  # pylint: disable=import-outside-toplevel
+
+  dev = jax.devices()[0]
+  return (f"JAX {jax.__version__} on {dev.device_kind} ({jax.default_backend()}, "
+          f"{os.cpu_count()} CPU cores visible)")
+
+
+def setup_torch(torch: Any, threads: int | None) -> str:
+  """Same numerics as XLA on GPU (TF32 matmuls, cudnn autotuning), or `threads` CPU threads
+  (all cores when None / 0); returns where torch runs."""
+  if torch.cuda.is_available():
+    torch.backends.cudnn.benchmark = True
+    # TF32 matmuls as XLA's default precision on GPU (torch's convs already use TF32).
+    torch.set_float32_matmul_precision("high")
+    return torch.cuda.get_device_name()
+  torch.set_num_threads(threads or os.cpu_count() or 1)
+  return f"cpu, {torch.get_num_threads()} threads"
