@@ -135,9 +135,11 @@ def test_tiny_preset_end_to_end(tmp_path):
   assert (tmp_path / "results.json").read_text() == before
 
 
-# checkpoints every 2 steps, so a kill at step 2 resumes mid-stage
-RESUME_FLAGS = [f"--config.{s}.train.checkpoint_every=2" for s in
-                ("autoencoder", "denoiser", "judge", "finetune")]
+# checkpoints every 2 steps, written synchronously (an asynchronous save may still be in flight
+# when the kill lands, and the stage would rightly restart from 0), so a kill at step 2 resumes
+# mid-stage
+RESUME_FLAGS = [f"--config.{s}.train.{k}" for s in ("autoencoder", "denoiser", "judge", "finetune")
+                for k in ("checkpoint_every=2", "async_checkpoints=false")]
 
 
 def _cli(workdir, env_extra=None):
@@ -147,7 +149,7 @@ def _cli(workdir, env_extra=None):
                         env=env, capture_output=True, text=True, timeout=900)
 
 
-@pytest.mark.slow  # ~6 min: four killed runs and two complete ones of the tiny preset
+@pytest.mark.slow  # ~10 min: four killed runs and two complete ones of the tiny preset
 def test_kill_and_resume_of_every_training_stage_gives_the_uninterrupted_weights(tmp_path):
   """SIGKILL at step 2 of the autoencoder, the denoiser, a judge and a fine-tuning run (each
   resumes from its step-2 checkpoint, finished stages kept); the final weights and results equal
