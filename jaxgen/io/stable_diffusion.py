@@ -195,58 +195,12 @@ def _config_file(path: str, what: str) -> dict:
   return data
 
 
-def _special_tokens(config: Mapping[str, Any]) -> dict[str, Any]:
-  """CLIPTokenizer keyword arguments from a tokenizer_config.json dict."""
-  kwargs: dict[str, Any] = {}
-  for key in ("bos_token", "eos_token", "pad_token", "unk_token"):
-    value = config.get(key)
-    value = value.get("content") if isinstance(value, dict) else value
-    if isinstance(value, str):
-      kwargs[key] = value
-  length = config.get("model_max_length")
-  if isinstance(length, int) and 2 <= length <= 4096:  # huge = "no limit" in transformers
-    kwargs["max_length"] = length
-  return kwargs
-
-
-def _tokenizer_from_json(base: str) -> CLIPTokenizer:
-  """CLIP's BPE from the `tokenizer.json` of the tokenizers library (all that transformers 5's
-  `save_pretrained` writes): the BPE model's vocab and merges, special tokens and length from
-  tokenizer_config.json, and added tokens past the vocabulary (textual inversion) re-added."""
-  path = os.path.join(base, "tokenizer.json")
-  what = "a tokenizers BPE tokenizer.json (CLIP's)"
-  data = _config_file(path, what)
-  model = data.get("model")
-  if (not isinstance(model, dict) or model.get("type") != "BPE"
-      or not isinstance(model.get("vocab"), dict) or not isinstance(model.get("merges"), list)):
-    raise DataError(f"{path}: no BPE model with vocab and merges; expected {what}")
-  merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
-  if any(len(m) != 2 for m in merges):
-    raise DataError(f"{path}: a merge is not a pair of symbols; expected {what}")
-  config_path = os.path.join(base, "tokenizer_config.json")
-  kwargs = _special_tokens(_config_file(config_path, "a tokenizer config")
-                           if os.path.isfile(config_path) else {})
-  tok = CLIPTokenizer(model["vocab"], merges, source=path, **kwargs)
-  added = sorted((e.get("id"), e.get("content")) for e in data.get("added_tokens") or ()
-                 if isinstance(e, dict) and e.get("content") not in model["vocab"])
-  if [i for i, _ in added] != list(range(tok.vocab_size, tok.vocab_size + len(added))):
-    raise DataError(f"{path}: added token ids {[i for i, _ in added]} do not continue the "
-                    f"vocabulary of {tok.vocab_size} tokens")
-  tok.add_tokens([t for _, t in added])
-  return tok
-
-
 def load_clip_tokenizer(directory: str) -> CLIPTokenizer:
-  """`CLIPTokenizer.from_pretrained(directory)` (vocab.json + merges.txt in `directory/tokenizer/`
-  or `directory`), or the same from tokenizer.json when only that file is there."""
+  """`CLIPTokenizer.from_pretrained(directory)` (vocab.json + merges.txt, or tokenizer.json, in
+  `directory/tokenizer/` or `directory`), with a one-line error for a missing folder."""
   if not os.path.isdir(directory):
     raise DataError(f"tokenizer folder {directory} does not exist; expected a folder with "
                     "vocab.json and merges.txt (or a diffusers folder with tokenizer/)")
-  sub = os.path.join(directory, "tokenizer")
-  base = sub if os.path.isdir(sub) else directory
-  if (not os.path.isfile(os.path.join(base, "vocab.json"))
-      and os.path.isfile(os.path.join(base, "tokenizer.json"))):
-    return _tokenizer_from_json(base)
   return CLIPTokenizer.from_pretrained(directory)
 
 

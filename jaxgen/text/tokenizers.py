@@ -303,41 +303,61 @@ class CLIPTokenizer:
       if len(pair) != 2:
         raise DataError(f"{merges_path}:{n}: expected two space-separated symbols, got {line!r}")
       merges.append((pair[0], pair[1]))
-    kwargs, extra = {}, {}
-    if config_path is not None and os.path.isfile(config_path):
-      config = _read_json(config_path, dict)
-      for key in ("bos_token", "eos_token", "pad_token", "unk_token"):
-        value = config.get(key)
-        value = value.get("content") if isinstance(value, dict) else value
-        if isinstance(value, str):
-          kwargs[key] = value
-      length = config.get("model_max_length")
-      if isinstance(length, int) and 2 <= length <= 4096:  # huge = "no limit" in transformers
-        kwargs["max_length"] = length
-      decoder = config.get("added_tokens_decoder")  # {"49408": {"content": "<v1>", ...}}
-      for i, entry in (decoder.items() if isinstance(decoder, dict) else ()):
-        if isinstance(entry, dict) and isinstance(entry.get("content"), str):
-          extra[entry["content"]] = int(i)
+    kwargs, extra = _tokenizer_config(config_path)
     tok = cls(vocab, merges, source=vocab_path, **kwargs)
     added_path = os.path.join(os.path.dirname(vocab_path), "added_tokens.json")
     if os.path.isfile(added_path):
       extra.update(_read_json(added_path, dict))
-    # Textual-inversion tokens saved by transformers: ids right after the vocabulary.
-    new = sorted((i, t) for t, i in extra.items() if t not in tok._vocab)
-    if [i for i, _ in new] != list(range(tok.vocab_size, tok.vocab_size + len(new))):
-      raise DataError(f"{os.path.dirname(vocab_path) or '.'}: added token ids "
-                      f"{[i for i, _ in new]} (added_tokens.json / tokenizer_config.json) do not "
-                      f"continue the vocabulary of {tok.vocab_size} tokens")
-    tok.add_tokens([t for _, t in new])
+    tok._re_add(extra, f"{os.path.dirname(vocab_path) or '.'}: added token ids",
+                "(added_tokens.json / tokenizer_config.json)")
+    return tok
+
+  @classmethod
+  def from_tokenizer_json(cls, path: str, config_path: str | None = None) -> "CLIPTokenizer":
+    """Reads the tokenizers library's `tokenizer.json` (all that transformers 5's
+    `save_pretrained` writes): its BPE model's vocab and merges and its added tokens, with
+    special tokens and length from tokenizer_config.json as in `from_files`.
+
+    Raises:
+      DataError: the file is missing, or holds no BPE model with vocab and merges.
+    """
+    if not os.path.isfile(path):
+      raise DataError(f"{path}: no such tokenizer file (a tokenizers BPE tokenizer.json)")
+    data = _read_json(path, dict)
+    model = data.get("model")
+    if (not isinstance(model, dict) or model.get("type") != "BPE"
+        or not isinstance(model.get("vocab"), dict) or not isinstance(model.get("merges"), list)):
+      raise DataError(f"{path}: no BPE model with vocab and merges (expected CLIP's tokenizer.json)")
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    if any(len(m) != 2 for m in merges):
+      raise DataError(f"{path}: a merge is not a pair of symbols")
+    kwargs, extra = _tokenizer_config(config_path)
+    tok = cls(model["vocab"], merges, source=path, **kwargs)
+    extra.update({e["content"]: e.get("id") for e in data.get("added_tokens") or ()
+                  if isinstance(e, dict) and isinstance(e.get("content"), str)})
+    tok._re_add(extra, f"{path}: added token ids", "")
     return tok
 
   @classmethod
   def from_pretrained(cls, directory: str) -> "CLIPTokenizer":
-    """`from_files` on `directory/tokenizer/` (a diffusers model folder) or `directory` itself."""
+    """`from_files` on `directory/tokenizer/` (a diffusers model folder) or `directory` itself,
+    or `from_tokenizer_json` when that folder has a tokenizer.json but no vocab.json."""
     sub = os.path.join(directory, "tokenizer")
     base = sub if os.path.isdir(sub) else directory
+    config = os.path.join(base, "tokenizer_config.json")
+    if (not os.path.isfile(os.path.join(base, "vocab.json"))
+        and os.path.isfile(os.path.join(base, "tokenizer.json"))):
+      return cls.from_tokenizer_json(os.path.join(base, "tokenizer.json"), config)
     return cls.from_files(os.path.join(base, "vocab.json"), os.path.join(base, "merges.txt"),
-                          os.path.join(base, "tokenizer_config.json"))
+                          config)
+
+  def _re_add(self, extra: Mapping[str, int], where: str, files: str) -> None:
+    """Re-adds tokens saved past the vocabulary (textual inversion); their ids must continue it."""
+    new = sorted((i, t) for t, i in extra.items() if t not in self._vocab)
+    if [i for i, _ in new] != list(range(self.vocab_size, self.vocab_size + len(new))):
+      raise DataError(f"{where} {[i for i, _ in new]} {files}".rstrip() + " do not continue the "
+                      f"vocabulary of {self.vocab_size} tokens")
+    self.add_tokens([t for _, t in new])
 
   @property
   def vocab_size(self) -> int:
@@ -425,6 +445,28 @@ class CLIPTokenizer:
       body = tok[:-len(_EOW)] if eow else tok
       buf += bytes(self._char_byte.get(c, ord("?")) for c in body) + (b" " if eow else b"")
     return buf.decode("utf-8", errors="replace").strip()
+
+
+def _tokenizer_config(path: str | None) -> tuple[dict, dict[str, int]]:
+  """(CLIPTokenizer keyword arguments, {added token: id}) from a tokenizer_config.json, if any."""
+  kwargs: dict = {}
+  extra: dict[str, int] = {}
+  if path is None or not os.path.isfile(path):
+    return kwargs, extra
+  config = _read_json(path, dict)
+  for key in ("bos_token", "eos_token", "pad_token", "unk_token"):
+    value = config.get(key)
+    value = value.get("content") if isinstance(value, dict) else value
+    if isinstance(value, str):
+      kwargs[key] = value
+  length = config.get("model_max_length")
+  if isinstance(length, int) and 2 <= length <= 4096:  # huge = "no limit" in transformers
+    kwargs["max_length"] = length
+  decoder = config.get("added_tokens_decoder")  # {"49408": {"content": "<v1>", ...}}
+  for i, entry in (decoder.items() if isinstance(decoder, dict) else ()):
+    if isinstance(entry, dict) and isinstance(entry.get("content"), str):
+      extra[entry["content"]] = int(i)
+  return kwargs, extra
 
 
 def _read_json(path: str, kind: type):
