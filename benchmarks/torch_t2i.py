@@ -18,55 +18,29 @@ compiled call.
 
 from __future__ import annotations
 
-import re
 import warnings
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from flax import traverse_util
 
-from jaxgen.io.cond_unet_import import diffusers_shapes
-from jaxgen.io.kl_autoencoder_import import diffusers_name
+from jaxgen.io.cond_unet_import import export_cond_unet
+from jaxgen.io.kl_autoencoder_import import export_kl_autoencoder
 from jaxgen.io.text_encoder_import import export_text_encoder
-from jaxgen.io.vqgan_import import torch_module_name
 from jaxgen.t2i.backbone import BackboneConfig
 
-_LEAF = {"kernel": "weight", "scale": "weight", "bias": "bias"}
-_VAE_ATTN_LINEAR = re.compile(r"\.attentions\.\d+\.(to_q|to_k|to_v|to_out\.0)\.weight$")
 
 
 # ---- Flax variables -> PyTorch state dicts ---------------------------------------------------
 
-def _torch_layout(leaf: str, value: Any) -> np.ndarray:
-  value = np.asarray(value, np.float32)
-  if leaf == "kernel" and value.ndim == 4:
-    return np.ascontiguousarray(value.transpose(3, 2, 0, 1))
-  if leaf == "kernel" and value.ndim == 2:
-    return np.ascontiguousarray(value.T)
-  return value
-
-
 def export_unet(params: dict, config: BackboneConfig) -> dict[str, np.ndarray]:
   """U-Net params tree (no 'params' level) -> diffusers `UNet2DConditionModel` state dict."""
-  flat = traverse_util.flatten_dict(params)
-  out = {}
-  for name, (path, shape) in diffusers_shapes(config.unet).items():
-    out[name] = _torch_layout(path[-1], flat[path])
-    assert out[name].shape == shape, (name, out[name].shape, shape)
-  return out
+  return export_cond_unet(params, config.unet)
 
 
 def export_vae(variables: dict, config: BackboneConfig) -> dict[str, np.ndarray]:
   """KL autoencoder variables {'params': ...} -> diffusers `AutoencoderKL` state dict."""
-  out = {}
-  levels = len(config.vae.ch_mult)
-  for path, value in traverse_util.flatten_dict(variables["params"]).items():
-    name = diffusers_name(f"{torch_module_name(path[:-1])}.{_LEAF[path[-1]]}", levels)
-    value = _torch_layout(path[-1], value)
-    out[name] = value[:, :, 0, 0] if _VAE_ATTN_LINEAR.search(name) else value
-  return out
+  return export_kl_autoencoder(variables, config.vae)
 
 
 def export_text(variables: dict, prefix: str = "text_model.") -> dict[str, np.ndarray]:

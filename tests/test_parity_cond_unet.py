@@ -44,15 +44,20 @@ CONFIGS = {
 SIZES = {"small": [(16, 16), (11, 10)], "deeper": [(16, 12), (12, 10)]}
 
 
-def _model(kwargs, seed):
-  torch.manual_seed(seed)
-  model = diffusers.UNet2DConditionModel(**kwargs).eval()
+def perturb_norms(model):
+  """Moves every GroupNorm / LayerNorm affine parameter off its (1, 0) start, so a swapped scale
+  and bias cannot go unnoticed; returns the model."""
   with torch.no_grad():
     for mod in model.modules():
       if isinstance(mod, (torch.nn.GroupNorm, torch.nn.LayerNorm)):
         mod.weight.add_(0.3 * torch.randn_like(mod.weight))
         mod.bias.add_(0.3 * torch.randn_like(mod.bias))
   return model
+
+
+def _model(kwargs, seed):
+  torch.manual_seed(seed)
+  return perturb_norms(diffusers.UNet2DConditionModel(**kwargs).eval())
 
 
 def _state_dict(model):

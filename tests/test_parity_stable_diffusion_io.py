@@ -31,6 +31,8 @@ from jaxgen.sde.sdes import DiscreteVPSDE  # noqa: E402
 from jaxgen.t2i import backbone as bb  # noqa: E402
 from test_stable_diffusion_io import MAX_LENGTH, VOCAB, write_tokenizer  # noqa: E402
 
+from test_parity_cond_unet import perturb_norms  # noqa: E402
+
 pytestmark = pytest.mark.torch
 ATOL = 1e-4
 PROMPTS = ["hello a", "a photo of hello, hello!", ""]
@@ -42,15 +44,6 @@ EXPECTED = bb.BackboneConfig(
     text=TextEncoderConfig(vocab_size=len(VOCAB), max_length=MAX_LENGTH, width=32, layers=2,
                            heads=2, intermediate_size=64),
     sde=DiscreteVPSDE(), prediction_type="v_prediction")
-
-
-def _perturb_norms(model):
-  with torch.no_grad():
-    for mod in model.modules():
-      if isinstance(mod, (torch.nn.GroupNorm, torch.nn.LayerNorm)):
-        mod.weight.add_(0.3 * torch.randn_like(mod.weight))
-        mod.bias.add_(0.3 * torch.randn_like(mod.bias))
-  return model
 
 
 def _pipeline(tmp_path):
@@ -71,7 +64,7 @@ def _pipeline(tmp_path):
       bos_token_id=VOCAB["<|startoftext|>"], eos_token_id=VOCAB["<|endoftext|>"],
       pad_token_id=VOCAB["<|endoftext|>"], attn_implementation="eager"))
   for model in (unet, vae, text):
-    _perturb_norms(model.eval())
+    perturb_norms(model.eval())
   tok_dir = tmp_path / "source_tokenizer"
   write_tokenizer(str(tok_dir))
   try:

@@ -30,6 +30,8 @@ from jaxgen.t2i import backbone as bb  # noqa: E402
 from jaxgen.t2i.sampling import sample_latents  # noqa: E402
 from jaxgen.t2i.schedules import SamplerSpec, scheduler_timesteps  # noqa: E402
 
+from test_parity_cond_unet import perturb_norms  # noqa: E402
+
 pytestmark = pytest.mark.torch
 ATOL = 2e-4  # measured max 1.4e-4 (10-step DPM-Solver++, guidance 7.5 amplifies rounding)
 UNET = dict(sample_size=8, block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=32,
@@ -43,20 +45,11 @@ SD_BETAS = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear
                 num_train_timesteps=1000)
 
 
-def _perturb_norms(model):
-  with torch.no_grad():
-    for mod in model.modules():
-      if isinstance(mod, (torch.nn.GroupNorm, torch.nn.LayerNorm)):
-        mod.weight.add_(0.3 * torch.randn_like(mod.weight))
-        mod.bias.add_(0.3 * torch.randn_like(mod.bias))
-  return model
-
-
 @pytest.fixture(scope="module")
 def models():
   torch.manual_seed(0)
-  unet = _perturb_norms(diffusers.UNet2DConditionModel(**UNET).eval())
-  vae = _perturb_norms(diffusers.AutoencoderKL(**VAE).eval())
+  unet = perturb_norms(diffusers.UNet2DConditionModel(**UNET).eval())
+  vae = perturb_norms(diffusers.AutoencoderKL(**VAE).eval())
   sd = lambda m: {k: v.detach().numpy().copy() for k, v in m.state_dict().items()}  # noqa: E731
   unet_cfg = config_from_diffusers(dict(unet.config))
   vae_cfg = KLAutoencoderConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1, z_channels=4,

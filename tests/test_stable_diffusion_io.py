@@ -23,14 +23,12 @@ import pytest
 from flax import traverse_util
 
 from jaxgen.errors import ConfigError, DataError
-from jaxgen.io.cond_unet_import import (LDM_PREFIX, compvis_name, config_from_diffusers,
-                                        diffusers_shapes)
-from jaxgen.io.kl_autoencoder_import import diffusers_name
+from jaxgen.io.cond_unet_import import config_from_diffusers, export_cond_unet
+from jaxgen.io.kl_autoencoder_import import export_kl_autoencoder
 from jaxgen.io.safetensors import load_safetensors, save_safetensors
 from jaxgen.io.stable_diffusion import (load_stable_diffusion, sde_from_scheduler_config,
                                         text_config_from_transformers, vae_config_from_diffusers)
 from jaxgen.io.text_encoder_import import export_text_encoder
-from jaxgen.io.vqgan_import import torch_module_name
 from jaxgen.nets.cond_unet import CondUNetConfig, param_shapes
 from jaxgen.nets.kl_autoencoder import KLAutoencoder, KLAutoencoderConfig
 from jaxgen.nets.text_encoder import TextEncoder, TextEncoderConfig
@@ -102,42 +100,15 @@ def scheduler_json(sde: DiscreteVPSDE, prediction_type: str) -> dict:
           "timestep_spacing": "leading"}
 
 
-# --- exporters: Flax variables -> PyTorch names and layouts ------------------------------------
-_LEAF = {"kernel": "weight", "scale": "weight", "bias": "bias"}
-_VAE_ATTN_LINEAR = re.compile(r"\.attentions\.\d+\.(to_q|to_k|to_v|to_out\.0)\.weight$")
-
-
-def to_torch(leaf: str, value) -> np.ndarray:
-  """Conv kernel HWIO -> OIHW, Dense kernel [in, out] -> [out, in]; others as they are."""
-  value = np.asarray(value, np.float32)
-  if leaf == "kernel" and value.ndim == 4:
-    return np.ascontiguousarray(value.transpose(3, 2, 0, 1))
-  if leaf == "kernel" and value.ndim == 2:
-    return np.ascontiguousarray(value.T)
-  return value
+# --- exporters: Flax variables -> PyTorch names and layouts (the library's inverses) -----------
 
 
 def export_unet(variables: dict, c: CondUNetConfig, *, compvis: bool = False) -> dict:
-  flat = traverse_util.flatten_dict(variables["params"])
-  out = {}
-  for name, (path, shape) in diffusers_shapes(c).items():
-    value = to_torch(path[-1], flat[path])
-    assert value.shape == shape
-    out[LDM_PREFIX + compvis_name(name, c) if compvis else name] = value
-  return out
+  return export_cond_unet(variables, c, layout="compvis" if compvis else "diffusers")
 
 
 def export_vae(variables: dict, c: KLAutoencoderConfig, *, compvis: bool = False) -> dict:
-  out = {}
-  for path, value in traverse_util.flatten_dict(variables["params"]).items():
-    name = f"{torch_module_name(path[:-1])}.{_LEAF[path[-1]]}"
-    value = to_torch(path[-1], value)
-    if compvis:
-      out["first_stage_model." + name] = value
-      continue
-    name = diffusers_name(name, len(c.ch_mult))
-    out[name] = value[:, :, 0, 0] if _VAE_ATTN_LINEAR.search(name) else value
-  return out
+  return export_kl_autoencoder(variables, c, layout="compvis" if compvis else "diffusers")
 
 
 def export_text(variables: dict, c: TextEncoderConfig, prefix: str = "text_model.") -> dict:

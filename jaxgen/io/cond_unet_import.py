@@ -39,10 +39,11 @@ import numpy as np
 from flax import traverse_util
 
 from jaxgen.errors import ConfigError, DataError
+from jaxgen.io.torch_state_dict import to_torch_layout
 from jaxgen.nets.cond_unet import CondUNetConfig, param_shapes
 
 __all__ = ["LDM_PREFIX", "compvis_name", "compvis_to_diffusers", "config_from_diffusers",
-           "diffusers_module_name", "diffusers_shapes", "import_cond_unet"]
+           "diffusers_module_name", "diffusers_shapes", "export_cond_unet", "import_cond_unet"]
 
 LDM_PREFIX = "model.diffusion_model."
 _LDM_ROOTS = ("input_blocks.", "middle_block.", "output_blocks.")
@@ -258,3 +259,20 @@ def import_cond_unet(state_dict: Mapping[str, np.ndarray], config: CondUNetConfi
       value = value.T
     flat[path] = jnp.asarray(value)
   return {"params": traverse_util.unflatten_dict(flat)}
+
+
+def export_cond_unet(params: dict, config: CondUNetConfig, *,
+                     layout: str = "diffusers") -> dict[str, np.ndarray]:
+  """The inverse of `import_cond_unet`: `{'params': ...}` (or the params tree) -> float32 PyTorch
+  state dict in the diffusers layout, or the CompVis one under `model.diffusion_model.`."""
+  if layout not in ("diffusers", "compvis"):
+    raise ConfigError("cond_unet.layout", layout, "'diffusers' or 'compvis'")
+  flat = traverse_util.flatten_dict(params["params"] if "params" in params else params)
+  out = {}
+  for name, (path, shape) in diffusers_shapes(config).items():
+    value = to_torch_layout(path[-1], flat[path])
+    if value.shape != shape:
+      raise DataError(f"U-Net parameter {'/'.join(path)} has shape {value.shape} in torch layout, "
+                      f"expected {shape}")
+    out[LDM_PREFIX + compvis_name(name, config) if layout == "compvis" else name] = value
+  return out

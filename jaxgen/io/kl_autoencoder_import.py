@@ -33,12 +33,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from jaxgen.errors import DataError
-from jaxgen.io.torch_state_dict import to_flax_variables
+from jaxgen.errors import ConfigError, DataError
+from jaxgen.io.torch_state_dict import to_flax_variables, to_torch_layout
 from jaxgen.io.vqgan_import import torch_module_name
 from jaxgen.nets.kl_autoencoder import KLAutoencoder, KLAutoencoderConfig
 
-__all__ = ["LAYOUTS", "detect_layout", "diffusers_name", "import_kl_autoencoder"]
+__all__ = ["LAYOUTS", "detect_layout", "diffusers_name", "export_kl_autoencoder",
+           "import_kl_autoencoder"]
 
 LAYOUTS = ("compvis", "diffusers")
 _MODEL_ORDER = ("encoder", "quant_conv", "post_quant_conv", "decoder")
@@ -219,3 +220,22 @@ def import_kl_autoencoder(state_dict: Mapping[str, np.ndarray], config: KLAutoen
     converted[compvis] = value.reshape(compvis_shape)  # Linear [C, C] -> 1x1 conv [C, C, 1, 1]
   variables = to_flax_variables(converted, target, torch_module_name, source)
   return jax.tree_util.tree_map(jnp.asarray, variables)
+
+
+def export_kl_autoencoder(variables: dict, config: KLAutoencoderConfig, *,
+                          layout: str = "diffusers") -> dict[str, np.ndarray]:
+  """The inverse of `import_kl_autoencoder`: `{'params': ...}` -> float32 PyTorch state dict in
+  the diffusers layout (attention projections as Linear), or the CompVis one under
+  `first_stage_model.` (the single-file SD layout; attention projections as 1x1 convs)."""
+  if layout not in LAYOUTS:
+    raise ConfigError("kl_autoencoder.layout", layout, f"one of {LAYOUTS}")
+  out = {}
+  for path, value in traverse_util.flatten_dict(variables["params"]).items():
+    name = f"{torch_module_name(path[:-1])}.{_LEAF_NAMES[path[-1]]}"
+    value = to_torch_layout(path[-1], value)
+    if layout == "compvis":
+      out[_SD_PREFIX + name] = value
+      continue
+    linear = _is_attention_linear(name)
+    out[diffusers_name(name, len(config.ch_mult))] = value[:, :, 0, 0] if linear else value
+  return out

@@ -350,3 +350,14 @@ def to_flax_variables(state_dict: dict[str, np.ndarray], target: dict[str, Any],
     shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
     raise DataError(f"{source}: missing keys {shown}; is this the right weight file?")
   return traverse_util.unflatten_dict(out)
+
+
+def to_torch_layout(leaf: str, value: Any) -> np.ndarray:
+  """A Flax leaf in PyTorch's layout (float32): conv kernel HWIO -> OIHW, Dense kernel
+  [in, out] -> Linear [out, in], anything else as it is (the inverse of the importers')."""
+  value = np.asarray(value, np.float32)
+  if leaf == "kernel" and value.ndim == 4:
+    return np.ascontiguousarray(value.transpose(3, 2, 0, 1))
+  if leaf == "kernel" and value.ndim == 2:
+    return np.ascontiguousarray(value.T)
+  return value
