@@ -110,7 +110,7 @@ def test_cache_refuses_other_settings_and_regenerates_corrupt_shards(tmp_path):
   assert calls == [8]
   np.testing.assert_array_equal(again, first)
   os.remove(os.path.join(cache, "shard_00002.npz"))
-  with pytest.raises(DataError, match="distinct of 21 objects"):
+  with pytest.raises(DataError, match="distinct of 21 items"):
     generation.read_split(cache, len(image))
 
 

@@ -36,6 +36,7 @@ from jaxgen.dimvida import generation
 from jaxgen.dimvida import report as dv_report
 from jaxgen.dimvida.data import load_splits
 from jaxgen.errors import ConfigError
+from jaxgen.io import shard_cache
 from jaxgen.io.files import atomic_write_json, read_json
 from jaxgen.io.images import image_grid
 from jaxgen.mvld import main as mvld_main
@@ -220,8 +221,8 @@ def _generator(run: Run):
   models = os.path.join(run.mvld_dir, "models")
   provenance = {
       "mvld_workdir": os.path.abspath(run.mvld_dir),
-      "autoencoder_sha256": generation.file_digest(os.path.join(models, "autoencoder.msgpack")),
-      "score_net_sha256": generation.file_digest(os.path.join(models, "score_net.msgpack")),
+      "autoencoder_sha256": shard_cache.file_digest(os.path.join(models, "autoencoder.msgpack")),
+      "score_net_sha256": shard_cache.file_digest(os.path.join(models, "score_net.msgpack")),
       "sampler": sampler.to_dict(), "seed": run.config.seed,
   }
   return generate, provenance
