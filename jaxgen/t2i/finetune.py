@@ -159,6 +159,21 @@ def finetune(config: bb.BackboneConfig, params: dict, tokenizer, data: dict[str,
   return FineTuned(config, {"params": out["text"]}, out.get("lora"), lora_cfg, token_ids)
 
 
+def restore(config: bb.BackboneConfig, saved: dict, tokenizer, num_classes: int,
+            cfg: ml_collections.ConfigDict) -> FineTuned:
+  """The `FineTuned` of a saved run ({'text', 'lora'} as the t2i / Diff-Mix runs save it): adds
+  the identifiers to `tokenizer` (in place) and grows the text config to the saved table."""
+  token_ids = np.asarray(tokenizer.add_tokens(identifier_tokens(num_classes)))
+  rows = token_embedding(saved["text"]["params"]).shape[0]
+  if rows != tokenizer.vocab_size:
+    raise ConfigError("finetune.checkpoint", rows,
+                      f"an embedding table of the tokenizer's {tokenizer.vocab_size} tokens")
+  grown = dataclasses.replace(config, text=dataclasses.replace(config.text, vocab_size=rows))
+  lora = saved.get("lora") or None
+  return FineTuned(grown, saved["text"], lora,
+                   LoRAConfig(rank=cfg.lora_rank, alpha=cfg.lora_alpha or None), token_ids)
+
+
 def _optimizer(tcfg: ml_collections.ConfigDict, lr: float) -> optax.GradientTransformation:
   optim = ml_collections.ConfigDict(tcfg.optim.to_dict())
   optim.lr = lr

@@ -166,6 +166,42 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
                       "an existing FID Inception weight file, or '' for the in-domain judges")
 
 
+def load_pretrained(config: ml_collections.ConfigDict) -> tuple[bb.BackboneConfig, dict, object]:
+  """(config, params, tokenizer) of `backbone.weights_path` (Stable Diffusion 1.x), sampling at
+  the run's image size (the VAE is convolutional; `resolution` sets the latents)."""
+  from jaxgen.io.stable_diffusion import load_stable_diffusion
+  b = config.backbone
+  cfg, params, tok = load_stable_diffusion(b.weights_path, tokenizer_path=b.tokenizer_path or None)
+  cfg = dataclasses.replace(cfg, vae=dataclasses.replace(cfg.vae, resolution=config.data.image_size))
+  return cfg, params, tok
+
+
+def load_tokenizer(config: ml_collections.ConfigDict, workdir: str):
+  """A fresh tokenizer of the run (fine-tuning adds identifier tokens to its own copy)."""
+  b = config.backbone
+  if b.weights_path:
+    from jaxgen.io.stable_diffusion import load_clip_tokenizer
+    return load_clip_tokenizer(b.tokenizer_path or b.weights_path)
+  return WordTokenizer.load(os.path.join(workdir, "models", "tokenizer.json"))
+
+
+def load_backbone(config: ml_collections.ConfigDict, workdir: str) -> tuple[bb.BackboneConfig, dict]:
+  """(config, {'vae', 'unet', 'text'}) of the backbone a run in `workdir` trained."""
+  require_stage(workdir, "train_denoiser", "sampling")
+  scale = read_json(os.path.join(workdir, "models", "latent_scale.json"))["scaling_factor"]
+  cfg = backbone_config(config, load_tokenizer(config, workdir).vocab_size, scale)
+  params = {"vae": load_params(os.path.join(workdir, "models", "autoencoder.msgpack")),
+            **load_params(os.path.join(workdir, "models", "denoiser.msgpack"))}
+  return cfg, params
+
+
+def backbone_files(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
+  """The files the backbone's weights come from (for provenance digests)."""
+  if config.backbone.weights_path:
+    return [config.backbone.weights_path]
+  return [os.path.join(workdir, "models", n) for n in ("autoencoder.msgpack", "denoiser.msgpack")]
+
+
 class Run(MethodRun):
   """Shared state of one t2i run."""
 
@@ -178,33 +214,17 @@ class Run(MethodRun):
 
   @functools.cached_property
   def pretrained(self) -> tuple[bb.BackboneConfig, dict, object]:
-    """(config, params, tokenizer) of `backbone.weights_path` (Stable Diffusion 1.x)."""
-    from jaxgen.io.stable_diffusion import load_stable_diffusion
-    b = self.config.backbone
-    cfg, params, tok = load_stable_diffusion(b.weights_path, tokenizer_path=b.tokenizer_path or None)
-    # sample at the run's image size (the VAE is convolutional; `resolution` sets the latents)
-    cfg = dataclasses.replace(cfg, vae=dataclasses.replace(cfg.vae,
-                                                           resolution=self.config.data.image_size))
-    return cfg, params, tok
+    return load_pretrained(self.config)
 
   def tokenizer(self):
     """A fresh copy (fine-tuning adds identifier tokens to its own)."""
-    b = self.config.backbone
-    if b.weights_path:
-      from jaxgen.io.stable_diffusion import load_clip_tokenizer
-      return load_clip_tokenizer(b.tokenizer_path or b.weights_path)
-    return WordTokenizer.load(self.path("models", "tokenizer.json"))
+    return load_tokenizer(self.config, self.workdir)
 
   def backbone(self) -> tuple[bb.BackboneConfig, dict]:
     """(config, {'vae', 'unet', 'text'}) of the trained (or loaded) backbone."""
     if self.config.backbone.weights_path:
       return self.pretrained[:2]
-    require_stage(self.workdir, "train_denoiser", "sampling")
-    scale = read_json(self.path("models", "latent_scale.json"))["scaling_factor"]
-    cfg = backbone_config(self.config, self.tokenizer().vocab_size, scale)
-    params = {"vae": load_params(self.path("models", "autoencoder.msgpack")),
-              **load_params(self.path("models", "denoiser.msgpack"))}
-    return cfg, params
+    return load_backbone(self.config, self.workdir)
 
   @functools.cached_property
   def sampler(self) -> SamplerRuns:
@@ -212,10 +232,14 @@ class Run(MethodRun):
     return SamplerRuns(cfg, params, sampler_spec(self.config), self.config.evaluate.batch_size)
 
   def judge(self, name: str):
-    num = len(self.data["class_names"]) if name == "judge_pretrain" else \
-        self.data["num_target_classes"]
-    return load_classifier(self.config.judge, num, self.data["pretrain_images"].shape[1:],
-                           workdir=self.workdir, name=name, mesh=self.mesh)
+    return load_judge(self.config, self.workdir, self.data, name, self.mesh)
+
+
+def load_judge(config: ml_collections.ConfigDict, workdir: str, data: dict, name: str, mesh):
+  """The in-domain judge `name` ('judge_pretrain' or 'judge_target') a run in `workdir` trained."""
+  num = len(data["class_names"]) if name == "judge_pretrain" else data["num_target_classes"]
+  return load_classifier(config.judge, num, data["pretrain_images"].shape[1:], workdir=workdir,
+                         name=name, mesh=mesh)
 
 
 def _stage_data(run: Run) -> None:
