@@ -15,7 +15,6 @@ initialisation and batches and the generated views; `mvld.seed` the data render 
 
 from __future__ import annotations
 
-import importlib.util
 import os
 
 import ml_collections
@@ -28,11 +27,8 @@ ARCHS = ("resnet18", "mobilenet_v3")  # the paper's two architectures (results.j
 
 
 def _mvld_config(preset: str) -> ml_collections.ConfigDict:
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mvld.py")
-  spec = importlib.util.spec_from_file_location("_jaxgen_configs_mvld", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(preset)
+  return configlib.config_from_file(os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                 "mvld.py"), preset)
 
 
 def _classifiers(preset: str) -> ml_collections.ConfigDict:

@@ -8,6 +8,9 @@ command line fails in a second with one line naming the key.
 
 from __future__ import annotations
 
+import importlib.util
+import os
+
 from typing import Any, Iterable, Sequence
 
 import ml_collections
@@ -146,3 +149,14 @@ def validate_train(config: ml_collections.ConfigDict, prefix: str, data_parallel
   require_positive_int(config, f"{prefix}.optim.warmup_steps", allow_zero=True)
   clip = get_path(config, f"{prefix}.optim.clip_norm")
   require(clip >= 0, f"{prefix}.optim.clip_norm", clip, "0 (off) or a positive number")
+
+
+def config_from_file(path: str, preset: str | None = None) -> ml_collections.ConfigDict:
+  """`get_config(preset)` of the config file at `path` (a method config that embeds another
+  method's config, e.g. DIMVIDA's MVLD or Diff-Mix's t2i, loads it by path)."""
+  name = "_jaxgen_config_" + os.path.splitext(os.path.basename(path))[0]
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(preset)
+
