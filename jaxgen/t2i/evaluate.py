@@ -16,6 +16,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 from jaxgen.metrics.frechet import fid
@@ -54,6 +56,17 @@ def sdedit_figure(d: dict, edited: np.ndarray, refs: np.ndarray) -> np.ndarray:
   return image_grid(np.stack(rows))
 
 
+def fid_features(inception_path: str, judge, judge_name: str, config_key: str
+                 ) -> tuple[Callable[[np.ndarray], np.ndarray], str]:
+  """(features(uint8 images) -> [N, D], what they are): InceptionV3 pool3 when `inception_path`
+  is given (the file named by `config_key`), else the in-domain judge's penultimate layer."""
+  if inception_path:
+    from jaxgen.metrics.inception import inception_feature_fn, load_fid_inception
+    fn = inception_feature_fn(load_fid_inception(inception_path, config_key))
+    return (lambda x: fn(x)[0]), "InceptionV3 pool3 (FID weights from " + inception_path + ")"
+  return judge.features, judge_name
+
+
 def _accuracy(pred: np.ndarray, target: np.ndarray) -> float:
   return float(np.mean(np.asarray(pred) == np.asarray(target)))
 
@@ -77,7 +90,13 @@ def evaluate(config, d: dict, cfg: bb.BackboneConfig, params: dict, judge_pre, j
   out = {"autoencoder": {"psnr_db": float(np.mean(np.asarray(psnr(test, recon)))),
                          "latent_shape": list(cfg.latent_shape),
                          "scaling_factor": cfg.vae.scaling_factor}}
-  real_feats = judge_pre.features(test)
+  in_domain = (f"in-domain {config.judge.arch} judges trained by jaxgen (penultimate features): "
+               "72-class on the pre-training renders, K-class on the target's judge split; not "
+               "InceptionV3, not comparable with published FIDs")
+  pre_features, network = fid_features(e.inception_path, judge_pre, in_domain,
+                                       "evaluate.inception_path")
+  tgt_features, _ = fid_features(e.inception_path, judge_tgt, in_domain, "evaluate.inception_path")
+  real_feats = pre_features(test)
   real_pred = judge_pre.predict(test)
   labels = d["pretrain_test_labels"]
   out["real_test"] = {"class_accuracy": _accuracy(real_pred, labels),
@@ -92,7 +111,7 @@ def evaluate(config, d: dict, cfg: bb.BackboneConfig, params: dict, judge_pre, j
         "class_accuracy": _accuracy(pred, van["labels"]),
         "solid_accuracy": _accuracy(pred // n_col, van["labels"] // n_col),
         "colour_accuracy": _accuracy(pred % n_col, van["labels"] % n_col),
-        "fid": float(fid(real_feats, judge_pre.features(van[name]))),
+        "fid": float(fid(real_feats, pre_features(van[name]))),
         "num_samples": int(len(pred))}
   out["vanilla"]["guidance_scale"] = float(config.sampler.guidance_scale)
   pred = judge_pre.predict(van["sdedit"])
@@ -109,7 +128,7 @@ def evaluate(config, d: dict, cfg: bb.BackboneConfig, params: dict, judge_pre, j
   out["sdedit"] = sd
   # fine-grained target
   tgt_test = d["target_test_images"]
-  tgt_feats = judge_tgt.features(tgt_test)
+  tgt_feats = tgt_features(tgt_test)
   out["target_real_test"] = {"class_accuracy": _accuracy(judge_tgt.predict(tgt_test),
                                                          d["target_test_labels"])}
   per_seed = {"diff_gen": {"accuracy": [], "fid": []}, "real_gen": {"accuracy": [], "fid": []}}
@@ -117,13 +136,10 @@ def evaluate(config, d: dict, cfg: bb.BackboneConfig, params: dict, judge_pre, j
     with np.load(f"{sample_dir}/target_seed{seed}.npz") as f:
       for name in per_seed:
         per_seed[name]["accuracy"].append(_accuracy(judge_tgt.predict(f[name]), f["labels"]))
-        per_seed[name]["fid"].append(float(fid(tgt_feats, judge_tgt.features(f[name]))))
+        per_seed[name]["fid"].append(float(fid(tgt_feats, tgt_features(f[name]))))
   out["finetune"] = {name: {k: _mean_std(v) for k, v in m.items()} for name, m in per_seed.items()}
   out["finetune"]["seeds"] = list(config.finetune.seeds)
   out["finetune"]["strategy"] = config.finetune.strategy
   out["finetune"]["chance"] = 1.0 / d["num_target_classes"]
-  out["feature_network"] = (
-      f"in-domain {config.judge.arch} judges trained by jaxgen (penultimate features): 72-class "
-      "on the pre-training renders, K-class on the target's judge split; not InceptionV3, not "
-      "comparable with published FIDs")
+  out["feature_network"] = network
   return out

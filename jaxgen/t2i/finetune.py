@@ -27,6 +27,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from jaxgen import configlib
 from jaxgen.data.memory import ArrayBatches
 from jaxgen.errors import ConfigError
 from jaxgen.nets.cond_unet import CondUNet
@@ -172,6 +173,17 @@ def restore(config: bb.BackboneConfig, saved: dict, tokenizer, num_classes: int,
   lora = saved.get("lora") or None
   return FineTuned(grown, saved["text"], lora,
                    LoRAConfig(rank=cfg.lora_rank, alpha=cfg.lora_alpha or None), token_ids)
+
+
+def validate_config(config: ml_collections.ConfigDict, prefix: str, data_parallel: int) -> None:
+  """Check a fine-tuning section (strategy, lora_rank, lora_alpha, lr_lora, lr_ti, train)."""
+  f = configlib.get_path(config, prefix)
+  configlib.require_choice(config, f"{prefix}.strategy", STRATEGIES)
+  configlib.require_positive_int(config, f"{prefix}.lora_rank")
+  configlib.require(f.lora_alpha >= 0, f"{prefix}.lora_alpha", f.lora_alpha, "0 (= rank) or > 0")
+  for key in ("lr_lora", "lr_ti"):
+    configlib.require(f[key] > 0, f"{prefix}.{key}", f[key], "a positive number")
+  configlib.validate_train(config, f"{prefix}.train", data_parallel)
 
 
 def _optimizer(tcfg: ml_collections.ConfigDict, lr: float) -> optax.GradientTransformation:

@@ -79,14 +79,28 @@ def backbone_config(config: ml_collections.ConfigDict, vocab_size: int,
       prediction_type=b.prediction_type)
 
 
+# The network dataclasses' field names -> this config's keys (errors name the key a user sets).
+_NETWORK_KEYS = {
+    "cond_unet.block_out_channels": "backbone.unet_channels",
+    "cond_unet.num_attention_heads": "backbone.unet_heads",
+    "kl_autoencoder.ch_mult": "backbone.vae_ch_mult",
+    "kl_autoencoder.attn_resolutions": "backbone.vae_attn_resolutions",
+    "kl_autoencoder.ch": "backbone.vae_ch",
+    "kl_autoencoder.resolution": "data.image_size",
+    "text_encoder.heads": "backbone.text_heads",
+}
+
+
 def sampler_spec(config: ml_collections.ConfigDict) -> SamplerSpec:
   s = config.sampler
   return SamplerSpec(name=s.name, num_steps=s.num_steps, timestep_spacing=s.timestep_spacing or None,
                      eta=float(s.eta))
 
 
-def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
-  """Every impossible value fails here: the networks, sampler and judges are built abstractly."""
+def validate_config(config: ml_collections.ConfigDict, num_devices: int,
+                    finetune: bool = True) -> None:
+  """Every impossible value fails here: the networks, sampler and judges are built abstractly.
+  `finetune=False` skips the fine-tuning section (a Diff-Mix run fine-tunes with its own)."""
   dp = configlib.validate_mesh(config, num_devices)
   d = config.data
   configlib.require_choice(config, "data.name", data_lib.DATA_NAMES)
@@ -112,7 +126,10 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
     down = 2 ** (len(b.vae_ch_mult) - 1) * 2 ** (len(b.unet_channels) - 1)
     configlib.require(d.image_size % down == 0, "data.image_size", d.image_size,
                       f"a multiple of {down} (autoencoder and U-Net downsampling)")
-    cfg = backbone_config(config, 64)  # sizes are checked by the dataclasses
+    try:
+      cfg = backbone_config(config, 64)  # sizes are checked by the dataclasses
+    except ConfigError as err:
+      raise ConfigError(_NETWORK_KEYS.get(err.key, err.key), err.value, err.expected) from None
     latent = jax.ShapeDtypeStruct((1,) + cfg.latent_shape, jnp.float32)
     context = jax.ShapeDtypeStruct((1, b.text_max_length, b.text_width), jnp.float32)
     image = jax.ShapeDtypeStruct((1, d.image_size, d.image_size, 3), jnp.float32)
@@ -134,24 +151,21 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
                     s.num_steps, "an integer in [1, 1000]")
   configlib.require(s.guidance_scale >= 0, "sampler.guidance_scale", s.guidance_scale, ">= 0")
   sampler_spec(config)  # eta / spacing combinations
-  f = config.finetune
-  configlib.require_choice(config, "finetune.strategy", ft.STRATEGIES)
-  configlib.require_positive_int(config, "finetune.lora_rank")
-  configlib.require(f.lora_alpha >= 0, "finetune.lora_alpha", f.lora_alpha, "0 (= rank) or > 0")
-  for key in ("lr_lora", "lr_ti"):
-    configlib.require(f[key] > 0, f"finetune.{key}", f[key], "a positive number")
-  seeds = list(f.seeds)
-  configlib.require(bool(seeds) and len(set(seeds)) == len(seeds) and all(
-      isinstance(x, int) and x >= 0 for x in seeds), "finetune.seeds", seeds,
-      "distinct non-negative integers")
-  configlib.validate_train(config, "finetune.train", dp)
+  if finetune:
+    f = config.finetune
+    ft.validate_config(config, "finetune", dp)
+    seeds = list(f.seeds)
+    configlib.require(bool(seeds) and len(set(seeds)) == len(seeds) and all(
+        isinstance(x, int) and x >= 0 for x in seeds), "finetune.seeds", seeds,
+        "distinct non-negative integers")
   validate_classifier_config(config, "judge", dp)
   # every batch fits in the set it is drawn from (else the first batch fails after training)
   pre = 72 * d.pretrain_per_class
   for key, available, what in (
       ("autoencoder.train.batch_size", pre, "pre-training images"),
       ("denoiser.train.batch_size", pre, "pre-training images"),
-      ("finetune.train.batch_size", d.target_shots * d.target_classes, "target shots"),
+      *([("finetune.train.batch_size", d.target_shots * d.target_classes, "target shots")]
+        if finetune else []),
       ("judge.train.batch_size", min(pre, d.target_judge_per_class * d.target_classes),
        "images of the smaller judge set")):
     if key.startswith(("autoencoder", "denoiser")) and b.weights_path:
