@@ -14,7 +14,8 @@ from sklearn.utils.class_weight import compute_class_weight
 
 from jaxgen import configlib
 from jaxgen.classifier import augment, evaluate
-from jaxgen.classifier.sampling import (ClassBalancedBatches, SyntheticReplacement,
+from jaxgen.classifier.sampling import (ClassBalancedBatches, PairedBatches, SyntheticReplacement,
+                                        effective_number_weights,
                                         balanced_class_weights)
 from jaxgen.classifier.config import classifier_config, validate_classifier_config
 from jaxgen.classifier.inference import load_classifier_variables
@@ -59,6 +60,35 @@ def test_cutmix_label_weight_equals_kept_area():
       if targets[i, i] < 1.0 - 1e-6:  # a real partner: label weight = kept pixel fraction
         np.testing.assert_allclose(targets[i, i], own, atol=1e-6)
         np.testing.assert_allclose(kept, own, atol=1e-6)
+
+
+def test_cmo_pastes_from_the_given_sources_and_pairs_streams():
+  """CMO: CutMix's patch comes from the class-balanced stream, the label weight is its area; the
+  paired sampler resumes both streams."""
+  images = jnp.zeros((4, 8, 8, 3))
+  sources = jnp.ones((4, 8, 8, 3))
+  targets = jax.nn.one_hot(jnp.array([0, 0, 0, 0]), 3)
+  source_targets = jax.nn.one_hot(jnp.array([2, 2, 2, 2]), 3)
+  mixed, y, kept = augment.cutmix(jax.random.key(3), images, targets, 1.0, (sources, source_targets))
+  pasted = float(jnp.mean(mixed[..., 0]))
+  np.testing.assert_allclose(pasted, 1.0 - float(kept), atol=1e-6)
+  np.testing.assert_allclose(np.asarray(y[:, 2]), 1.0 - float(kept), atol=1e-6)
+  labels = np.array([0] * 30 + [1] * 3 + [2] * 1)
+  arrays = {"image": np.arange(34), "label": labels}
+  def make():
+    base = ArrayBatches(arrays, global_batch_size=8, seed=0)
+    return PairedBatches(base, ClassBalancedBatches(arrays, labels, global_batch_size=8, seed=1))
+  a = make()
+  first = [next(a) for _ in range(3)]
+  state = a.get_state()
+  after = next(a)
+  b = make()
+  b.set_state(state)
+  np.testing.assert_array_equal(next(b)["paste_image"], after["paste_image"])
+  pasted_labels = np.concatenate([f["paste_label"] for f in first])
+  assert np.sum(pasted_labels != 0) > np.sum(first[0]["label"] != 0)  # minority oversampled
+  with pytest.raises(ConfigError, match="cmo"):
+    validate_classifier_config(classifier_config("resnet18", cmo=True), "", 1)
 
 
 def test_cutmix_box_follows_the_area_formula():
@@ -224,6 +254,27 @@ def _cfg(arch, steps, **kw):
   cfg = classifier_config(arch, num_steps=steps, batch_size=16, lr=3e-3, **kw)
   cfg.train.update(steps_per_call=steps or 1, async_checkpoints=False, checkpoint_every=max(steps, 1))
   return cfg
+
+
+def test_effective_number_weights_match_the_formula():
+  labels = np.array([0] * 50 + [1] * 5 + [2] * 1)
+  w = effective_number_weights(labels, 4, 0.99)
+  raw = np.array([(1 - 0.99) / (1 - 0.99 ** n) for n in (50, 5, 1)])
+  np.testing.assert_allclose(w[:3], raw * 3 / raw.sum(), rtol=1e-6)
+  assert w[3] == 0 and w[2] > w[1] > w[0]
+
+
+def test_tiny_cmo_fit_runs(tmp_path):
+  """CMO with deferred re-weighting (the long-tail study's CMO + DRW) trains end to end."""
+  cfg = classifier_config("resnet18", num_steps=2, batch_size=8, lr=1e-3, width=8,
+                          cutmix_alpha=1.0, cmo=True, drw_start=0.5)
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 255, (16, 8, 8, 3)).astype(np.uint8)
+  labels = np.array([0] * 13 + [1] * 3)
+  clf = fit_classifier(cfg, images, labels, 2, workdir=str(tmp_path), name="cmo",
+                       mesh=make_mesh(configlib.mesh_config()), key=jax.random.key(0),
+                       verbose=False)
+  assert clf.predict(images).shape == (16,)
 
 
 def test_tiny_fit_separates_a_toy_set(tmp_path):

@@ -70,9 +70,14 @@ def cutmix_box(key: jax.Array, lam: jax.Array, height: int, width: int) -> jax.A
   return jnp.stack([y0, y1, x0, x1])
 
 
-def cutmix(key: jax.Array, images: jax.Array, targets: jax.Array, alpha: float
+def cutmix(key: jax.Array, images: jax.Array, targets: jax.Array, alpha: float,
+           sources: tuple[jax.Array, jax.Array] | None = None
            ) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """CutMix (Yun et al. 2019). Returns (images, targets, lam') with lam' the kept-area fraction."""
+  """CutMix (Yun et al. 2019). Returns (images, targets, lam') with lam' the kept-area fraction.
+
+  The pasted patches come from a permutation of the batch, or from `sources` = (images, targets)
+  of the same shapes: CMO (Park et al. 2022) pastes minority-oversampled images onto the batch.
+  """
   k_lam, k_box, k_perm = jax.random.split(key, 3)
   n, h, w, _ = images.shape
   lam = jax.random.beta(k_lam, alpha, alpha)
@@ -80,18 +85,23 @@ def cutmix(key: jax.Array, images: jax.Array, targets: jax.Array, alpha: float
   rows = jnp.arange(h)[:, None]
   cols = jnp.arange(w)[None, :]
   inside = (rows >= y0) & (rows < y1) & (cols >= x0) & (cols < x1)
-  perm = _partner(k_perm, n)
-  mixed = jnp.where(inside[None, :, :, None], images[perm], images)
+  if sources is None:
+    perm = _partner(k_perm, n)
+    sources = (images[perm], targets[perm])
+  mixed = jnp.where(inside[None, :, :, None], sources[0], images)
   kept = 1.0 - ((y1 - y0) * (x1 - x0)).astype(jnp.float32) / (h * w)
-  return mixed, kept * targets + (1.0 - kept) * targets[perm], kept
+  return mixed, kept * targets + (1.0 - kept) * sources[1], kept
 
 
 def mix_batch(key: jax.Array, images: jax.Array, targets: jax.Array, *, mixup_alpha: float,
-              cutmix_alpha: float, mix_prob: float) -> tuple[jax.Array, jax.Array]:
+              cutmix_alpha: float, mix_prob: float,
+              cutmix_sources: tuple[jax.Array, jax.Array] | None = None
+              ) -> tuple[jax.Array, jax.Array]:
   """Apply mixup or cutmix to the whole batch with probability `mix_prob` (alpha 0 = disabled).
 
   With both enabled, each mixed batch uses CutMix or Mixup with probability 1/2 (timm's
-  `switch_prob=0.5`). Returns the (possibly) mixed images and targets.
+  `switch_prob=0.5`). `cutmix_sources` (CMO) are the images and targets CutMix pastes from.
+  Returns the (possibly) mixed images and targets.
   """
   if mixup_alpha <= 0 and cutmix_alpha <= 0 or mix_prob <= 0:
     return images, targets
@@ -100,7 +110,7 @@ def mix_batch(key: jax.Array, images: jax.Array, targets: jax.Array, *, mixup_al
   if mixup_alpha > 0:
     candidates.append(mixup(k_mix, images, targets, mixup_alpha)[:2])
   if cutmix_alpha > 0:
-    candidates.append(cutmix(k_cut, images, targets, cutmix_alpha)[:2])
+    candidates.append(cutmix(k_cut, images, targets, cutmix_alpha, cutmix_sources)[:2])
   if len(candidates) == 2:
     use_cut = jax.random.bernoulli(k_switch, 0.5)
     mixed = jax.tree.map(lambda a, b: jnp.where(use_cut, b, a), candidates[0], candidates[1])

@@ -3,6 +3,7 @@ their validation and the network they build (`jaxgen.nets.classifiers`)."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import flax.linen as nn
@@ -57,6 +58,9 @@ def classifier_config(arch: str = "resnet18", *, num_steps: int = 1000, batch_si
       "mixup_alpha": 0.0,
       "cutmix_alpha": 0.0,
       "mix_prob": 1.0,
+      "cmo": False,
+      "drw_start": 0.0,  # > 0: from this fraction of the steps on, class-balanced loss weights
+      "drw_beta": 0.9999,  # DRW's effective-number weights (1 - b) / (1 - b^n_c) (Cui et al. 2019)  # CutMix pastes class-balanced (minority-oversampled) images (Park et al. 2022)
       "entropy_weight": 0.0,
       "synthetic_replace_prob": 0.0,
       "sampling": "uniform",
@@ -88,10 +92,18 @@ def validate_classifier_config(config: ml_collections.ConfigDict, prefix: str,
   for key in ("mixup_alpha", "cutmix_alpha"):
     configlib.require_range(config, f"{p}{key}", 0.0, 1e6)
   configlib.require_range(config, f"{p}mix_prob", 0.0, 1.0)
+  configlib.require(isinstance(cfg.cmo, bool) and (not cfg.cmo or cfg.cutmix_alpha > 0), f"{p}cmo",
+                    cfg.cmo, f"false, or true with {p}cutmix_alpha > 0 (CMO pastes by CutMix)")
   configlib.require_range(config, f"{p}entropy_weight", 0.0, 1e6)
+  configlib.require(0.0 <= cfg.drw_start < 1.0, f"{p}drw_start", cfg.drw_start,
+                    "a fraction of the steps in [0, 1) (0 = no deferred re-weighting)")
+  configlib.require(0.0 < cfg.drw_beta < 1.0, f"{p}drw_beta", cfg.drw_beta, "a number in (0, 1)")
   configlib.require_range(config, f"{p}synthetic_replace_prob", 0.0, 1.0)
   configlib.require_positive_int(config, f"{p}augment.crop_padding", allow_zero=True)
   configlib.require_positive_int(config, f"{p}eval_batch_size")
+  configlib.require(not cfg.pretrained_path or os.path.isfile(cfg.pretrained_path),
+                    f"{p}pretrained_path", cfg.pretrained_path,
+                    "an existing torchvision weight file, or '' to start from scratch")
   # Building the module (shapes only) rejects options the architecture does not accept.
   build_model(cfg, 2, image_size=224 if cfg.arch.startswith("vit") else 32)
 

@@ -6,6 +6,9 @@
   the CMO / Diff-Mix long-tail baselines of paper 001 sec. 4.3).
 - `balanced_class_weights`: per-class loss weights N / (C n_c) (scikit-learn's 'balanced'
   `compute_class_weight`), used by sampling='reweighted'.
+- `effective_number_weights`: deferred re-weighting's class weights (drw_start > 0).
+- `PairedBatches`: a second stream under prefixed keys, e.g. CMO's class-balanced images to
+  paste onto the batch (Park et al. 2022; paper 001's long-tail baseline).
 - `SyntheticReplacement`: Diff-Mix's joint training (paper 001 sec. 4.1): each real example of a
   batch is replaced by a random synthetic one with probability p.
 
@@ -27,6 +30,17 @@ def balanced_class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
   present = counts > 0
   weights = np.zeros(num_classes, np.float64)
   weights[present] = counts.sum() / (present.sum() * counts[present])
+  return weights.astype(np.float32)
+
+
+def effective_number_weights(labels: np.ndarray, num_classes: int, beta: float) -> np.ndarray:
+  """w_c = (1 - beta) / (1 - beta^n_c), normalised to sum to the C' classes present (Cui et al.
+  2019; the weights of deferred re-weighting, Cao et al. 2019); 0 for absent classes."""
+  counts = np.bincount(np.asarray(labels, np.int64), minlength=num_classes).astype(np.float64)
+  present = counts > 0
+  weights = np.zeros(num_classes, np.float64)
+  weights[present] = (1.0 - beta) / (1.0 - beta ** counts[present])
+  weights *= present.sum() / weights.sum()
   return weights.astype(np.float32)
 
 
@@ -103,3 +117,25 @@ class SyntheticReplacement:
   def set_state(self, state: dict) -> None:
     self._base.set_state(state["base"])
     self._count = int(state["count"])
+
+
+class PairedBatches:
+  """Batches of `base` with the batch of `partner` added under `prefix` + key."""
+
+  def __init__(self, base: Any, partner: Any, prefix: str = "paste_"):
+    self._base, self._partner, self._prefix = base, partner, prefix
+
+  def __iter__(self) -> "PairedBatches":
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    batch = dict(next(self._base))
+    batch.update({self._prefix + k: v for k, v in next(self._partner).items()})
+    return batch
+
+  def get_state(self) -> dict:
+    return {"base": self._base.get_state(), "partner": self._partner.get_state()}
+
+  def set_state(self, state: dict) -> None:
+    self._base.set_state(state["base"])
+    self._partner.set_state(state["partner"])

@@ -24,8 +24,9 @@ from jaxgen.classifier import augment
 from jaxgen.classifier.config import build_model
 from jaxgen.classifier.inference import Classifier, check_variables, eval_variables
 from jaxgen.classifier.losses import classification_loss, normalize, smooth_targets
-from jaxgen.classifier.sampling import (ClassBalancedBatches, SyntheticReplacement,
-                                        balanced_class_weights)
+from jaxgen.classifier.sampling import (ClassBalancedBatches, PairedBatches,
+                                        SyntheticReplacement, balanced_class_weights,
+                                        effective_number_weights)
 from jaxgen.data.memory import ArrayBatches
 from jaxgen.errors import DataError
 from jaxgen.train import loop
@@ -44,8 +45,19 @@ def make_step_fn(model: nn.Module, cfg: ml_collections.ConfigDict, num_classes: 
       x = augment.random_flip(k_flip, x)
     x = normalize(x, cfg.normalization)
     targets = smooth_targets(batch["label"], num_classes, cfg.label_smoothing)
+    sources = None
+    if "paste_image" in batch:  # CMO: the patches come from the class-balanced stream
+      k_pcrop, k_pflip = jax.random.split(jax.random.fold_in(k_crop, 1))
+      px = batch["paste_image"].astype(jnp.float32)
+      if cfg.augment.crop_padding > 0:
+        px = augment.random_crop(k_pcrop, px, cfg.augment.crop_padding)
+      if cfg.augment.flip:
+        px = augment.random_flip(k_pflip, px)
+      sources = (normalize(px, cfg.normalization),
+                 smooth_targets(batch["paste_label"], num_classes, cfg.label_smoothing))
     x, targets = augment.mix_batch(k_mix, x, targets, mixup_alpha=cfg.mixup_alpha,
-                                   cutmix_alpha=cfg.cutmix_alpha, mix_prob=cfg.mix_prob)
+                                   cutmix_alpha=cfg.cutmix_alpha, mix_prob=cfg.mix_prob,
+                                   cutmix_sources=sources)
     bn = state.batch_stats is not None  # ViTs have no BatchNorm
 
     def loss_fn(params):
@@ -56,7 +68,11 @@ def make_step_fn(model: nn.Module, cfg: ml_collections.ConfigDict, num_classes: 
                                       rngs={"dropout": k_drop})
       else:
         logits, updates = model.apply(variables, x, train=True, rngs={"dropout": k_drop}), {}
-      loss, aux = classification_loss(logits, targets, batch["weight"], cfg.entropy_weight)
+      weight = batch["weight"]
+      if cfg.drw_start > 0:  # deferred re-weighting: class-balanced weights late in training
+        switch = jnp.floor(cfg.drw_start * cfg.train.num_steps).astype(jnp.int32)
+        weight = jnp.where(state.step >= switch, batch["drw_weight"], weight)
+      loss, aux = classification_loss(logits, targets, weight, cfg.entropy_weight)
       return loss, (logits, updates, aux)
 
     (loss, (logits, updates, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -163,6 +179,10 @@ def fit_classifier(cfg: ml_collections.ConfigDict, images: np.ndarray, labels: n
              else np.ones(num_classes, np.float32))
   arrays = {"image": images, "label": _as_training_labels(labels, soft, num_classes),
             "weight": weights[class_ids]}
+  drw = effective_number_weights(class_ids, num_classes, cfg.drw_beta) if cfg.drw_start > 0 \
+      else None
+  if drw is not None:
+    arrays["drw_weight"] = drw[class_ids]
   seed = int(jax.random.randint(jax.random.fold_in(k_train, 1), (), 0, 2**31 - 1))
   pidx, pcount = jax.process_index(), jax.process_count()
   if cfg.sampling == "class_balanced":
@@ -175,8 +195,15 @@ def fit_classifier(cfg: ml_collections.ConfigDict, images: np.ndarray, labels: n
     syn_ids = _class_ids(syn_labels)
     syn_arrays = {"image": syn_images, "label": _as_training_labels(syn_labels, soft, num_classes),
                   "weight": weights[syn_ids]}
+    if drw is not None:
+      syn_arrays["drw_weight"] = drw[syn_ids]
     batches = SyntheticReplacement(batches, syn_arrays, cfg.synthetic_replace_prob, seed=seed,
                                    process_index=pidx)
+  if cfg.cmo:  # real images oversampled class-balanced, to paste onto the batch
+    partner = ClassBalancedBatches({"image": images, "label": arrays["label"]}, class_ids,
+                                   global_batch_size=cfg.train.batch_size, seed=seed + 1,
+                                   process_index=pidx, process_count=pcount)
+    batches = PairedBatches(batches, partner)
   step_fn = make_step_fn(model, cfg, num_classes)
   state = loop.train(name=name, state=state, step_fn=step_fn, batches=batches, cfg=cfg.train,
                      workdir=workdir, mesh=mesh, key=jax.random.fold_in(k_train, 2), writer=writer,

@@ -118,12 +118,12 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
   n_train = config.mvld.data.num_train
   for arch in archs:
     prefix = f"classifiers.{arch}"
-    validate_classifier_config(config, prefix, dp)
     cfg = configlib.get_path(config, prefix)
-    configlib.require(cfg.arch in ARCH_FAMILIES[arch], f"{prefix}.arch", cfg.arch,
-                      "one of " + ", ".join(ARCH_FAMILIES[arch]))
     configlib.require(cfg.pretrained_path == "", f"{prefix}.pretrained_path", cfg.pretrained_path,
                       f"'' (from-scratch runs; weights for fine-tuning go in finetune.torchvision_paths.{arch})")
+    validate_classifier_config(config, prefix, dp)
+    configlib.require(cfg.arch in ARCH_FAMILIES[arch], f"{prefix}.arch", cfg.arch,
+                      "one of " + ", ".join(ARCH_FAMILIES[arch]))
     configlib.require(cfg.train.batch_size <= n_train, f"{prefix}.train.batch_size",
                       cfg.train.batch_size, f"at most the {n_train} NMR_c samples")
   ft = config.finetune
