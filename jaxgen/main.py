@@ -28,6 +28,7 @@ METHODS = {
     "dimvida": "jaxgen.dimvida.main",
     "softlabel_gan": "jaxgen.softlabel_gan.main",
     "t2i": "jaxgen.t2i.main",
+    "diffmix": "jaxgen.diffmix.main",
 }
 
 

@@ -12,3 +12,15 @@ import pytest  # noqa: E402
 def pytest_configure(config):
   config.addinivalue_line("markers", "torch: PyTorch parity test (opt-in, needs torch/torchvision)")
   config.addinivalue_line("markers", "slow: longer than the default suite allows (run with -m slow)")
+
+
+# Files with the longest tests first: pytest-xdist's loadfile hands files to the two workers in
+# collection order, so a long file collected last would run alone at the end of the suite.
+_LONG_FILES = ("test_t2i.py", "test_lrgmm.py", "test_mvld_end_to_end.py", "test_softlabel_gan.py")
+
+
+def pytest_collection_modifyitems(config, items):
+  def rank(item):
+    name = item.path.name
+    return _LONG_FILES.index(name) if name in _LONG_FILES else len(_LONG_FILES)
+  items.sort(key=rank)  # stable: the order within a file is kept

@@ -16,7 +16,9 @@ import numpy as np
 import pytest
 
 from jaxgen import main as jaxgen_main
+from jaxgen.diffmix import synthesis
 from jaxgen.errors import ConfigError
+from jaxgen.io import shard_cache
 from jaxgen.io.params import load_params
 from jaxgen.nets.text_encoder import token_embedding
 from jaxgen.t2i import backbone as bb
@@ -81,7 +83,7 @@ def test_v_prediction_algebra_and_config_checks():
     (["--config.sampler.name=euler"], "sampler.name"),
     (["--config.finetune.strategy=lora"], "finetune.strategy"),
     (["--config.data.image_size=18"], "data.image_size"),
-    (["--config.backbone.unet_heads=3"], "num_attention_heads"),
+    (["--config.backbone.unet_heads=3"], "backbone.unet_heads"),
     (["--config.finetune.seeds=(0,0)"], "finetune.seeds"),
     (["--config.backbone.weights_path=/nonexistent/sd15"], "backbone.weights_path"),
     (["--config.finetune.train.batch_size=16"], "finetune.train.batch_size"),
@@ -99,10 +101,18 @@ def test_sd15_preset_needs_its_weights(capsys, tmp_path):
   assert code == 2 and len(err) == 1 and "backbone.weights_path" in err[0]
 
 
-def test_tiny_preset_end_to_end(tmp_path):
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+  """One tiny t2i run for this module (the Diff-Mix test below reuses its backbone)."""
+  workdir = tmp_path_factory.mktemp("t2i_tiny")
+  assert jaxgen_main.run(["jaxgen.main", TINY, f"--workdir={workdir}"]) == 0
+  return workdir
+
+
+def test_tiny_preset_end_to_end(tiny_run):
   """Every stage runs; fine-tuning moved only the identifier rows of the text encoder; the report
   names data, seed and feature network; a second call skips every stage."""
-  assert jaxgen_main.run(["jaxgen.main", TINY, f"--workdir={tmp_path}"]) == 0
+  tmp_path = tiny_run
   results = json.loads((tmp_path / "results.json").read_text())
   assert set(results["claims"]) == {
       "prompt_following_above_chance", "guidance_raises_class_accuracy",
@@ -133,6 +143,63 @@ def test_tiny_preset_end_to_end(tmp_path):
   before = (tmp_path / "results.json").read_text()
   assert jaxgen_main.run(["jaxgen.main", TINY, f"--workdir={tmp_path}"]) == 0
   assert (tmp_path / "results.json").read_text() == before
+
+
+@pytest.mark.slow  # ~2.5 min (the default suite's 15-minute budget): Diff-Mix's units are in test_diffmix.py
+def test_diffmix_tiny_run_on_this_backbone(tiny_run, tmp_path):
+  """Diff-Mix (tests/test_diffmix.py has its unit tests) reusing the tiny t2i run: fine-tuning, synthesis (per-image targets and strengths in each shard), the
+  backbone's own filter score, classifiers and the report; a lost shard is regenerated
+  identically by rerunning the synthesize stage."""
+  work = tmp_path / "dm"
+  args = ["jaxgen.main", "--config=configs/diffmix.py:tiny", f"--workdir={work}",
+          "--config.strategies=('none', 'diff_mix')",
+          "--config.filter.scorer=backbone", "--config.filter.drop_fraction=0.25",
+          f"--config.t2i_workdir={tiny_run}"]
+  assert jaxgen_main.run(args) == 0
+  assert not (work / "t2i").exists()  # reused, not retrained
+  results = json.loads((work / "results.json").read_text())
+  comp = results["comparison"]
+  assert set(comp) == {"none", "diff_mix"}
+  for entry in comp.values():
+    assert 0.0 <= entry["accuracy_mean"] <= 1.0 and entry["seeds"] == [0]
+    assert len(entry["per_class_accuracy_mean"]) == 3
+  assert set(results["synthetic"]) == {"diff_mix"}
+  assert "in-domain" in results["feature_network"]
+  assert "not claimed" in (work / "report.md").read_text()
+  cache = work / "synthetic" / "seed0" / "diff_mix"
+  syn = shard_cache.read_shards(str(cache), 18)
+  assert syn["images"].shape == (18, 16, 16, 3)
+  first = slice(0, 8)  # one shard = one sampler call
+  assert len(set(syn["target_class"][first])) > 1 and len(set(syn["strength"][first])) > 1
+  np.testing.assert_allclose(syn["soft_label"], synthesis.soft_labels(
+      syn["reference_class"], syn["target_class"], syn["strength"], 0.5, 3), atol=1e-7)
+  with np.load(cache / "filter.npz") as f:
+    assert f["keep"].sum() == 18 - 4 and np.all((f["score"] >= 0) & (f["score"] <= 1))
+  manifest = json.loads((cache / "manifest.json").read_text())
+  assert "finetune_seed0.msgpack" in manifest["backbone_checkpoints"]
+  with np.load(cache / "shard_00001.npz") as f:
+    before = f["images"].copy()
+  os.remove(cache / "shard_00001.npz")
+  assert jaxgen_main.run(args + ["--stages=synthesize", "--force"]) == 0
+  with np.load(cache / "shard_00001.npz") as f:
+    np.testing.assert_array_equal(f["images"], before)
+
+
+
+@pytest.mark.slow  # ~1 min
+def test_diffmix_study_runs_on_this_backbone(tiny_run, tmp_path):
+  """A study preset runs its runs as complete Diff-Mix runs on one backbone and gathers them."""
+  work = tmp_path / "study"
+  assert jaxgen_main.run(["jaxgen.main", "--config=configs/diffmix.py:tiny", f"--workdir={work}",
+                          "--config.study=conventional", "--config.study_runs=('mixup',)",
+                          f"--config.t2i_workdir={tiny_run}"]) == 0
+  results = json.loads((work / "results.json").read_text())
+  run = results["study"]["runs"]["mixup"]
+  assert results["study"]["name"] == "conventional" and list(results["study"]["runs"]) == ["mixup"]
+  assert run["overrides"]["classifier.mixup_alpha"] == 1.0 and run["num_real"] == 21  # all shots
+  assert set(run["comparison"]) == {"none"}
+  assert (work / "study" / "mixup" / "report.md").exists()
+  assert "Table 1" in (work / "report.md").read_text()
 
 
 # checkpoints every 2 steps, written synchronously (an asynchronous save may still be in flight

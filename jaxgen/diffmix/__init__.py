@@ -1,0 +1,1 @@
+"""Diff-Mix (paper 001): see jaxgen/diffmix/main.py."""
