@@ -270,7 +270,7 @@ def test_bad_values_exit_2_before_anything_runs(capsys, tmp_path, args, needle):
   assert not os.path.exists(tmp_path / "w" / "stages")
 
 
-def test_reused_t2i_workdir_must_match_the_t2i_section(tmp_path):
+def test_reused_t2i_workdir_must_match_the_t2i_section(tmp_path, capsys):
   from configs import diffmix as dm_config
   config = dm_config.get_config("tiny")
   work = tmp_path / "t2i"
@@ -287,6 +287,10 @@ def test_reused_t2i_workdir_must_match_the_t2i_section(tmp_path):
   theirs["data"]["image_size"] = config.t2i.data.image_size
   (work / "config.json").write_text(json.dumps(theirs))
   dm_main.validate_config(config, jax.device_count())
+  del theirs["judge"]["drw_beta"]  # a run made before the key existed is still reusable
+  (work / "config.json").write_text(json.dumps(theirs))
+  dm_main.validate_config(config, jax.device_count())
+  assert "t2i.judge.drw_beta" in capsys.readouterr().out
 
 
 def test_every_preset_validates_and_studies_name_the_failing_run(capsys, tmp_path):

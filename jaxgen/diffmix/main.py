@@ -79,10 +79,15 @@ def t2i_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return t
 
 
-def _first_difference(theirs, ours, prefix: str) -> tuple[str, object, object] | None:
+def _first_difference(theirs, ours, prefix: str, added: list[str]) -> tuple[str, object, object] | None:
+  """The first key whose value differs; keys the reused run's config lacks (added to the library
+  since, with defaults that keep the old behaviour) are collected in `added`, not compared."""
   if isinstance(theirs, dict) and isinstance(ours, dict):
     for key in sorted(set(theirs) | set(ours)):
-      found = _first_difference(theirs.get(key), ours.get(key), f"{prefix}.{key}")
+      if key not in theirs:
+        added.append(f"{prefix}.{key}")
+        continue
+      found = _first_difference(theirs.get(key), ours.get(key), f"{prefix}.{key}", added)
       if found:
         return found
     return None
@@ -106,11 +111,15 @@ def _check_t2i_workdir(config: ml_collections.ConfigDict) -> None:
   if theirs.get("method") != "t2i":
     raise ConfigError("t2i_workdir", path, f"a t2i workdir (its method is {theirs.get('method')!r})")
   ours = config.t2i.to_dict()
+  added: list[str] = []
   for section in _T2I_SECTIONS:
-    found = _first_difference(theirs.get(section), ours.get(section), f"t2i.{section}")
+    found = _first_difference(theirs.get(section), ours.get(section), f"t2i.{section}", added)
     if found:
       key, mine, other = found
       raise ConfigError(key, mine, f"{other!r}, as in the reused {cfg_path}")
+  if added and is_main_process():
+    print(f"[diffmix] {cfg_path} predates the config keys {', '.join(added)}; reusing it with "
+          "their current values (new keys default to the old behaviour)", flush=True)
 
 
 def training_images_per_class(config: ml_collections.ConfigDict) -> int:
