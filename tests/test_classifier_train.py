@@ -266,8 +266,8 @@ def test_effective_number_weights_match_the_formula():
 
 def test_tiny_cmo_fit_runs(tmp_path):
   """CMO with deferred re-weighting (the long-tail study's CMO + DRW) trains end to end."""
-  cfg = classifier_config("resnet18", num_steps=2, batch_size=8, lr=1e-3, width=8,
-                          cutmix_alpha=1.0, cmo=True, drw_start=0.5)
+  cfg = _cfg("vit_tiny", 2, patch_size=4, hidden_dim=16, num_layers=1, num_heads=2, mlp_dim=32,
+             cutmix_alpha=1.0, cmo=True, drw_start=0.5)
   rng = np.random.default_rng(0)
   images = rng.integers(0, 255, (16, 8, 8, 3)).astype(np.uint8)
   labels = np.array([0] * 13 + [1] * 3)
