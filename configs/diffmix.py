@@ -82,7 +82,8 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
       "gamma": 0.5,  # soft label (1 - s^gamma) y_ref + s^gamma y_target
       "target_sampling": "uniform",  # or 'tail': p(c) proportional to 1 / (n_c + 1)
       "guidance_scale": t2i.sampler.guidance_scale,
-      "shard_size": 50,  # images per cached shard (and per sampler call)
+      "shard_size": 50,  # images per cached shard and sampler call (split over the devices when
+                         # a multiple of the data-parallel size)
       "referable_classes": 0,  # > 0: each target takes references from only this many classes
   })
   c.filter = ml_collections.ConfigDict({

@@ -372,22 +372,27 @@ def test_background_shift_set_and_its_four_groups(tmp_path):
 def test_paper_presets_validate_and_need_their_weights(tmp_path, capsys):
   """Table 1's presets: SD 1.5 weights and the ImageNet classifier weights are required; with
   (stand-in) paths they validate; keys of a real source are refused for the embedded targets."""
+  tfds = pytest.importorskip("tensorflow_datasets")
   from configs import diffmix as dm_config
   weights = tmp_path / "sd15"
   weights.mkdir()
+  (tmp_path / "resnet50.pth").write_bytes(b"stand-in")
   for preset in ("cub", "cars_vit"):
     config = dm_config.get_config(preset)
-    with pytest.raises(ConfigError, match="classifier.pretrained_path"):
+    with tfds.testing.mock_data(num_examples=64):
+      with pytest.raises(ConfigError, match="classifier.pretrained_path"):
+        dm_main.validate_config(config, 1)
+      config.classifier.pretrained_path = str(tmp_path / "missing.pth")
+      with pytest.raises(ConfigError, match="classifier.pretrained_path"):
+        dm_main.validate_config(config, 1)
+      config.classifier.pretrained_path = str(tmp_path / "resnet50.pth")
+      with pytest.raises(ConfigError, match="t2i.backbone.weights_path"):
+        dm_main.validate_config(config, 1)
+      config.t2i.backbone.weights_path = str(weights)
       dm_main.validate_config(config, 1)
-    config.classifier.pretrained_path = str(tmp_path / "missing.pth")
-    with pytest.raises(ConfigError, match="classifier.pretrained_path"):
+    config.data.data_dir = str(tmp_path)  # an empty TFDS data dir: the set is not prepared
+    with pytest.raises(DataError, match="not prepared"):
       dm_main.validate_config(config, 1)
-    (tmp_path / "resnet50.pth").write_bytes(b"stand-in")
-    config.classifier.pretrained_path = str(tmp_path / "resnet50.pth")
-    with pytest.raises(ConfigError, match="t2i.backbone.weights_path"):
-      dm_main.validate_config(config, 1)
-    config.t2i.backbone.weights_path = str(weights)
-    dm_main.validate_config(config, 1)
   assert dm_config.get_config("cub_vit").classifier.arch == "vit_b16"
   code = jaxgen_main.run(["x", "--config=configs/diffmix.py:tiny", f"--workdir={tmp_path}/w",
                           "--config.data.tfds_name=cifar10"])

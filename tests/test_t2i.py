@@ -147,9 +147,10 @@ def test_tiny_preset_end_to_end(tiny_run):
 
 @pytest.mark.slow  # ~2.5 min (the default suite's 15-minute budget): Diff-Mix's units are in test_diffmix.py
 def test_diffmix_tiny_run_on_this_backbone(tiny_run, tmp_path):
-  """Diff-Mix (tests/test_diffmix.py has its unit tests) reusing the tiny t2i run: fine-tuning, synthesis (per-image targets and strengths in each shard), the
-  backbone's own filter score, classifiers and the report; a lost shard is regenerated
-  identically by rerunning the synthesize stage."""
+  """Diff-Mix (tests/test_diffmix.py has its unit tests) reusing the tiny t2i run: fine-tuning,
+  synthesis with per-image targets and strengths in each shard (each shard split over the 8 test
+  devices), the backbone's own filter score, classifiers and the report; a lost shard
+  regenerated on 1 device is identical."""
   work = tmp_path / "dm"
   args = ["jaxgen.main", "--config=configs/diffmix.py:tiny", f"--workdir={work}",
           "--config.strategies=('none', 'diff_mix')",
@@ -179,8 +180,12 @@ def test_diffmix_tiny_run_on_this_backbone(tiny_run, tmp_path):
   assert "finetune_seed0.msgpack" in manifest["backbone_checkpoints"]
   with np.load(cache / "shard_00001.npz") as f:
     before = f["images"].copy()
+  # the run above split each shard over 8 devices; regenerate a lost shard on 1 device
   os.remove(cache / "shard_00001.npz")
-  assert jaxgen_main.run(args + ["--stages=synthesize", "--force"]) == 0
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  done = subprocess.run([sys.executable, "-m", *args, "--stages=synthesize",
+                         "--force"], env=env, capture_output=True, text=True, timeout=900)
+  assert done.returncode == 0, done.stderr[-2000:]
   with np.load(cache / "shard_00001.npz") as f:
     np.testing.assert_array_equal(f["images"], before)
 
@@ -200,6 +205,35 @@ def test_diffmix_study_runs_on_this_backbone(tiny_run, tmp_path):
   assert set(run["comparison"]) == {"none"}
   assert (work / "study" / "mixup" / "report.md").exists()
   assert "Table 1" in (work / "report.md").read_text()
+
+
+
+@pytest.mark.slow  # ~2 min
+def test_diffmix_on_an_image_folder_source(tiny_run, tmp_path):
+  """The paper presets' path (data.target='source') end to end on a written image folder, at a
+  size other than the backbone's: class-name prompts for the vanilla backbone, the real-set
+  classifier as judge."""
+  from jaxgen.io.images import save_png
+  rng = np.random.default_rng(0)
+  for split, n in (("train", 4), ("test", 2)):
+    for c, name in enumerate(("red_box", "blue_box", "green_box")):
+      for i in range(n):
+        img = np.zeros((24, 24, 3), np.uint8)
+        img[..., c] = 200
+        img += rng.integers(0, 40, img.shape).astype(np.uint8)
+        save_png(str(tmp_path / "folder" / split / name / f"{i}.png"), img)
+  work = tmp_path / "dm"
+  assert jaxgen_main.run([
+      "jaxgen.main", "--config=configs/diffmix.py:tiny", f"--workdir={work}",
+      f"--config.t2i_workdir={tiny_run}", "--config.data.target=source",
+      "--config.data.source=folder", f"--config.data.data_dir={tmp_path / 'folder'}",
+      "--config.data.image_size=24", "--config.data.num_classes=3", "--config.data.metaclass=cube",
+      "--config.data.shots=0", "--config.strategies=('none', 'real_mix', 'diff_mix')"]) == 0
+  results = json.loads((work / "results.json").read_text())
+  assert set(results["comparison"]) == {"none", "real_mix", "diff_mix"}
+  assert results["num_real"] == 12 and "real-set resnet18 classifier" in results["feature_network"]
+  syn = shard_cache.read_shards(str(work / "synthetic" / "seed0" / "real_mix"), 24)
+  assert syn["images"].shape == (24, 24, 24, 3)
 
 
 # checkpoints every 2 steps, written synchronously (an asynchronous save may still be in flight

@@ -80,14 +80,28 @@ def first_shots(labels: np.ndarray, shots: int, num_classes: int) -> np.ndarray:
   return np.sort(np.concatenate([np.flatnonzero(labels == c)[:shots] for c in range(num_classes)]))
 
 
+def open_source(config: ml_collections.ConfigDict, split: str):
+  """The `split` of a real source (DataError / ConfigError when it is missing)."""
+  d = config.data
+  options = {"tfds_name": d.tfds_name} if d.source == "tfds" else {}
+  return get_source(d.source, split, data_dir=d.data_dir or None, **options)
+
+
+def source_training_size(config: ml_collections.ConfigDict) -> int:
+  """How many real training images a source target gives (checked before anything trains)."""
+  train = open_source(config, config.data.train_split)
+  if not config.data.shots:
+    return len(train)
+  return int(np.minimum(np.bincount(np.asarray(train.labels())), config.data.shots).sum())
+
+
 def _source(config: ml_collections.ConfigDict, workdir: str) -> dict:
   d = config.data
   path = os.path.join(workdir, "data", "source.npz")
   meta_path = os.path.join(workdir, "data", "source.json")
-  options = {"tfds_name": d.tfds_name} if d.source == "tfds" else {}
   if not (os.path.exists(path) and os.path.exists(meta_path)):
-    train = get_source(d.source, d.train_split, data_dir=d.data_dir or None, **options)
-    test = get_source(d.source, d.test_split, data_dir=d.data_dir or None, **options)
+    train = open_source(config, d.train_split)
+    test = open_source(config, d.test_split)
     tr, te = source_arrays(train, d.image_size), source_arrays(test, d.image_size)
     atomic_save_npz(path, real_images=tr["image"], real_labels=tr["label"],
                     target_test_images=te["image"], target_test_labels=te["label"])

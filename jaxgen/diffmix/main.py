@@ -23,6 +23,7 @@ study as a complete run in WORKDIR/study/<run>/ on the one backbone), report (th
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 
@@ -128,9 +129,9 @@ def training_images_per_class(config: ml_collections.ConfigDict) -> int:
 
 
 def num_real(config: ml_collections.ConfigDict) -> int:
-  """The real training set's size (for a real source: a lower bound, one image per class)."""
+  """The real training set's size (a real source is opened to count it)."""
   if config.data.target == "source":
-    return config.data.num_classes * max(config.data.shots, 1)
+    return dm_data.source_training_size(config)
   shots = config.data.shots or training_images_per_class(config)
   return shots * config.t2i.data.target_classes
 
@@ -273,9 +274,16 @@ class Run(MethodRun):
 
   @functools.cached_property
   def base(self) -> tuple[bb.BackboneConfig, dict]:
+    """(config, params) of the pre-trained backbone, sampling at the real images' size (the
+    autoencoder is convolutional; a real source's size need not be the t2i run's)."""
     if self.t2i.backbone.weights_path:
-      return t2i_main.load_pretrained(self.t2i)[:2]
-    return t2i_main.load_backbone(self.t2i, self.t2i_dir)
+      cfg, params = t2i_main.load_pretrained(self.t2i)[:2]
+    else:
+      cfg, params = t2i_main.load_backbone(self.t2i, self.t2i_dir)
+    size = int(self.data["real_images"].shape[1])
+    if cfg.vae.resolution != size:
+      cfg = dataclasses.replace(cfg, vae=dataclasses.replace(cfg.vae, resolution=size))
+    return cfg, params
 
   def tokenizer(self):
     return t2i_main.load_tokenizer(self.t2i, self.t2i_dir)
@@ -294,7 +302,8 @@ class Run(MethodRun):
     return self.sampler(tuned.config, tuned_params), tok, tuned
 
   def sampler(self, cfg: bb.BackboneConfig, params: dict) -> SamplerRuns:
-    return SamplerRuns(cfg, params, t2i_main.sampler_spec(self.t2i), self.config.synthesis.shard_size)
+    return SamplerRuns(cfg, params, t2i_main.sampler_spec(self.t2i), self.config.synthesis.shard_size,
+                       mesh=self.mesh)
 
   def synthetic_dir(self, seed: int, strategy: str) -> str:
     return self.path("synthetic", f"seed{seed}", strategy)

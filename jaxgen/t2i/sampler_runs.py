@@ -3,19 +3,23 @@
 Prompts are tokenised on the host, cut into fixed-size batches (the last one padded, so one
 compiled shape serves every call) and sampled with a per-batch key `fold_in(key, batch index)`;
 outputs come back as uint8. The guidance scale and strengths are traced: one compilation per
-(backbone, sampler, batch size).
+(backbone, sampler, batch size). With a `mesh` (one process, a batch size that is a multiple of
+its data axis), each batch is split over that axis and the parameters replicated, so the devices sample in parallel; the images do not depend
+on the device count (per-example math; JAX's partitionable random bits).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+import functools
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxgen.nets.common import to_model_range, to_uint8
+from jaxgen.parallel.mesh import batch_sharding, data_parallel_size, replicate
 from jaxgen.t2i import backbone as bb
 from jaxgen.t2i.sampling import image_to_image, text_to_image
 from jaxgen.t2i.schedules import SamplerSpec
@@ -36,6 +40,19 @@ class SamplerRuns:
   params: dict
   spec: SamplerSpec
   batch_size: int
+  mesh: Any = None  # a jax Mesh: batches split over its data axis (single process)
+
+  @functools.cached_property
+  def _sharded(self) -> bool:
+    return (self.mesh is not None and jax.process_count() == 1
+            and self.batch_size % data_parallel_size(self.mesh) == 0)
+
+  @functools.cached_property
+  def _params(self) -> dict:
+    return replicate(self.params, self.mesh) if self._sharded else self.params
+
+  def _place(self, x: np.ndarray) -> jax.Array:
+    return jax.device_put(x, batch_sharding(self.mesh)) if self._sharded else jnp.asarray(x)
 
   def _ids(self, tokenizer, prompts: Sequence[str]) -> np.ndarray:
     return tokenizer.encode(list(prompts), self.config.text.max_length)
@@ -48,8 +65,8 @@ class SamplerRuns:
     scale = jnp.float32(guidance_scale)
     out = []
     for i, (n, (batch,)) in enumerate(padded_batches(ids, batch_size=self.batch_size)):
-      images = text_to_image(self.params, self.config, self.spec, jax.random.fold_in(key, i),
-                             jnp.asarray(batch), jnp.asarray(empty), scale)
+      images = text_to_image(self._params, self.config, self.spec, jax.random.fold_in(key, i),
+                             self._place(batch), self._place(empty), scale)
       out.append(np.asarray(to_uint8(images))[:n])
     return np.concatenate(out) if out else np.zeros((0,) + (self.config.image_size,) * 2 + (3,),
                                                     np.uint8)
@@ -64,8 +81,8 @@ class SamplerRuns:
     out = []
     batches = padded_batches(np.asarray(images), ids, strengths, batch_size=self.batch_size)
     for i, (n, (x, tok, s)) in enumerate(batches):
-      edited = image_to_image(self.params, self.config, self.spec, jax.random.fold_in(key, i),
-                              to_model_range(x), jnp.asarray(s), jnp.asarray(tok),
-                              jnp.asarray(empty), scale)
+      edited = image_to_image(self._params, self.config, self.spec, jax.random.fold_in(key, i),
+                              self._place(np.asarray(to_model_range(x))), self._place(s),
+                              self._place(tok), self._place(empty), scale)
       out.append(np.asarray(to_uint8(edited))[:n])
     return np.concatenate(out)
