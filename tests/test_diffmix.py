@@ -417,3 +417,18 @@ def test_a_real_source_target_reads_tfds_and_names_its_classes(tmp_path):
   with tfds.testing.mock_data(num_examples=4):
     with pytest.raises(DataError, match="102 classes"):
       dm_data.load(config, None, str(tmp_path / "other"))
+
+
+def test_filter_results_are_redone_when_the_filter_changes(tmp_path):
+  import ml_collections
+  from jaxgen.io.files import atomic_save_npz
+  f = ml_collections.ConfigDict({"scorer": "classifier", "drop_fraction": 0.1, "num_times": 5})
+  path = str(tmp_path / "filter.npz")
+  assert not dm_main._filter_current(path, f)
+  atomic_save_npz(path, score=np.ones(3), keep=np.ones(3, bool), scorer=np.asarray("classifier"),
+                  drop_fraction=np.asarray(0.1), num_times=np.asarray(5))
+  assert dm_main._filter_current(path, f)
+  f.num_times = 3  # only the backbone scorer uses it
+  assert dm_main._filter_current(path, f)
+  f.drop_fraction = 0.2
+  assert not dm_main._filter_current(path, f)

@@ -438,6 +438,16 @@ def _stage_baseline(run: Run) -> None:
     _fit(run, seed, "none")
 
 
+def _filter_current(path: str, f: ml_collections.ConfigDict) -> bool:
+  """Whether `path` holds the scores and mask of this filter config (else they are redone)."""
+  if not os.path.exists(path):
+    return False
+  with np.load(path) as saved:
+    return ("drop_fraction" in saved.files and str(saved["scorer"]) == f.scorer
+            and float(saved["drop_fraction"]) == f.drop_fraction
+            and (f.scorer != "backbone" or int(saved["num_times"]) == f.num_times))
+
+
 def _stage_filter(run: Run) -> None:
   require_stage(run.workdir, "synthesize", "filter")
   f, k = run.config.filter, run.num_classes
@@ -445,7 +455,7 @@ def _stage_filter(run: Run) -> None:
     scorer = None
     for strategy in run.synthetic_strategies():
       path = os.path.join(run.synthetic_dir(seed, strategy), "filter.npz")
-      if os.path.exists(path):
+      if _filter_current(path, f):
         continue
       syn = run.synthetic(seed, strategy)
       if f.scorer == "none":
@@ -462,7 +472,8 @@ def _stage_filter(run: Run) -> None:
       keep = filtering.keep_mask(scores, f.drop_fraction)
       if is_main_process():
         atomic_save_npz(path, score=np.asarray(scores, np.float32), keep=keep,
-                        scorer=np.asarray(f.scorer))
+                        scorer=np.asarray(f.scorer), drop_fraction=np.asarray(f.drop_fraction),
+                        num_times=np.asarray(f.num_times))
 
 
 def _stage_train_classifiers(run: Run) -> None:
