@@ -432,3 +432,15 @@ def test_filter_results_are_redone_when_the_filter_changes(tmp_path):
   assert dm_main._filter_current(path, f)
   f.drop_fraction = 0.2
   assert not dm_main._filter_current(path, f)
+
+
+def test_a_finetune_made_with_other_settings_is_refused(tmp_path):
+  path = str(tmp_path / "finetune_seed0.msgpack")
+  settings = {"finetune": {"strategy": "ti_db", "lora_rank": 10}, "real_set": "abc"}
+  assert not dm_main._finetune_current(path, settings)
+  (tmp_path / "finetune_seed0.msgpack").write_bytes(b"x")
+  assert dm_main._finetune_current(path, settings)  # no record: made before records existed
+  (tmp_path / "finetune_seed0.msgpack.json").write_text(json.dumps(settings))
+  assert dm_main._finetune_current(path, settings)
+  with pytest.raises(ConfigError, match="finetune.lora_rank: 10 in the cache, 4 now"):
+    dm_main._finetune_current(path, {**settings, "finetune": {"strategy": "ti_db", "lora_rank": 4}})

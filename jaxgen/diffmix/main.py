@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
 
 import jax
@@ -343,12 +344,29 @@ def _stage_backbone(run: Run) -> None:
           f"classes ({run.config.data.shots or 'all'} per class)", flush=True)
 
 
+def _finetune_current(path: str, settings: dict) -> bool:
+  """Whether the fine-tune saved at `path` was made with `settings` (the finetune section and the
+  real set); a fine-tune made with others is refused in one line, never silently reused. A file
+  without its settings record (made before it existed) is taken as current."""
+  if not os.path.exists(path):
+    return False
+  record = path + ".json"
+  if os.path.exists(record):
+    diff = shard_cache.first_difference(read_json(record), json.loads(json.dumps(settings)))
+    if diff:
+      raise ConfigError("finetune", diff, f"the settings of the fine-tune already in {path} "
+                        "(use another workdir, or remove it to fine-tune again)")
+  return True
+
+
 def _stage_finetune(run: Run) -> None:
   d, (cfg, params) = run.data, run.base
   means, logvars = posterior_moments(cfg, params["vae"], d["real_images"],
                                      run.config.evaluate.batch_size)
+  settings = {"finetune": run.config.finetune.to_dict(),
+              "real_set": shard_cache.fingerprint(d["real_images"], d["real_labels"])}
   for seed in run.config.seeds:
-    if os.path.exists(run.finetune_path(seed)):
+    if _finetune_current(run.finetune_path(seed), settings):
       continue
     tuned = ft.finetune(cfg, params, run.tokenizer(), {"mean": means, "logvar": logvars,
                                                        "labels": d["real_labels"]},
@@ -357,6 +375,7 @@ def _stage_finetune(run: Run) -> None:
                         writer=run.writer, seed=seed, name=f"finetune_seed{seed}")
     if is_main_process():
       save_params(run.finetune_path(seed), {"text": tuned.text, "lora": tuned.lora or {}})
+      atomic_write_json(run.finetune_path(seed) + ".json", settings)
 
 
 def _provenance(run: Run, seed: int, strategy: str, plan: dict) -> dict:
