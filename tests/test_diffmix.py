@@ -444,3 +444,14 @@ def test_a_finetune_made_with_other_settings_is_refused(tmp_path):
   assert dm_main._finetune_current(path, settings)
   with pytest.raises(ConfigError, match="finetune.lora_rank: 10 in the cache, 4 now"):
     dm_main._finetune_current(path, {**settings, "finetune": {"strategy": "ti_db", "lora_rank": 4}})
+
+
+def test_recorded_settings_refuse_a_different_rerun(tmp_path):
+  record = str(tmp_path / "classifier_seed0_none.json")
+  settings = {"classifier": {"train": {"num_steps": 300}}, "real_set": "abc", "synthetic": ""}
+  assert not dm_main._settings_current(record, settings, "classifier", "classifier")
+  (tmp_path / "classifier_seed0_none.json").write_text(json.dumps(settings))
+  assert dm_main._settings_current(record, settings, "classifier", "classifier")
+  with pytest.raises(ConfigError, match="classifier.train.num_steps: 300 in the cache, 200 now"):
+    dm_main._settings_current(record, {**settings, "classifier": {"train": {"num_steps": 200}}},
+                              "classifier", "classifier")

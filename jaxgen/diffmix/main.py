@@ -344,19 +344,26 @@ def _stage_backbone(run: Run) -> None:
           f"classes ({run.config.data.shots or 'all'} per class)", flush=True)
 
 
+def _settings_current(record: str, settings: dict, key: str, what: str) -> bool:
+  """Whether a result recorded at `record` (its settings, JSON) was made with `settings`. A
+  result made with others is refused in one line (config key `key`), never silently reused;
+  False when there is no record yet."""
+  if not os.path.exists(record):
+    return False
+  diff = shard_cache.first_difference(read_json(record), json.loads(json.dumps(settings)))
+  if diff:
+    raise ConfigError(key, diff, f"the settings of the {what} already in {record} (use another "
+                      "workdir, or remove it to redo)")
+  return True
+
+
 def _finetune_current(path: str, settings: dict) -> bool:
   """Whether the fine-tune saved at `path` was made with `settings` (the finetune section and the
-  real set); a fine-tune made with others is refused in one line, never silently reused. A file
-  without its settings record (made before it existed) is taken as current."""
+  real set); a file without its settings record (made before records existed) is taken as
+  current."""
   if not os.path.exists(path):
     return False
-  record = path + ".json"
-  if os.path.exists(record):
-    diff = shard_cache.first_difference(read_json(record), json.loads(json.dumps(settings)))
-    if diff:
-      raise ConfigError("finetune", diff, f"the settings of the fine-tune already in {path} "
-                        "(use another workdir, or remove it to fine-tune again)")
-  return True
+  return _settings_current(path + ".json", settings, "finetune", "fine-tune") or True
 
 
 def _stage_finetune(run: Run) -> None:
@@ -445,11 +452,22 @@ def _stage_synthesize(run: Run) -> None:
 
 
 def _fit(run: Run, seed: int, strategy: str, synthetic=None):
+  """Train (or restore) one classifier; its settings (classifier section, real and synthetic
+  sets) are recorded, and a finished classifier made with others is refused, not restored."""
   d = run.data
-  return fit_classifier(run.config.classifier, d["real_images"], d["real_labels"], run.num_classes,
-                        workdir=run.workdir, name=run.classifier_name(seed, strategy),
-                        mesh=run.mesh, key=run.key("train_classifiers", seed), writer=run.writer,
-                        synthetic=synthetic)
+  name = run.classifier_name(seed, strategy)
+  settings = {"classifier": run.config.classifier.to_dict(),
+              "real_set": shard_cache.fingerprint(d["real_images"], d["real_labels"]),
+              "synthetic": shard_cache.fingerprint(*synthetic) if synthetic is not None else ""}
+  record = run.path("models", f"{name}.json")
+  _settings_current(record, settings, "classifier", "classifier")
+  clf = fit_classifier(run.config.classifier, d["real_images"], d["real_labels"], run.num_classes,
+                       workdir=run.workdir, name=name, mesh=run.mesh,
+                       key=run.key("train_classifiers", seed), writer=run.writer,
+                       synthetic=synthetic)
+  if is_main_process():
+    atomic_write_json(record, settings)
+  return clf
 
 
 def _stage_baseline(run: Run) -> None:
