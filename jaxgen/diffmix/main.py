@@ -292,6 +292,7 @@ class Run(MethodRun):
   def finetune_path(self, seed: int) -> str:
     return self.path("models", f"finetune_seed{seed}.msgpack")
 
+  @functools.lru_cache(maxsize=None)  # noqa: B019 (one Run per command; restored once per seed)
   def finetuned(self, seed: int) -> tuple[SamplerRuns, object, ft.FineTuned]:
     """(sampler, tokenizer with the identifiers, FineTuned) of seed's fine-tuned backbone."""
     require_stage(self.workdir, "finetune", "the fine-tuned backbone")
@@ -363,19 +364,22 @@ def _finetune_current(path: str, settings: dict) -> bool:
   current."""
   if not os.path.exists(path):
     return False
-  return _settings_current(path + ".json", settings, "finetune", "fine-tune") or True
+  _settings_current(path + ".json", settings, "finetune", "fine-tune")
+  return True
 
 
 def _stage_finetune(run: Run) -> None:
   d, (cfg, params) = run.data, run.base
-  means, logvars = posterior_moments(cfg, params["vae"], d["real_images"],
-                                     run.config.evaluate.batch_size)
+  moments = None  # the real set's latents, encoded once and only if a seed still fine-tunes
   settings = {"finetune": run.config.finetune.to_dict(),
               "real_set": shard_cache.fingerprint(d["real_images"], d["real_labels"])}
   for seed in run.config.seeds:
     if _finetune_current(run.finetune_path(seed), settings):
       continue
-    tuned = ft.finetune(cfg, params, run.tokenizer(), {"mean": means, "logvar": logvars,
+    if moments is None:
+      moments = posterior_moments(cfg, params["vae"], d["real_images"],
+                                  run.config.evaluate.batch_size)
+    tuned = ft.finetune(cfg, params, run.tokenizer(), {"mean": moments[0], "logvar": moments[1],
                                                        "labels": d["real_labels"]},
                         run.num_classes, d["metaclass_word"], run.config.finetune,
                         workdir=run.workdir, mesh=run.mesh, key=run.key("finetune", seed),
@@ -487,7 +491,7 @@ def _filter_current(path: str, f: ml_collections.ConfigDict) -> bool:
 
 def _stage_filter(run: Run) -> None:
   require_stage(run.workdir, "synthesize", "filter")
-  f, k = run.config.filter, run.num_classes
+  f = run.config.filter
   for seed in run.config.seeds:
     scorer = None
     for strategy in run.synthetic_strategies():
