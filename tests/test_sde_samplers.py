@@ -136,22 +136,44 @@ def test_masked_sampling_recovers_conditional(sampler, kw, steps):
   assert abs(slope - SLOPE) < 0.05
 
 
+def _reference_jump_schedule(t_T, jump_length, jump_n_sample):
+  """RePaint's jump schedule (Lugmayr et al. 2022, Sec. 4.2) written out as the paper states it:
+  indices t_T - 1 .. -1, and after arriving at each j in range(0, t_T - L, L) go back up L steps,
+  jump_n_sample - 1 times. The MLD authors add 1 to every index."""
+  jumps = dict.fromkeys(range(0, t_T - jump_length, jump_length), jump_n_sample - 1)
+  t, ts = t_T, []
+  while t >= 1:
+    t -= 1
+    ts.append(t)
+    if jumps.get(t, 0) > 0:
+      jumps[t] -= 1
+      for _ in range(jump_length):
+        t += 1
+        ts.append(t)
+  ts.append(-1)
+  return np.asarray(ts) + 1
+
+
 def test_repaint_schedule():
-  """Starts at N, ends at 0, moves by +-1, has N + 2 L (R - 1) J + 1 entries with
-  J = len(range(0, N - L + 1, L)), and R = 1 is the plain descending sequence."""
+  """The authors' schedule exactly (N = 250, L = 10, R = 10: 2,410 downward steps = network
+  evaluations); starts at N, ends at 0, moves by +-1; R = 1 is the plain descending sequence."""
+  for n, length, repeats in ((250, 10, 10), (50, 10, 4), (20, 5, 3), (7, 3, 2), (10, 10, 3)):
+    sched = repaint_schedule(n, length, repeats)
+    np.testing.assert_array_equal(sched, _reference_jump_schedule(n, length, repeats))
+  sched = repaint_schedule(250, 10, 10)
+  assert np.sum(np.diff(sched) == -1) == 2410
   n, length, repeats = 50, 10, 4
   sched = repaint_schedule(n, length, repeats)
-  n_jumps = len(range(0, n - length + 1, length))
+  n_jumps = len(range(0, n - length, length))
   assert sched.shape == (n + 2 * length * (repeats - 1) * n_jumps + 1,)
   assert sched[0] == n and sched[-1] == 0
   assert set(np.diff(sched).tolist()) == {-1, 1}
   assert sched.min() == 0 and sched.max() == n
-  # every jump point j is reached from above `repeats` times
-  for j in range(0, n - length + 1, length):
-    arrivals = np.sum((sched[1:] == j) & (np.diff(sched) == -1))
+  for j in range(0, n - length, length):  # each jump point (level j + 1) is reached R times
+    arrivals = np.sum((sched[1:] == j + 1) & (np.diff(sched) == -1))
     assert arrivals == repeats
   np.testing.assert_array_equal(repaint_schedule(7, 3, 1), np.arange(7, -1, -1))
-  np.testing.assert_array_equal(repaint_schedule(4, 2, 2), [4, 3, 2, 3, 4, 3, 2, 1, 0, 1, 2, 1, 0])
+  np.testing.assert_array_equal(repaint_schedule(4, 2, 2), [4, 3, 2, 1, 2, 3, 2, 1, 0])
   with pytest.raises(ConfigError, match="jump_length"):
     repaint_schedule(5, 6, 2)
   with pytest.raises(ConfigError, match="num_repeats"):

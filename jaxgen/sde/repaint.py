@@ -2,8 +2,11 @@
 the jump schedule of Sec. 4.2), on the time grid of the continuous-time SDE samplers.
 
 The schedule walks the noise-level index k in {0, ..., N} (time t_eps + k (T - t_eps) / N) from
-N down to 0; at every multiple j of `jump_length` (with j + jump_length <= N) it goes back up
-`jump_length` levels and down again, `num_repeats - 1` times. Going down is a reverse-SDE step;
+N down to 0; at the jump points k = j + 1, j in range(0, N - L, L) (L = `jump_length`), it goes
+back up L levels and down again, `num_repeats - 1` times. This is RePaint's `get_schedule_jump`
+shifted by one level, exactly as the MLD authors use it (`repaint_times_schedule` in their
+src/components/sde.py): with N = 250, L = 10 and 10 repeats it has 24 jump points and 2,410
+downward steps, i.e. 2,410 network evaluations. Going down is a reverse-SDE step;
 going up re-noises the *missing* coordinates with the exact forward transition q(x_t | x_s) of the
 SDE, so they are harmonised with the clamped observed coordinates repeatedly.
 """
@@ -25,9 +28,11 @@ from jaxgen.sde.sdes import SDE, bcast
 def repaint_schedule(num_steps: int, jump_length: int = 10, num_repeats: int = 10) -> np.ndarray:
   """Noise-level indices visited by RePaint, from `num_steps` down to 0 (Lugmayr et al. 2022).
 
-  Consecutive entries differ by +-1. With J = len(range(0, num_steps - jump_length + 1,
-  jump_length)) jump points, the array has num_steps + 2 jump_length (num_repeats - 1) J + 1
-  entries. `num_repeats = 1` gives the plain descending sequence.
+  Consecutive entries differ by +-1. The jump points are the levels j + 1 for j in
+  range(0, num_steps - jump_length, jump_length) (RePaint's indices, which count from -1, plus
+  one); with J of them the array has num_steps + 2 jump_length (num_repeats - 1) J + 1 entries,
+  of which num_steps + jump_length (num_repeats - 1) J go down (one network evaluation each).
+  `num_repeats = 1` gives the plain descending sequence.
   """
   for name, value in (("sampler.num_steps", num_steps), ("sampler.jump_length", jump_length),
                       ("sampler.num_repeats", num_repeats)):
@@ -35,7 +40,7 @@ def repaint_schedule(num_steps: int, jump_length: int = 10, num_repeats: int = 1
       raise ConfigError(name, value, "an integer >= 1")
   if jump_length > num_steps:
     raise ConfigError("sampler.jump_length", jump_length, f"an integer <= num_steps={num_steps}")
-  remaining = {j: num_repeats - 1 for j in range(0, num_steps - jump_length + 1, jump_length)}
+  remaining = {j + 1: num_repeats - 1 for j in range(0, num_steps - jump_length, jump_length)}
   k = num_steps
   seq = [k]
   while k > 0:
