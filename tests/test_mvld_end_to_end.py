@@ -31,9 +31,20 @@ def test_tiny_preset_writes_table1_transmission_and_report(tmp_path):
   assert results["num_classes"] == 12 and results["seed"] == 0
   assert "in-domain" in results["feature_network"] and results["data"].startswith("embedded")
   assert {r["bits"] for r in results["transmission"]} == {32, 4}
+  study = results["sampler_study"]  # tiny: Euler-Maruyama and DDIM at 4 network evaluations
+  assert set(study) == {"euler_maruyama", "ddim"} and study["ddim"]["4"]["nfe"] == 4
+  assert set(study["ddim"]["4"]["by_count"]) == {"1", "2", "3"}
+  assert results["sampler_study_reaches"]["euler_maruyama"] == 4  # the reference reaches itself
+  base = results["transmission_baselines"]  # JPEG q50, grey or generated unsent views
+  assert {(r["codec"], r["fill"]) for r in base} == {("jpeg", "generate"), ("jpeg", "grey"), ("jpeg", "none")}
+  assert all(r["bytes"] < r["file_bytes"] and r["psnr"] > 5 for r in base)
+  assert results["transmission_equal_psnr"][0]["baselines"]["JPEG + grey"]["how"] in (
+      "interpolated", "at most", "not reached")
   report = (tmp_path / "report.md").read_text()
   assert "Table I" in report and "Transmission" in report and "seed: 0" in report
-  for png in ("samples/table1_examples.png", "samples/joint.png", "eval/transmission.png"):
+  assert "Quality per network evaluation" in report
+  for png in ("samples/table1_examples.png", "samples/joint.png", "eval/transmission.png",
+              "eval/sampler_study.png"):
     assert (tmp_path / png).stat().st_size > 100
   # The results page is generated from the JSON (claims over seeds) and checks its numbers.
   from jaxgen.mvld import claims, results_page
@@ -41,7 +52,9 @@ def test_tiny_preset_writes_table1_transmission_and_report(tmp_path):
   assert summary["table1"]["1"]["psnr"]["std"] == 0.0 and summary["seeds"] == [0, 1]
   assert set(summary["trend"]) == {"psnr", "ssim", "lpips", "fid", "coherence"}
   page = results_page.build(summary, results)
-  assert "Table I" in page and "Transmission" in page and results_page.check_numbers(
+  assert "Table I" in page and "Transmission" in page and "equal PSNR" in page
+  assert "Quality per network evaluation" in page
+  assert results_page.check_numbers(
       page, [summary, results, results_page.PAPER_TABLE1]) == []
   assert results_page.check_numbers(page + "\n| 123.456789 |", [summary, results]) == ["123.456789"]
   # A second run skips every finished stage and changes nothing.
@@ -93,6 +106,7 @@ def test_tiny_ve_sde_run_trains_and_generates(tmp_path):
   loaded model's SDE carries the configured parameters."""
   args = ["jaxgen.main", TINY, f"--workdir={tmp_path}", "--config.diffusion.sde=vesde",
           "--config.diffusion.vesde.sigma_max=20.0",
+          '--config.sampler_study.samplers=("euler_maruyama",)',  # ddim is for VP-type SDEs only
           "--stages=data,train_autoencoder,train_diffusion,sample"]
   assert jaxgen_main.run(args) == 0
   losses = [v for (k, _), v in _losses(tmp_path).items() if k.startswith("diffusion")]
@@ -101,3 +115,34 @@ def test_tiny_ve_sde_run_trains_and_generates(tmp_path):
   from jaxgen.mvld.api import MVLD
   model = MVLD.from_workdir(str(tmp_path))
   assert model.spec.sde.name == "vesde" and model.spec.sde.sigma_max == 20.0
+
+
+@pytest.mark.slow  # ~2 min: the authors' autoencoder is large even at 16x16
+def test_tiny_run_with_the_authors_networks_augmentation_and_sampler(tmp_path):
+  """The nmr preset's elements on the tiny data: autoencoder.kind=mld_cub with TrivialAugmentWide,
+  score_net.kind=unet_mlp (scaled down), RePaint with Euler-Maruyama steps; training is finite and
+  the conditional samples keep the observed views' reconstructions."""
+  args = ["jaxgen.main", TINY, f"--workdir={tmp_path}", "--config.autoencoder.kind=mld_cub",
+          "--config.autoencoder.augment=trivial_augment_wide",
+          "--config.diffusion.score_net.kind=unet_mlp", "--config.diffusion.score_net.unet_init_dim=64",
+          "--config.diffusion.score_net.unet_time_dim=32", "--config.sampler.name=repaint",
+          "--config.sampler.num_steps=20", "--config.sampler.jump_length=5",
+          "--config.sampler.num_repeats=2", "--config.sampler.predictor=euler_maruyama",
+          "--stages=data,train_autoencoder,train_diffusion,sample"]
+  assert jaxgen_main.run(args) == 0
+  losses = _losses(tmp_path)
+  assert losses and all(v == v and abs(v) < 1e6 for v in losses.values())
+  import jax
+  import numpy as np
+
+  from jaxgen.mvld.api import MVLD
+  model = MVLD.from_workdir(str(tmp_path))
+  assert type(model.spec.score_net).__name__ == "UnetMLP"
+  assert type(model.spec.autoencoder).__name__ == "MLDCubAutoencoder"
+  from jaxgen.mvld.data import load_views
+  images = load_views(model.config, str(tmp_path))["test_images"][:2]
+  observed = np.array([[1, 0, 0, 0], [0, 1, 1, 0]], bool)
+  views = model.generate(images, observed, jax.random.key(0))
+  recon = model.decode(model.encode(images))
+  assert views.shape == images.shape and views.dtype == np.uint8
+  np.testing.assert_array_equal(views[observed], recon[observed])

@@ -69,7 +69,8 @@ def test_bit_flips_happen_at_the_requested_rate_and_receiver_stays_finite():
                                          rng=np.random.default_rng(3))
   assert np.isfinite(z_rx).all() and np.abs(z_rx).max() <= 4
   assert received[:, [1, 3]].sum() == 0 and 0.5 < received[:, [0, 2]].mean() < 0.9
-  assert transmission.payload_bytes(2, 64, 8) == 1 + 128
+  assert transmission.payload_bytes(2, 64, 8, 4) == 1 + 128
+  assert transmission.payload_bytes(2, 64, 8, 12) == 2 + 128  # any V: a V-bit mask, rounded up
 
 
 def test_sampling_keeps_observed_latents_clamped_exactly():
@@ -124,3 +125,43 @@ def test_set_metrics_match_direct_formulas():
   i, j = np.triu_indices(40, 1)
   np.testing.assert_allclose(out["lpips_diversity"], dist(fake[i], fake[j]).mean(), rtol=1e-5)
   assert {"fid", "kid", "precision", "recall", "density", "coverage"} <= set(out)
+
+
+def test_authors_networks_are_config_options_and_bad_shapes_fail_validation():
+  """autoencoder.kind=mld_cub and score_net.kind=unet_mlp build through the model's functions
+  (eval_shape: shapes only); impossible sizes are refused by validate_config in one line."""
+  from configs import mvld as mvld_config
+  from jaxgen.errors import ConfigError
+  from jaxgen.mvld import main as mvld_main
+  from jaxgen.mvld import model
+  from jaxgen.nets.mld_autoencoder import MLDCubAutoencoder
+  from jaxgen.nets.unet_mlp import UnetMLP
+  config = mvld_config.get_config("tiny")
+  config.autoencoder.kind = "mld_cub"
+  config.diffusion.score_net.update(kind="unet_mlp", unet_init_dim=32, unet_time_dim=16, unet_groups=8)
+  mvld_main.validate_config(config, 1)
+  spec = model.build_spec(config)
+  assert isinstance(spec.autoencoder, MLDCubAutoencoder) and isinstance(spec.score_net, UnetMLP)
+  f32 = jnp.float32
+  ae = jax.eval_shape(spec.autoencoder.init, jax.random.key(0), jax.ShapeDtypeStruct((1, 16, 16, 3), f32))
+  net = jax.eval_shape(spec.score_net.init, jax.random.key(0), jax.ShapeDtypeStruct((1, 64), f32),
+                       jax.ShapeDtypeStruct((1, 4), f32))
+  images = jax.ShapeDtypeStruct((2, 4, 16, 16, 3), jnp.uint8)
+  z = jax.eval_shape(lambda p, x: model.encode_views(spec, p, x), ae["params"], images)
+  assert z.shape == (2, 4, 16)
+  out = jax.eval_shape(lambda p, z: model.decode_views(spec, p, z), ae["params"], z)
+  assert out.shape == (2, 4, 16, 16, 3) and out.dtype == jnp.uint8
+  eps = jax.eval_shape(lambda p, x: model.eps_model(spec, p, x, jnp.ones((2,)), jnp.zeros((2, 4))),
+                       net["params"], jax.ShapeDtypeStruct((2, 64), f32))
+  assert eps.shape == (2, 64)
+  for key, value, match in (("diffusion.score_net.unet_groups", 12, "unet_groups"),
+                            ("diffusion.score_net.unet_dim_mults", [], "unet_dim_mults"),
+                            ("data.image_size", 24, "data.image_size"),
+                            ("autoencoder.kind", "vae", "autoencoder.kind")):
+    bad = config.copy_and_resolve_references()
+    node, leaf = bad, key.split(".")
+    for part in leaf[:-1]:
+      node = node[part]
+    node[leaf[-1]] = value
+    with pytest.raises(ConfigError, match=match):
+      mvld_main.validate_config(bad, 1)

@@ -9,7 +9,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 _COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
-           (140, 86, 75), (227, 119, 194), (127, 127, 127)]
+           (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
+           (0, 0, 0), (120, 60, 0), (0, 90, 60), (90, 0, 120)]
 
 
 def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
@@ -29,7 +30,8 @@ def line_plot(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], *, 
               ) -> np.ndarray:
   """Plot named (xs, ys) series with markers, axes, ticks and a legend; returns uint8 HWC."""
   width, height = size
-  left, right, top, bottom = 70, 170, 30, 50
+  # The legend sits right of the axes: wide enough for the longest name (~6 px per character).
+  left, right, top, bottom = 70, max(170, 45 + 6 * max(map(len, series), default=0)), 30, 50
   img = Image.new("RGB", size, "white")
   draw = ImageDraw.Draw(img)
   xs_all = [x for xs, _ in series.values() for x in xs]

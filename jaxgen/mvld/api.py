@@ -38,7 +38,11 @@ class MVLD:
       raise DataError(f"{path}: not found; expected the workdir of an MVLD run")
     config = ml_collections.ConfigDict(read_json(path))
     models = os.path.join(workdir, "models")
-    with np.load(os.path.join(models, "latent_stats.npz")) as f:
+    stats_path = os.path.join(models, "latent_stats.npz")
+    if not os.path.exists(stats_path):  # written with the score network by train_diffusion
+      raise DataError(f"{stats_path}: not found; expected the workdir of an MVLD run whose "
+                      "train_diffusion stage has finished")
+    with np.load(stats_path) as f:
       stats = mvld_model.LatentStats(mean=f["mean"], std=f["std"])
     return cls(config, load_params(os.path.join(models, "autoencoder.msgpack")),
                load_params(os.path.join(models, "score_net.msgpack")), stats)

@@ -19,14 +19,17 @@ import sys
 import numpy as np
 
 from jaxgen.mvld.report import HIGHER_IS_BETTER, trend_verdict
+from jaxgen.mvld.sampler_study import STUDY_METRICS
 from jaxgen.seeds import run_claims
 
 TRANSMISSION_METRICS = ("psnr", "ssim", "coherence", "lpips")
 
 
 def _stat(values) -> dict:
+  """Mean, std (ddof 1; None for one seed or non-finite values, e.g. a lossless PSNR) and values."""
   v = np.asarray(values, np.float64)
-  return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else None,
+  finite = bool(np.all(np.isfinite(v)))
+  return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 and finite else None,
           "values": v.tolist()}
 
 
@@ -65,6 +68,50 @@ def summarise(results: dict[int, dict]) -> dict:
                          "holds_on_every_seed": all(d > 0 for d in diff)})
     out["transmission"] = rows
     out["byte_budget"] = budget
+  if first.get("sampler_study"):
+    study = first["sampler_study"]
+    out["sampler_study"] = {
+        name: {nfe: {"nfe": run["nfe"], **{m: _stat([results[s]["sampler_study"][name][nfe][m] for s in seeds])
+                                           for m in STUDY_METRICS}}
+               for nfe, run in runs.items()}
+        for name, runs in study.items()}
+    reaches = {s: results[s].get("sampler_study_reaches") or {} for s in seeds}
+    out["sampler_study_reaches"] = {
+        name: {"per_seed": [reaches[s].get(name) for s in seeds],
+               "on_every_seed": all(reaches[s].get(name) is not None for s in seeds)}
+        for name in study}
+  if "transmission_baselines" in first:
+    out["transmission_baselines"] = [
+        {**{k: row[k] for k in ("codec", "param", "fill", "views_sent")},
+         **{m: _stat([results[s]["transmission_baselines"][i][m] for s in seeds])
+            for m in ("bytes", "file_bytes") + TRANSMISSION_METRICS}}
+        for i, row in enumerate(first["transmission_baselines"])]
+    out["equal_psnr"] = _equal_psnr(results, seeds)
+  return out
+
+
+def _equal_psnr(results: dict[int, dict], seeds: list[int]) -> list[dict]:
+  """Per point of MVLD's RD front present on every seed: each baseline family's byte ratio at
+  MVLD's PSNR over the seeds, and whether MVLD needs fewer bytes on every seed (a family that
+  never reaches the PSNR counts as needing more; an 'at most' bound proves nothing)."""
+  keyed = {s: {(r["views_sent"], r["bits"]): r for r in results[s]["transmission_equal_psnr"]}
+           for s in seeds}
+  out = []
+  for key, row in keyed[seeds[0]].items():
+    if not all(key in keyed[s] for s in seeds):
+      continue
+    per = [keyed[s][key] for s in seeds]
+    families = {}
+    for name in row["baselines"]:
+      needs = [p["baselines"][name] for p in per if name in p["baselines"]]
+      reached = [n for n in needs if n["bytes"] is not None]
+      families[name] = {
+          "seeds_reached": len(reached),
+          "ratio": _stat([n["ratio"] for n in reached]) if reached else None,
+          "mvld_cheaper_on_every_seed": len(needs) == len(seeds) and all(
+              n["bytes"] is None or (n["how"] == "interpolated" and n["ratio"] > 1) for n in needs)}
+    out.append({"views_sent": key[0], "bits": key[1], "bytes": row["bytes"],
+                "psnr": _stat([p["psnr"] for p in per]), "baselines": families})
   return out
 
 

@@ -21,7 +21,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgen.metrics.coherence import coherence_from_logits
 from jaxgen.metrics.frechet import fid
 from jaxgen.metrics.image import psnr, ssim
 from jaxgen.metrics.inception_score import inception_score
@@ -65,18 +64,29 @@ def _batched(fn: Callable, arrays: tuple[np.ndarray, ...], batch_size: int) -> n
   return batched_apply(fn, arrays, batch_size, pad="edge")
 
 
-def pair_metrics(generated: np.ndarray, true: np.ndarray, labels: np.ndarray, judges: Judges,
-                 batch_size: int) -> dict[str, float]:
-  """Mean PSNR/SSIM/LPIPS of image pairs and coherence of `generated` with `labels`."""
+def per_image_metrics(generated: np.ndarray, true: np.ndarray, labels: np.ndarray, judges: Judges,
+                      batch_size: int) -> dict[str, np.ndarray]:
+  """Per uint8 image pair: psnr, mse (float64), ssim, lpips, and correct (1 where the judge's label
+  of the generated image is `labels`); `pair_metrics` averages them."""
   psnr_fn = jax.jit(psnr)
   ssim_fn = jax.jit(ssim)
-  logits = judges.logits(generated)
+  logits = np.asarray(judges.logits(generated))
+  diff = generated.astype(np.float64) - true.astype(np.float64)
   return {
-      "psnr": float(np.mean(_batched(psnr_fn, (generated, true), batch_size))),
-      "ssim": float(np.mean(_batched(ssim_fn, (generated, true), batch_size))),
-      "lpips": float(np.mean(judges.lpips(generated, true))),
-      "coherence": float(coherence_from_logits(logits, labels)),
+      "psnr": np.asarray(_batched(psnr_fn, (generated, true), batch_size)),
+      "mse": np.mean(diff.reshape((len(diff), -1)) ** 2, axis=1),
+      "ssim": np.asarray(_batched(ssim_fn, (generated, true), batch_size)),
+      "lpips": np.asarray(judges.lpips(generated, true)),
+      "correct": (np.argmax(logits, axis=-1) == np.asarray(labels)).astype(np.float32),
   }
+
+
+def pair_metrics(generated: np.ndarray, true: np.ndarray, labels: np.ndarray, judges: Judges,
+                 batch_size: int) -> dict[str, float]:
+  """Mean PSNR/SSIM/LPIPS of image pairs and coherence (paper 000 eq. 7) of `generated` with `labels`."""
+  m = per_image_metrics(generated, true, labels, judges, batch_size)
+  return {"psnr": float(np.mean(m["psnr"])), "ssim": float(np.mean(m["ssim"])),
+          "lpips": float(np.mean(m["lpips"])), "coherence": float(np.mean(m["correct"]))}
 
 
 def generate_missing(generate: Callable, key: jax.Array, images: np.ndarray, subset: tuple[int, ...],
@@ -92,17 +102,12 @@ def generate_missing(generate: Callable, key: jax.Array, images: np.ndarray, sub
   return np.concatenate(out)
 
 
-def evaluate_table1(generate: Callable, reconstruct: Callable, images: np.ndarray, labels: np.ndarray,
-                    judges: Judges, *, observed_counts, key: jax.Array, batch_size: int,
-                    seed: int) -> tuple[dict, dict]:
-  """Returns (table1, examples): table1[str(k)][metric] and table1['autoencoder'] (the ceiling).
-
-  `examples[k]` keeps the generated views of the first objects for the first subset of size k.
-  """
+def generated_pools(generate: Callable, images: np.ndarray, labels: np.ndarray, observed_counts, *,
+                    key: jax.Array, batch_size: int) -> tuple[dict, dict]:
+  """For each k: (generated missing views, true missing views, their labels) over every subset of
+  k observed views, and examples[k] = (first subset, its generated views of every object)."""
   num_views = images.shape[1]
-  table: dict[str, Any] = {}
-  examples: dict[int, tuple[tuple[int, ...], np.ndarray]] = {}
-  pools = {}
+  pools, examples = {}, {}
   for k in observed_counts:
     gen_views, true_views, view_labels = [], [], []
     for j, subset in enumerate(masking.subsets_of_size(num_views, k)):
@@ -113,15 +118,34 @@ def evaluate_table1(generate: Callable, reconstruct: Callable, images: np.ndarra
       gen_views.append(out[:, missing].reshape((-1,) + images.shape[2:]))
       true_views.append(images[:, missing].reshape((-1,) + images.shape[2:]))
       view_labels.append(np.repeat(labels, len(missing)))
-    gen, true, lab = (np.concatenate(x) for x in (gen_views, true_views, view_labels))
-    table[str(k)] = pair_metrics(gen, true, lab, judges, batch_size)
-    table[str(k)]["num_generated_views"] = int(len(gen))
-    pools[k] = (gen, true, lab)
-  # FID on equal-size seeded subsamples (see module docstring).
+    pools[k] = tuple(np.concatenate(x) for x in (gen_views, true_views, view_labels))
+  return pools, examples
+
+
+def fid_subsamples(pools: dict, seed: int) -> tuple[int, dict]:
+  """Equal-size seeded subsamples of every k's pool (see the module docstring): (size, {k: idx})."""
   n_fid = min(len(g) for g, _, _ in pools.values())
   rng = np.random.default_rng(seed)
+  return n_fid, {k: rng.choice(len(gen), n_fid, replace=False) for k, (gen, _, _) in pools.items()}
+
+
+def evaluate_table1(generate: Callable, reconstruct: Callable, images: np.ndarray, labels: np.ndarray,
+                    judges: Judges, *, observed_counts, key: jax.Array, batch_size: int,
+                    seed: int) -> tuple[dict, dict]:
+  """Returns (table1, examples): table1[str(k)][metric] and table1['autoencoder'] (the ceiling).
+
+  `examples[k]` keeps the generated views of the first objects for the first subset of size k.
+  """
+  num_views = images.shape[1]
+  pools, examples = generated_pools(generate, images, labels, observed_counts, key=key,
+                                    batch_size=batch_size)
+  table: dict[str, Any] = {}
   for k, (gen, true, lab) in pools.items():
-    idx = rng.choice(len(gen), n_fid, replace=False)
+    table[str(k)] = pair_metrics(gen, true, lab, judges, batch_size)
+    table[str(k)]["num_generated_views"] = int(len(gen))
+  n_fid, subsamples = fid_subsamples(pools, seed)
+  for k, (gen, true, lab) in pools.items():
+    idx = subsamples[k]
     table[str(k)].update(set_metrics(gen[idx], true[idx], lab[idx], judges, seed))
     table[str(k)]["fid_num_images"] = int(n_fid)
   recon = _batched(reconstruct, (images,), batch_size)

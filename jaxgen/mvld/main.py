@@ -15,11 +15,13 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+import PIL.features
 
 from jaxgen import configlib
 from jaxgen.classifier.config import validate_classifier_config
 from jaxgen.classifier.inference import load_classifier
 from jaxgen.classifier.train import fit_classifier
+from jaxgen.errors import ConfigError
 from jaxgen.io.files import atomic_save_npz, atomic_write_json, read_json
 from jaxgen.io.images import image_grid
 from jaxgen.io.params import load_params, save_params
@@ -27,15 +29,18 @@ from jaxgen.io.plots import line_plot
 from jaxgen.mvld import evaluate as mvld_eval
 from jaxgen.mvld import model as mvld_model
 from jaxgen.mvld import report as mvld_report
+from jaxgen.mvld import sampler_study
 from jaxgen.mvld import transmission
+from jaxgen.mvld import transmission_baselines as baselines
 from jaxgen.mvld.data import load_views
 from jaxgen.mvld.judges import build_judges
 from jaxgen.mvld.train import train_autoencoder, train_diffusion
 from jaxgen.parallel.mesh import is_main_process
 from jaxgen.stages import MethodRun, require_stage, run_method
 
+# Each stage's random key is folded from its index here: new stages go at the end.
 STAGES = ("data", "train_autoencoder", "train_diffusion", "train_classifier", "sample", "evaluate",
-          "transmission", "report")
+          "transmission", "report", "sampler_study")
 DATA_NAMES = ("multiview", "nmr")
 SAMPLERS = ("euler_maruyama", "pc", "ode", "repaint", "ddim", "dpmpp_2m")
 BITS = (32, 16, 8, 4)
@@ -51,15 +56,29 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
     configlib.require_positive_int(config, key)
   v = config.data.num_views
   configlib.require(isinstance(v, int) and 2 <= v <= 24, "data.num_views", v, "an integer in [2, 24]")
-  down = 2 ** len(config.autoencoder.channels)
-  configlib.require(config.data.image_size % down == 0, "data.image_size", config.data.image_size,
-                    f"a multiple of {down} (2 ** len(autoencoder.channels))")
+  configlib.require_choice(config, "autoencoder.kind", mvld_model.AUTOENCODERS)
+  size = config.data.image_size
+  if config.autoencoder.kind == "conv":
+    down = 2 ** len(config.autoencoder.channels)
+    configlib.require(size % down == 0, "data.image_size", size,
+                      f"a multiple of {down} (2 ** len(autoencoder.channels))")
+  else:  # mld_cub pools by 2 down to a 16x16 map
+    configlib.require(size >= 16 and (size // 16) * 16 == size and (size // 16) & (size // 16 - 1) == 0,
+                      "data.image_size", size, "16 times a power of two for autoencoder.kind=mld_cub")
   configlib.require_choice(config, "autoencoder.augment", ("trivial_augment_wide", "none"))
   configlib.validate_train(config, "autoencoder.train", dp)
   configlib.validate_train(config, "diffusion.train", dp)
   configlib.require_choice(config, "diffusion.sde", mvld_model.SDES)
   mvld_model.build_sde(config.diffusion)  # its own section's parameters, checked by the SDE
   configlib.require_choice(config, "diffusion.score_net.kind", mvld_model.SCORE_NETS)
+  if config.diffusion.score_net.kind == "unet_mlp":
+    _validate_unet_mlp(config)
+  elif config.diffusion.score_net.kind == "attention":
+    net = config.diffusion.score_net
+    configlib.require_positive_int(config, "diffusion.score_net.attention_heads")
+    configlib.require(net.attention_width % net.attention_heads == 0, "diffusion.score_net.attention_heads",
+                      net.attention_heads, f"a divisor of attention_width = {net.attention_width}")
+  _check_networks_build(config)
   configlib.require_choice(config, "diffusion.mask_mode", ("per_example", "per_batch"))
   configlib.require_range(config, "diffusion.joint_prob", 0.0, 1.0)
   configlib.require_range(config, "diffusion.t_eps", 1e-6, 0.5)
@@ -88,6 +107,8 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
                     f"values among {BITS}")
   configlib.require_range(config, "transmission.bit_error_rate", 0.0, 0.5)
   configlib.require_range(config, "transmission.view_loss_prob", 0.0, 1.0)
+  _validate_baselines(config)
+  _validate_sampler_study(config)
   n_views = config.data.num_train * v
   for key in ("autoencoder.train.batch_size", "classifier.train.batch_size"):
     configlib.require(configlib.get_path(config, key) <= n_views, key, configlib.get_path(config, key),
@@ -95,6 +116,88 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
   configlib.require(config.diffusion.train.batch_size <= config.data.num_train,
                     "diffusion.train.batch_size", config.diffusion.train.batch_size,
                     f"at most data.num_train = {config.data.num_train} objects")
+
+
+def _validate_unet_mlp(config: ml_collections.ConfigDict) -> None:
+  net = config.diffusion.score_net
+  for key in ("unet_init_dim", "unet_time_dim", "unet_groups"):
+    configlib.require_positive_int(config, f"diffusion.score_net.{key}")
+  mults = list(net.unet_dim_mults)
+  configlib.require(bool(mults) and all(isinstance(m, int) and m >= 1 for m in mults),
+                    "diffusion.score_net.unet_dim_mults", mults, "a non-empty list of integers >= 1")
+  widths = [net.unet_init_dim] + [net.unet_init_dim * m for m in mults]
+  configlib.require(all(w % net.unet_groups == 0 for w in widths), "diffusion.score_net.unet_groups",
+                    net.unet_groups, f"a divisor of every level width {widths} (GroupNorm groups)")
+
+
+def _check_networks_build(config: ml_collections.ConfigDict) -> None:
+  """Trace both networks' init on the configured shapes (jax.eval_shape: nothing is computed), so
+  a shape that cannot work fails here rather than after the autoencoder has trained."""
+  spec = mvld_model.build_spec(config)
+  size, v, latent = config.data.image_size, config.data.num_views, config.autoencoder.latent_dim
+  f32 = np.float32
+  for name, init, shapes in (
+      ("autoencoder.kind", spec.autoencoder.init, [(1, size, size, 3)]),
+      ("diffusion.score_net.kind", spec.score_net.init, [(1, v * latent), (1, v)])):
+    try:
+      jax.eval_shape(init, jax.random.key(0), *[jax.ShapeDtypeStruct(s, f32) for s in shapes])
+    except (TypeError, ValueError, AssertionError) as err:
+      raise ConfigError(name, configlib.get_path(config, name),
+                        f"a network that builds at these shapes ({str(err).splitlines()[0][:160]})") from None
+
+
+def _validate_sampler_study(config: ml_collections.ConfigDict) -> None:
+  cfg = config.sampler_study
+  configlib.require(isinstance(cfg.enabled, bool), "sampler_study.enabled", cfg.enabled, "true or false")
+  if not cfg.enabled:
+    return
+  configlib.require_positive_int(config, "sampler_study.num_objects")
+  configlib.require(cfg.num_objects <= config.data.num_test, "sampler_study.num_objects",
+                    cfg.num_objects, f"at most data.num_test = {config.data.num_test}")
+  names = list(cfg.samplers)
+  allowed = tuple(s for s in SAMPLERS if s != "repaint")
+  configlib.require(bool(names) and all(n in allowed for n in names) and len(set(names)) == len(names),
+                    "sampler_study.samplers", names, f"distinct values among {allowed} (RePaint: "
+                    "sampler_study.repaint)")
+  if {"ddim", "dpmpp_2m"} & set(names):
+    configlib.require(config.diffusion.sde in ("vpsde", "subvpsde"), "sampler_study.samplers", names,
+                      f"no ddim / dpmpp_2m with diffusion.sde={config.diffusion.sde}")
+  nfes = list(cfg.nfe)
+  configlib.require(bool(nfes) and all(isinstance(n, int) and n >= 3 for n in nfes), "sampler_study.nfe",
+                    nfes, "integers >= 3 (network evaluations, the final denoising one included)")
+  configlib.require(isinstance(cfg.repaint, bool), "sampler_study.repaint", cfg.repaint, "true or false")
+  ref = list(cfg.reference)
+  configlib.require(len(ref) == 2 and ref[0] in names and isinstance(ref[1], str) and ref[1].isdigit()
+                    and int(ref[1]) in nfes, "sampler_study.reference", ref,
+                    "[sampler, 'NFE'] with the sampler in sampler_study.samplers and NFE in sampler_study.nfe")
+  configlib.require_positive_int(config, "sampler_study.reach_max_nfe")
+
+
+def _validate_baselines(config: ml_collections.ConfigDict) -> None:
+  base = config.transmission.baselines
+  configlib.require(isinstance(base.enabled, bool), "transmission.baselines.enabled", base.enabled,
+                    "true or false")
+  if not (config.transmission.enabled and base.enabled):
+    return
+  for key, lo, hi in (("jpeg_qualities", 1, 100), ("webp_qualities", 0, 100)):
+    values = list(base[key])
+    configlib.require(all(isinstance(q, int) and lo <= q <= hi for q in values),
+                      f"transmission.baselines.{key}", values, f"integers in [{lo}, {hi}]")
+  if list(base.webp_qualities):
+    configlib.require(PIL.features.check("webp"), "transmission.baselines.webp_qualities",
+                      list(base.webp_qualities), "[] (this Pillow build has no WebP encoder)")
+  size = config.data.image_size
+  factors = list(base.downsample_factors)
+  configlib.require(all(isinstance(f, int) and f >= 2 and size % f == 0 for f in factors),
+                    "transmission.baselines.downsample_factors", factors,
+                    f"integers >= 2 dividing data.image_size = {size}")
+  configlib.require(isinstance(base.png, bool), "transmission.baselines.png", base.png, "true or false")
+  fills = list(base.fills)
+  configlib.require(bool(fills) and all(f in baselines.FILLS for f in fills) and
+                    len(set(fills)) == len(fills), "transmission.baselines.fills", fills,
+                    f"distinct values among {baselines.FILLS}")
+  configlib.require(bool(baselines.schemes_from_config(base)), "transmission.baselines", "no codec",
+                    "at least one codec, or transmission.baselines.enabled=False")
 
 
 class Run(MethodRun):
@@ -239,51 +342,106 @@ def _stage_transmission(run: Run) -> None:
     return np.asarray(stats.standardize(run.encode(ae, x)))
 
   def judge(generated, true, labels):
-    return mvld_eval.pair_metrics(generated, true, labels, judges, run.config.evaluate.batch_size)
+    metrics = mvld_eval.pair_metrics(generated, true, labels, judges, run.config.evaluate.batch_size)
+    # PSNR per object over all its views: finite when the sent views arrive losslessly.
+    return {**metrics, "psnr": transmission.object_psnr(generated, true, run.config.data.num_views)}
 
   rows = transmission.run_study(encode, receive, images, labels, judge, latent_dim=spec.latent_dim,
                                 bits_list=list(cfg.bits), bit_error_rate=cfg.bit_error_rate,
                                 view_loss_prob=cfg.view_loss_prob, lo=lo, hi=hi,
                                 key=run.key("transmission"), seed=run.config.seed)
+  record = {"rows": rows, "lpips_network": judges.lpips_network, "classifier": judges.feature_network}
+  if cfg.baselines.enabled:
+    def generate(key, received_images, received):
+      z = encode(received_images) * received[..., None]
+      return receive(key, z, received)
+
+    def judge_images(generated, true, labels):
+      return mvld_eval.per_image_metrics(generated, true, labels, judges, run.config.evaluate.batch_size)
+
+    record["baselines"] = baselines.run_baselines(
+        images, labels, judge_images, generate, schemes=baselines.schemes_from_config(cfg.baselines),
+        fills=list(cfg.baselines.fills),
+        key=jax.random.fold_in(run.key("transmission"), 1_000_000))  # apart from run_study's keys
+    record["equal_psnr"] = baselines.equal_psnr_table(rows, record["baselines"])
   if is_main_process():
-    atomic_write_json(run.path("eval", "transmission.json"),
-                      {"rows": rows, "lpips_network": judges.lpips_network,
-                       "classifier": judges.feature_network})
+    atomic_write_json(run.path("eval", "transmission.json"), record)
+    run.save_figure(_rd_plot(rows, record.get("baselines", [])), "eval", "transmission.png")
+
+
+def _rd_plot(rows: list[dict], baseline_rows: list[dict]) -> np.ndarray:
+  """Bytes per object vs PSNR of all views: MVLD at each bit depth (over k), and the RD front of
+  every baseline family (codec + fill)."""
+  series = {}
+  for bits in sorted({r["bits"] for r in rows}, reverse=True):
+    sel = [r for r in rows if r["bits"] == bits]
+    series[f"MVLD {bits}-bit"] = ([r["bytes"] for r in sel], [r["psnr"] for r in sel])
+  families: dict[str, list[tuple[float, float]]] = {}
+  for r in baseline_rows:
+    for fill in (baselines.FILLS if r["fill"] == "none" else [r["fill"]]):
+      families.setdefault(baselines.family({**r, "fill": fill}), []).append((r["bytes"], r["psnr"]))
+  for name, pts in sorted(families.items()):
+    front = baselines.rd_front([p for p in pts if np.isfinite(p[1])])
+    series[name] = ([b for b, _ in front], [q for _, q in front])
+  return line_plot(series, title="Bytes sent per object vs PSNR of all views (RD fronts)",
+                   xlabel="bytes per object", ylabel="PSNR (dB)", log_x=True, size=(860, 520))
+
+
+def _stage_sampler_study(run: Run) -> None:
+  cfg = run.config.sampler_study
+  if not cfg.enabled:
+    return
+  require_stage(run.workdir, "train_classifier", "sampler_study")
+  ae, score, stats = run.autoencoder_params(), run.score_params(), run.latent_stats()
+  images = run.data["test_images"][:cfg.num_objects]
+  labels = run.data["test_labels"][:cfg.num_objects]
+  judges = build_judges(run.config, run.classifier(), run.mesh)
+
+  def make_generate(sampler):
+    return mvld_eval.make_generator(run.spec, ae, score, stats, sampler)
+
+  study = sampler_study.run_study(
+      make_generate, images, labels, judges, base_sampler=run.config.sampler,
+      samplers=list(cfg.samplers), nfes=list(cfg.nfe), repaint=cfg.repaint,
+      observed_counts=list(run.config.evaluate.observed_counts), key=run.key("sampler_study"),
+      batch_size=run.config.evaluate.batch_size, seed=run.config.seed,
+      log=lambda line: print(line, flush=True) if is_main_process() else None)
+  reference = list(cfg.reference)
+  record = {"study": study, "reference": reference, "max_nfe": cfg.reach_max_nfe,
+            "num_objects": int(len(images)), "feature_network": judges.feature_network,
+            "tolerance": {m: list(t) for m, t in sampler_study.TOLERANCE.items()}}
+  if reference[0] in study and reference[1] in study[reference[0]]:
+    record["reaches"] = sampler_study.reaches_reference(study, tuple(reference), cfg.reach_max_nfe)
+  if is_main_process():
+    atomic_write_json(run.path("eval", "sampler_study.json"), record)
+    run.save_figure(_nfe_plot(study), "eval", "sampler_study.png")
+
+
+def _nfe_plot(study: dict) -> np.ndarray:
+  """Metric vs NFE (log), one line per sampler, one panel per Table I metric."""
+  panels = []
+  for metric in sampler_study.STUDY_METRICS:
     series = {}
-    for bits in cfg.bits:
-      sel = [r for r in rows if r["bits"] == bits]
-      series[f"MVLD {bits}-bit"] = ([r["bytes"] for r in sel], [r["psnr"] for r in sel])
-    by_k = {r["views_sent"]: r for r in rows}
-    series["PNG views (k sent)"] = ([by_k[k]["png_bytes"] for k in sorted(by_k)],
-                                    [_png_psnr(run, k) for k in sorted(by_k)])
-    run.save_figure(line_plot(series, title="Bytes sent per object vs PSNR of all views",
-                              xlabel="bytes per object", ylabel="PSNR (dB)", log_x=True),
-                    "eval", "transmission.png")
-
-
-def _png_psnr(run: Run, k: int) -> float:
-  """PSNR over all V views when only k PNG views are sent and nothing fills the others: views not
-  sent count as a mid-grey image (what a receiver without a generative model can show)."""
-  images = run.data["test_images"][:run.config.transmission.num_objects].astype(np.float64)
-  v = images.shape[1]
-  errs = []
-  for view in range(v):
-    if view < k:  # lossless
-      continue
-    errs.append(np.mean((images[:, view] - 127.5) ** 2, axis=(1, 2, 3)))
-  if not errs:
-    return float("inf")
-  mse = np.sum(errs, axis=0) / v
-  return float(np.mean(10 * np.log10(255.0 ** 2 / mse)))
+    for name, runs in study.items():
+      rows = sorted(runs.values(), key=lambda r: r["nfe"])
+      series[name] = ([r["nfe"] for r in rows], [r[metric] for r in rows])
+    panels.append(line_plot(series, title=f"{metric} (mean over observed counts) vs NFE",
+                            xlabel="network evaluations", ylabel=metric, log_x=True))
+  if len(panels) % 2:
+    panels.append(np.full_like(panels[0], 255))
+  return np.concatenate([np.concatenate(panels[i:i + 2], axis=1) for i in range(0, len(panels), 2)])
 
 
 def _stage_report(run: Run) -> None:
   require_stage(run.workdir, "evaluate", "report")
   table = read_json(run.path("eval", "table1.json"))
-  trans_path = run.path("eval", "transmission.json")
-  trans = read_json(trans_path) if os.path.exists(trans_path) else None
+  optional = {}
+  for name in ("transmission", "sampler_study"):
+    path = run.path("eval", f"{name}.json")
+    optional[name] = read_json(path) if os.path.exists(path) else None
   if is_main_process():
-    mvld_report.write(run.config, run.workdir, run.data, table, trans)
+    mvld_report.write(run.config, run.workdir, run.data, table, optional["transmission"],
+                      optional["sampler_study"])
 
 
 def main(config: ml_collections.ConfigDict, workdir: str, stages=None, force: bool = False) -> None:
@@ -292,5 +450,6 @@ def main(config: ml_collections.ConfigDict, workdir: str, stages=None, force: bo
           ("train_diffusion", lambda: _stage_diffusion(run)),
           ("train_classifier", lambda: _stage_classifier(run)), ("sample", lambda: _stage_sample(run)),
           ("evaluate", lambda: _stage_evaluate(run)),
-          ("transmission", lambda: _stage_transmission(run)), ("report", lambda: _stage_report(run))]
+          ("transmission", lambda: _stage_transmission(run)),
+          ("sampler_study", lambda: _stage_sampler_study(run)), ("report", lambda: _stage_report(run))]
   run_method(run, plan, "mvld", stages, force)

@@ -23,10 +23,13 @@ from jaxgen import sde as sde_lib
 from jaxgen.errors import ConfigError
 from jaxgen.mvld import masking
 from jaxgen.nets.autoencoder import ViewAutoencoder
+from jaxgen.nets.mld_autoencoder import MLDCubAutoencoder
 from jaxgen.nets.common import to_model_range, to_uint8  # noqa: F401 (re-exported)
 from jaxgen.nets.score_nets import ResidualMLPScoreNet, ViewAttentionScoreNet
+from jaxgen.nets.unet_mlp import UnetMLP
 
-SCORE_NETS = ("mlp", "attention")
+SCORE_NETS = ("mlp", "attention", "unet_mlp")
+AUTOENCODERS = ("conv", "mld_cub")
 SDES = ("vpsde", "subvpsde", "vesde")
 
 
@@ -56,7 +59,7 @@ class MVLDSpec:
   num_views: int
   latent_dim: int
   image_size: int
-  autoencoder: ViewAutoencoder
+  autoencoder: nn.Module  # ViewAutoencoder or MLDCubAutoencoder: encode / decode methods
   score_net: nn.Module
   sde: sde_lib.SDE
 
@@ -86,8 +89,15 @@ def build_sde(diffusion: ml_collections.ConfigDict) -> sde_lib.SDE:
 
 def build_spec(config: ml_collections.ConfigDict) -> MVLDSpec:
   """Modules and SDE from `config.data`, `config.autoencoder`, `config.diffusion`."""
-  ae = ViewAutoencoder(image_size=config.data.image_size, latent_dim=config.autoencoder.latent_dim,
-                       channels=tuple(config.autoencoder.channels))
+  ae_cfg = config.autoencoder
+  ae_kind = ae_cfg.get("kind", "conv")  # workdirs written before the option have no key
+  if ae_kind == "conv":
+    ae = ViewAutoencoder(image_size=config.data.image_size, latent_dim=ae_cfg.latent_dim,
+                         channels=tuple(ae_cfg.channels))
+  elif ae_kind == "mld_cub":
+    ae = MLDCubAutoencoder(image_size=config.data.image_size, latent_dim=ae_cfg.latent_dim)
+  else:
+    raise ConfigError("autoencoder.kind", ae_kind, "one of " + ", ".join(AUTOENCODERS))
   net_cfg = config.diffusion.score_net
   if net_cfg.kind == "mlp":
     net = ResidualMLPScoreNet(widths=tuple(net_cfg.widths), blocks_per_level=net_cfg.blocks_per_level,
@@ -96,6 +106,9 @@ def build_spec(config: ml_collections.ConfigDict) -> MVLDSpec:
     net = ViewAttentionScoreNet(num_views=config.data.num_views, width=net_cfg.attention_width,
                                 depth=net_cfg.attention_depth, num_heads=net_cfg.attention_heads,
                                 time_embed_dim=net_cfg.time_embed_dim)
+  elif net_cfg.kind == "unet_mlp":
+    net = UnetMLP(init_dim=net_cfg.unet_init_dim, dim_mults=tuple(net_cfg.unet_dim_mults),
+                  time_dim=net_cfg.unet_time_dim, groups=net_cfg.unet_groups)
   else:
     raise ConfigError("diffusion.score_net.kind", net_cfg.kind, "one of " + ", ".join(SCORE_NETS))
   sde = build_sde(config.diffusion)
@@ -107,7 +120,7 @@ def encode_views(spec: MVLDSpec, ae_params: Any, images: jax.Array) -> jax.Array
   """uint8 [B, V, H, W, 3] -> raw latents [B, V, L] (each view encoded by the shared e_phi)."""
   b, v = images.shape[:2]
   flat = to_model_range(images.reshape((b * v,) + images.shape[2:]))
-  z = spec.autoencoder.apply({"params": ae_params}, flat, method=ViewAutoencoder.encode)
+  z = spec.autoencoder.apply({"params": ae_params}, flat, method="encode")
   return z.reshape((b, v, -1))
 
 
@@ -115,7 +128,7 @@ def decode_views(spec: MVLDSpec, ae_params: Any, latents: jax.Array) -> jax.Arra
   """Raw latents [B, V, L] -> uint8 images [B, V, H, W, 3]."""
   b, v, l = latents.shape
   x = spec.autoencoder.apply({"params": ae_params}, latents.reshape((b * v, l)),
-                             method=ViewAutoencoder.decode)
+                             method="decode")
   return to_uint8(x).reshape((b, v) + x.shape[1:])
 
 

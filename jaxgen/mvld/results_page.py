@@ -18,11 +18,19 @@ import sys
 from jaxgen.io.files import atomic_write_text, read_json
 from jaxgen.io.report import json_numbers, markdown_table, unlisted_numbers
 from jaxgen.mvld.evaluate import EXTRA_METRICS
-from jaxgen.mvld.report import HIGHER_IS_BETTER, PAPER_TABLE1
+from jaxgen.mvld.report import BASELINES_NOTE, HIGHER_IS_BETTER, PAPER_TABLE1
+from jaxgen.mvld.sampler_study import STUDY_METRICS, TOLERANCE
+
+EQUAL_PSNR_NOTE_PAGE = (
+    "Each cell: bytes the scheme needs for the PSNR of that point of MVLD's rate-distortion front, "
+    "divided by MVLD's bytes (mean +- std over seeds; above 1 means MVLD is cheaper), interpolated "
+    "linearly in log bytes along the scheme's own front; 'not reached' when no setting of it "
+    "reaches that PSNR.")
 
 _NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?:e[-+]?\d+)?(?![\w.])")
 FIGURES = {"samples/table1_examples.png": "mvld_table1_examples.png",
-           "eval/transmission.png": "mvld_transmission.png"}
+           "eval/transmission.png": "mvld_transmission.png",
+           "eval/sampler_study.png": "mvld_sampler_study.png"}
 
 
 def fmt(value) -> str:
@@ -99,7 +107,8 @@ def build(claims: dict, first: dict) -> str:
   if "transmission" in claims:
     lines += ["## Transmission study (paper 002 Fig. 1)", "",
               "k of the V views' latents are sent at b bits per number; the receiver decodes them "
-              "and generates the others; quality over all V views, mean over every subset of size k. "
+              "and generates the others; quality over all V views (PSNR per object, MSE pooled over its "
+              "views), mean over every subset of size k. "
               "The PNG columns are the bytes of sending the k views losslessly instead (no "
               "generation: unsent views are missing).", ""]
     rows = [[r["views_sent"], r["bits"], r["bytes"], fmt_stat(r["psnr"]), fmt_stat(r["ssim"]),
@@ -117,7 +126,63 @@ def build(claims: dict, first: dict) -> str:
                      f"{'better on every seed' if b['holds_on_every_seed'] else 'not better on every seed'}.")
       lines.append("")
     lines += ["![trade-off](img/mvld_transmission.png)", ""]
+  if "sampler_study" in claims:
+    lines += _sampler_section(claims, first, seeds)
+  if "transmission_baselines" in claims:
+    lines += _baselines_section(claims, seeds)
   return "\n".join(lines)
+
+
+def _sampler_section(claims: dict, first: dict, seeds: list) -> list[str]:
+  cfg = first["config"]["sampler_study"]
+  lines = ["## Quality per network evaluation", "",
+           f"Table I of each sampler on the same trained model ({cfg['num_objects']} test objects, every "
+           "conditioning set; metrics are means over the numbers of observed views), the same random "
+           "keys for every sampler; NFE counts score-network evaluations, the final denoising step "
+           "included. RePaint runs the authors' schedule (N = 250, jumps of 10, 10 resamplings).", ""]
+  rows = []
+  for name, runs in claims["sampler_study"].items():
+    for r in sorted(runs.values(), key=lambda r: r["nfe"]):
+      rows.append([name, r["nfe"]] + [fmt_stat(r[m]) for m in STUDY_METRICS])
+  lines += [markdown_table(["sampler", "NFE"] + list(STUDY_METRICS), rows), ""]
+  ref = cfg["reference"]
+  lines += [f"**Reaching {ref[0]} at NFE {ref[1]} with at most {cfg['reach_max_nfe']} evaluations** "
+            "(every metric no worse than the reference's beyond " +
+            ", ".join(f"{m} {v:g}" + (" relative" if kind == "rel" else "")
+                      for m, (kind, v) in TOLERANCE.items()) + ", on each seed):", ""]
+  for name, verdict in claims["sampler_study_reaches"].items():
+    per_seed = ", ".join("no" if n is None else f"NFE {n}" for n in verdict["per_seed"])
+    lines.append(f"- {name}: {'on every seed' if verdict['on_every_seed'] else 'not on every seed'} "
+                 f"(per seed: {per_seed}).")
+  lines += ["", "![quality per NFE](img/mvld_sampler_study.png)", ""]
+  return lines
+
+
+def _baselines_section(claims: dict, seeds: list) -> list[str]:
+  lines = ["## Lossy codec baselines at equal PSNR", "", BASELINES_NOTE, "", EQUAL_PSNR_NOTE_PAGE, ""]
+  table = claims["equal_psnr"]
+  names = sorted({n for r in table for n in r["baselines"]})
+
+  def cell(need: dict) -> str:
+    if need["ratio"] is None:
+      return "not reached"
+    text = fmt_stat(need["ratio"])
+    return text if need["seeds_reached"] == len(seeds) else f"{text} (reached on {need['seeds_reached']})"
+
+  rows = [[f"{r['views_sent']} views, {r['bits']}-bit", fmt(r["bytes"]), fmt_stat(r["psnr"])] +
+          [cell(r["baselines"][n]) if n in r["baselines"] else "-" for n in names] for r in table]
+  lines += [markdown_table(["MVLD point", "MVLD bytes", "PSNR dB"] + names, rows), ""]
+  lines += ["**MVLD needs fewer bytes than the baseline for the same PSNR, on every seed:**", ""]
+  for n in names:
+    holds = [r for r in table if n in r["baselines"] and r["baselines"][n]["mvld_cheaper_on_every_seed"]]
+    lines.append(f"- {n}: at {len(holds)} of {len(table)} points of MVLD's front.")
+  lines += ["", "All baseline rows (bytes per object and quality over all views):", ""]
+  rows = [[r["codec"], r["param"], r["fill"], r["views_sent"], fmt(r["bytes"]["mean"]),
+           fmt_stat(r["psnr"]), fmt_stat(r["ssim"]), fmt_stat(r["lpips"]), fmt_stat(r["coherence"])]
+          for r in claims["transmission_baselines"]]
+  lines += [markdown_table(["codec", "setting", "unsent views", "views sent", "bytes/object",
+                            "PSNR dB", "SSIM", "LPIPS", "coherence"], rows), ""]
+  return lines
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,6 +10,7 @@ decode all V views. Bytes per object are compared with sending the k raw or PNG-
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import jax
@@ -18,7 +19,12 @@ import numpy as np
 from jaxgen.io.images import encode_png
 from jaxgen.mvld import masking
 
-HEADER_BYTES = 1  # which views were sent (a V-bit mask, V <= 8) — counted for honesty
+
+
+def header_bytes(num_views: int) -> int:
+  """Bytes of the mask saying which of the V views were sent (V bits, rounded up), counted for
+  honesty in every scheme's bytes per object."""
+  return math.ceil(num_views / 8)
 
 
 def quantize(z: np.ndarray, bits: int, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
@@ -54,13 +60,27 @@ def flip_bits(codes: np.ndarray, bits: int, rate: float, rng: np.random.Generato
   return codes ^ mask
 
 
-def payload_bytes(k: int, latent_dim: int, bits: int) -> int:
-  return HEADER_BYTES + int(np.ceil(k * latent_dim * bits / 8))
+def payload_bytes(k: int, latent_dim: int, bits: int, num_views: int) -> int:
+  return header_bytes(num_views) + int(np.ceil(k * latent_dim * bits / 8))
 
 
 def png_bytes(images: np.ndarray, subset: tuple[int, ...]) -> float:
   """Mean bytes per object of sending the views in `subset` as PNG files."""
   return float(np.mean([sum(len(encode_png(obj[v])) for v in subset) for obj in images]))
+
+
+def object_psnr(generated: np.ndarray, true: np.ndarray, num_views: int) -> float:
+  """Mean over objects of the PSNR of all V views together (MSE pooled over the object's views).
+
+  The transmission study's distortion: per object, so that an object whose sent views arrive
+  losslessly still has a finite PSNR from its unsent ones (a per-image mean would be infinite).
+  generated, true: uint8 [N * V, H, W, C] (objects' views consecutive). Infinite only when every
+  view of every object is exact.
+  """
+  diff = generated.astype(np.float64) - true.astype(np.float64)
+  mse = np.mean(diff.reshape((-1, num_views * int(np.prod(diff.shape[1:])))) ** 2, axis=1)
+  with np.errstate(divide="ignore"):
+    return float(np.mean(10.0 * np.log10(255.0 ** 2 / mse)))
 
 
 def transmit(z_std: np.ndarray, subset: tuple[int, ...], bits: int, lo: np.ndarray, hi: np.ndarray, *,
@@ -86,7 +106,8 @@ def run_study(encode: Callable, receive: Callable, images: np.ndarray, labels: n
 
   `encode(images) -> standardised latents [N, V, L]`; `receive(key, z, received_mask) -> uint8
   [N, V, H, W, 3]` generates the views not received and decodes all; `judge_fn(generated, true,
-  labels) -> {'psnr', 'ssim', 'lpips', 'coherence'}` over all V views.
+  labels) -> {'psnr', 'ssim', 'lpips', 'coherence'}` over all V views (the caller's PSNR should be
+  `object_psnr`, as for the codec baselines).
   """
   num_views = images.shape[1]
   raw_bytes_per_view = int(np.prod(images.shape[2:]))
@@ -106,6 +127,6 @@ def run_study(encode: Callable, receive: Callable, images: np.ndarray, labels: n
                                    images.reshape((-1,) + images.shape[2:]),
                                    np.repeat(labels, num_views)))
       quality = {m: float(np.mean([q[m] for q in per_subset])) for m in per_subset[0]}
-      rows.append({"views_sent": k, "bits": bits, "bytes": payload_bytes(k, latent_dim, bits),
+      rows.append({"views_sent": k, "bits": bits, "bytes": payload_bytes(k, latent_dim, bits, num_views),
                    "raw_bytes": k * raw_bytes_per_view, "png_bytes": png, **quality})
   return rows
