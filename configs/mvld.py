@@ -126,8 +126,9 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   # each NFE on the trained model, and the authors' RePaint schedule (2,411 evaluations).
   c.sampler_study = ml_collections.ConfigDict({
       "enabled": True,
-      "samplers": ("euler_maruyama", "ddim", "dpmpp_2m", "ode"),  # tuples: overridable
-      "nfe": (10, 20, 25, 50, 100, 200),
+      # ddpm = DDIM with eta 1 (stochastic); ddim here is eta 0 (deterministic)
+      "samplers": ("euler_maruyama", "ddpm", "ddim", "dpmpp_2m", "ode"),  # tuples: overridable
+      "nfe": (10, 20, 50, 100, 200),
       "repaint": True,
       "num_objects": 50,
       "reference": ("euler_maruyama", "200"),  # the default sampler at its default steps
@@ -150,8 +151,8 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     c.transmission.update(bits=[32, 4], num_objects=4)
     c.transmission.baselines.update(jpeg_qualities=(50,), webp_qualities=(), downsample_factors=(),
                                     png=False)
-    c.sampler_study.update(samplers=("euler_maruyama", "ddim"), nfe=(4,), repaint=False,
-                           num_objects=4, reference=("euler_maruyama", "4"), reach_max_nfe=4)
+    c.sampler_study.update(samplers=("ddim",), nfe=(4,), repaint=False, num_objects=4,
+                           reference=("ddim", "4"), reach_max_nfe=4)
   elif preset == "nmr":
     c.data.update(name="nmr", image_size=64, num_train=NMR_TRAIN_OBJECTS, num_test=8762)
     c.autoencoder.kind = "mld_cub"  # the authors' networks (paper 000 IV-A), docs/mvld.md

@@ -43,6 +43,10 @@ def _counted_calls(cfg):
 def test_nfe_formula_counts_the_network_calls(name, nfe):
   cfg = ss.sampler_at_nfe(_base(), name, nfe)
   assert ss.network_evaluations(cfg) == _counted_calls(cfg) == nfe
+  if name == "ddim":  # 'ddpm' is DDIM with eta 1; 'ddim' is eta 0 whatever the base says
+    ddpm = ss.sampler_at_nfe(_base(), "ddpm", nfe)
+    assert (ddpm.name, ddpm.eta, ss.network_evaluations(ddpm)) == ("ddim", 1.0, nfe)
+    assert ss.sampler_at_nfe(ddpm, "ddim", nfe).eta == 0.0
 
 
 def test_repaint_nfe_and_the_authors_schedule():

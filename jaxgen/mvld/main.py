@@ -155,13 +155,13 @@ def _validate_sampler_study(config: ml_collections.ConfigDict) -> None:
   configlib.require(cfg.num_objects <= config.data.num_test, "sampler_study.num_objects",
                     cfg.num_objects, f"at most data.num_test = {config.data.num_test}")
   names = list(cfg.samplers)
-  allowed = tuple(s for s in SAMPLERS if s != "repaint")
+  allowed = sampler_study.STUDY_SAMPLERS
   configlib.require(bool(names) and all(n in allowed for n in names) and len(set(names)) == len(names),
                     "sampler_study.samplers", names, f"distinct values among {allowed} (RePaint: "
                     "sampler_study.repaint)")
-  if {"ddim", "dpmpp_2m"} & set(names):
+  if set(sampler_study.VP_ONLY) & set(names):
     configlib.require(config.diffusion.sde in ("vpsde", "subvpsde"), "sampler_study.samplers", names,
-                      f"no ddim / dpmpp_2m with diffusion.sde={config.diffusion.sde}")
+                      f"none of {sampler_study.VP_ONLY} with diffusion.sde={config.diffusion.sde}")
   nfes = list(cfg.nfe)
   configlib.require(bool(nfes) and all(isinstance(n, int) and n >= 3 for n in nfes), "sampler_study.nfe",
                     nfes, "integers >= 3 (network evaluations, the final denoising one included)")

@@ -6,6 +6,7 @@ Table I metrics are measured per number of observed views and averaged over them
 score-network evaluations, the final Tweedie denoising step included:
 
   euler_maruyama, ddim, dpmpp_2m   NFE = num_steps + 1       (so num_steps = NFE - 1)
+  ddpm                             DDIM with eta = 1 (ancestral: DDIM paper's sigma = DDPM's)
   ode (Heun)                       NFE = 2 num_steps + 1     (num_steps = round((NFE - 1) / 2))
   pc                               NFE = num_steps (1 + n_corrector_steps) + 1
   repaint                          NFE = downward steps of the jump schedule + 1
@@ -28,6 +29,8 @@ from jaxgen.mvld.evaluate import Judges, fid_subsamples, generated_pools, pair_m
 from jaxgen.sde.repaint import repaint_schedule
 
 STUDY_METRICS = ("psnr", "ssim", "lpips", "fid", "coherence")
+STUDY_SAMPLERS = ("euler_maruyama", "ddpm", "ddim", "dpmpp_2m", "ode", "pc")
+VP_ONLY = ("ddpm", "ddim", "dpmpp_2m")
 HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "coherence": True, "lpips": False, "fid": False}
 # How much worse than the reference a sampler may be and still "reach" its quality: absolute for
 # PSNR (dB), SSIM and coherence; relative for LPIPS and FID.
@@ -55,6 +58,10 @@ def sampler_at_nfe(base: ml_collections.ConfigDict, name: str, nfe: int) -> ml_c
   """`base` with sampler `name` and the number of steps whose NFE is closest to `nfe`."""
   cfg = base.copy_and_resolve_references()
   cfg.name = name
+  if name == "ddpm":  # a study name, not a sampler of its own: stochastic DDIM
+    cfg.update(name="ddim", eta=1.0)
+  elif name == "ddim":
+    cfg.eta = 0.0
   d = int(bool(cfg.denoise))
   if name == "ode":
     per_step = 2 if cfg.ode_method == "heun" else 1
