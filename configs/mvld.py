@@ -131,7 +131,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
       "nfe": (10, 20, 50, 100, 200),
       "repaint": True,
       "num_objects": 50,
-      "reference": ("euler_maruyama", "200"),  # the default sampler at its default steps
+      "reference": ("euler_maruyama", "200"),  # ~ the default sampler (200 steps + denoising = 201)
       "reach_max_nfe": 20,  # "its quality at 10x fewer evaluations"
   })
 
