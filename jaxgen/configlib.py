@@ -9,6 +9,7 @@ command line fails in a second with one line naming the key.
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 
 from typing import Any, Iterable, Sequence
@@ -149,6 +150,30 @@ def validate_train(config: ml_collections.ConfigDict, prefix: str, data_parallel
   require_positive_int(config, f"{prefix}.optim.warmup_steps", allow_zero=True)
   clip = get_path(config, f"{prefix}.optim.clip_norm")
   require(clip >= 0, f"{prefix}.optim.clip_norm", clip, "0 (off) or a positive number")
+  validate_optim_numbers(config, f"{prefix}.optim")
+
+
+def validate_optim_numbers(config: ml_collections.ConfigDict, prefix: str) -> None:
+  """The optimiser's coefficients: Adam's decay rates in [0, 1), eps > 0, weight decay >= 0,
+  SGD momentum in [0, 1), the schedule's end factor in [0, 1] (optax accepts the others and
+  trains to NaN or diverges)."""
+  def number(key: str):
+    value = get_path(config, f"{prefix}.{key}")
+    require(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
+            f"{prefix}.{key}", value, "a finite number")
+    return value
+
+  for key in ("b1", "b2", "momentum"):
+    value = number(key)
+    require(0.0 <= value < 1.0, f"{prefix}.{key}", value, "a number in [0, 1)")
+  eps = number("eps")
+  require(eps > 0, f"{prefix}.eps", eps, "a positive number")
+  wd = number("weight_decay")
+  require(wd >= 0, f"{prefix}.weight_decay", wd, "a number >= 0")
+  end = number("end_lr_factor")
+  require(0.0 <= end <= 1.0, f"{prefix}.end_lr_factor", end, "a number in [0, 1]")
+  nesterov = get_path(config, f"{prefix}.nesterov")
+  require(isinstance(nesterov, bool), f"{prefix}.nesterov", nesterov, "true or false")
 
 
 def config_from_file(path: str, preset: str | None = None) -> ml_collections.ConfigDict:

@@ -165,3 +165,34 @@ def test_authors_networks_are_config_options_and_bad_shapes_fail_validation():
     node[leaf[-1]] = value
     with pytest.raises(ConfigError, match=match):
       mvld_main.validate_config(bad, 1)
+
+
+@pytest.mark.parametrize("override, key", [
+    ("sampler.predictor=ancestral", "sampler.predictor"), ("sampler.snr=-1.0", "sampler.snr"),
+    ("sampler.n_corrector_steps=-1", "sampler.n_corrector_steps"),
+    ("sampler.ode_method=rk45", "sampler.ode_method"), ("sampler.t_eps=0.0", "sampler.t_eps"),
+    ("diffusion.train.optim.b1=1.5", "diffusion.train.optim.b1"),
+    ("autoencoder.train.optim.b2=-0.1", "autoencoder.train.optim.b2"),
+    ("diffusion.train.optim.eps=0.0", "diffusion.train.optim.eps"),
+    ("classifier.train.optim.weight_decay=-1.0", "classifier.train.optim.weight_decay"),
+])
+def test_bad_sampler_and_optimiser_values_exit_2_before_anything_is_written(tmp_path, override, key,
+                                                                           capsys):
+  """Values that used to fail only after training (issue 9 item 1) exit 2 at start-up with one
+  line naming the key, whichever sampler is chosen; the workdir stays empty."""
+  from jaxgen import main as jaxgen_main
+  code = jaxgen_main.run(["jaxgen.main", "--config=configs/mvld.py:tiny", f"--workdir={tmp_path / 'w'}",
+                          f"--config.{override}"])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert code == 2 and len(err) == 1 and f"config.{key}=" in err[0]
+  assert not (tmp_path / "w").exists()
+
+
+def test_repaint_jump_longer_than_its_grid_is_refused():
+  from configs import mvld as mvld_config
+  from jaxgen.errors import ConfigError
+  from jaxgen.mvld import main as mvld_main
+  config = mvld_config.get_config("tiny")
+  config.sampler.update(name="repaint", jump_length=11)  # tiny: 10 steps
+  with pytest.raises(ConfigError, match="sampler.jump_length"):
+    mvld_main.validate_config(config, 1)

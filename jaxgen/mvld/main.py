@@ -36,6 +36,7 @@ from jaxgen.mvld.data import load_views
 from jaxgen.mvld.judges import build_judges
 from jaxgen.mvld.train import train_autoencoder, train_diffusion
 from jaxgen.parallel.mesh import is_main_process
+from jaxgen.sde.samplers import ODE_METHODS, PREDICTORS
 from jaxgen.stages import MethodRun, require_stage, run_method
 
 # Each stage's random key is folded from its index here: new stages go at the end.
@@ -78,7 +79,6 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
     configlib.require_positive_int(config, "diffusion.score_net.attention_heads")
     configlib.require(net.attention_width % net.attention_heads == 0, "diffusion.score_net.attention_heads",
                       net.attention_heads, f"a divisor of attention_width = {net.attention_width}")
-  _check_networks_build(config)
   configlib.require_choice(config, "diffusion.mask_mode", ("per_example", "per_batch"))
   configlib.require_range(config, "diffusion.joint_prob", 0.0, 1.0)
   configlib.require_range(config, "diffusion.t_eps", 1e-6, 0.5)
@@ -93,6 +93,21 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
                       f"> 0 for {config.sampler.name} (log-SNR is infinite at t = 0)")
   configlib.require_positive_int(config, "sampler.jump_length")
   configlib.require_positive_int(config, "sampler.num_repeats")
+  # Every sampler key is checked whichever sampler is chosen (the sampler study and the API use
+  # the others), then the chosen sampler is traced below.
+  configlib.require_choice(config, "sampler.predictor", PREDICTORS)
+  configlib.require_choice(config, "sampler.ode_method", ODE_METHODS)
+  snr = config.sampler.snr
+  configlib.require(isinstance(snr, (int, float)) and snr > 0, "sampler.snr", snr, "a positive number")
+  configlib.require_positive_int(config, "sampler.n_corrector_steps", allow_zero=True)
+  t_eps = config.sampler.t_eps
+  configlib.require(isinstance(t_eps, (int, float)) and 0 < t_eps < 0.5, "sampler.t_eps", t_eps,
+                    "a number in (0, 0.5): the time sampling stops at")
+  configlib.require(isinstance(config.sampler.denoise, bool), "sampler.denoise", config.sampler.denoise,
+                    "true or false")
+  if config.sampler.name == "repaint":
+    configlib.require(config.sampler.jump_length <= config.sampler.num_steps, "sampler.jump_length",
+                      config.sampler.jump_length, f"at most sampler.num_steps = {config.sampler.num_steps}")
   validate_classifier_config(config, "classifier", dp)
   configlib.require(config.evaluate.num_objects <= config.data.num_test, "evaluate.num_objects",
                     config.evaluate.num_objects, f"at most data.num_test = {config.data.num_test}")
@@ -109,6 +124,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
   configlib.require_range(config, "transmission.view_loss_prob", 0.0, 1.0)
   _validate_baselines(config)
   _validate_sampler_study(config)
+  _check_networks_build(config)  # last: every key it reads has been checked on its own
   n_views = config.data.num_train * v
   for key in ("autoencoder.train.batch_size", "classifier.train.batch_size"):
     configlib.require(configlib.get_path(config, key) <= n_views, key, configlib.get_path(config, key),
@@ -144,6 +160,13 @@ def _check_networks_build(config: ml_collections.ConfigDict) -> None:
     except (TypeError, ValueError, AssertionError) as err:
       raise ConfigError(name, configlib.get_path(config, name),
                         f"a network that builds at these shapes ({str(err).splitlines()[0][:160]})") from None
+  # The configured sampler, traced on abstract parameters: its own argument checks run now.
+  params = jax.eval_shape(spec.score_net.init, jax.random.key(0), jax.ShapeDtypeStruct((1, v * latent), f32),
+                          jax.ShapeDtypeStruct((1, v), f32))["params"]
+  z = jax.ShapeDtypeStruct((2, v * latent), f32)
+  observed = jax.ShapeDtypeStruct((2, v), f32)
+  jax.eval_shape(lambda p, z, o: mvld_model.sample_latents(spec, p, jax.random.key(0), z, o, config.sampler),
+                 params, z, observed)
 
 
 def _validate_sampler_study(config: ml_collections.ConfigDict) -> None:
