@@ -1,6 +1,6 @@
 """MVLD (paper 002; model details in paper 000 sec. II-IV).
 
-  python -m jaxgen.main --config=configs/mvld.py            # embedded multi-view renders, ~11 min on 2 CPU cores
+  python -m jaxgen.main --config=configs/mvld.py            # embedded multi-view renders, ~23 min on 2 CPU cores
   python -m jaxgen.main --config=configs/mvld.py:tiny       # seconds, for tests
   python -m jaxgen.main --config=configs/mvld.py:nmr --config.data.data_dir=/path/to/NMR   # paper scale
 

@@ -87,6 +87,12 @@ def summarise(results: dict[int, dict]) -> dict:
             for m in ("bytes", "file_bytes") + TRANSMISSION_METRICS}}
         for i, row in enumerate(first["transmission_baselines"])]
     out["equal_psnr"] = _equal_psnr(results, seeds)
+    names = sorted({n for r in out["equal_psnr"] for n in r["baselines"]})
+    out["equal_psnr_summary"] = {
+        n: {"points": len(out["equal_psnr"]),
+            "mvld_cheaper_on_every_seed": sum(bool(r["baselines"].get(n, {}).get("mvld_cheaper_on_every_seed"))
+                                              for r in out["equal_psnr"])}
+        for n in names}
   return out
 
 
@@ -107,6 +113,7 @@ def _equal_psnr(results: dict[int, dict], seeds: list[int]) -> list[dict]:
       reached = [n for n in needs if n["bytes"] is not None]
       families[name] = {
           "seeds_reached": len(reached),
+          "seeds_upper_bound": sum(n["how"] == "at most" for n in reached),  # cheapest setting already better
           "ratio": _stat([n["ratio"] for n in reached]) if reached else None,
           "mvld_cheaper_on_every_seed": len(needs) == len(seeds) and all(
               n["bytes"] is None or (n["how"] == "interpolated" and n["ratio"] > 1) for n in needs)}
