@@ -100,6 +100,7 @@ def test_kill_and_resume_both_training_stages_reproduce_the_uninterrupted_run(tm
     assert b[key] == pytest.approx(a[key], rel=1e-6), key
 
 
+@pytest.mark.slow  # ~25 s; the VE SDE's maths and samplers are in test_sde*.py, its config in test_mvld_parts
 def test_tiny_ve_sde_run_trains_and_generates(tmp_path):
   """diffusion.sde=vesde with its own section (sigma_min, sigma_max): the tiny preset trains the
   score network and generates views from the VE-SDE's prior (finite loss, images written); the

@@ -48,7 +48,7 @@ def small():
   """One real init for the whole file (eager per-op compiles dominate the run time)."""
   model = UnetMLP(**SMALL)
   x, tau = _inputs()
-  return model, model.init(jax.random.key(1), x, tau), x, tau
+  return model, jax.jit(model.init)(jax.random.key(1), x, tau), x, tau  # one compile
 
 
 def test_zero_output_at_init(small):
