@@ -141,11 +141,11 @@ def test_mobilenet_bn_momentum(bn_momentum):
   flax terms); the stem BatchNorm's new mean is (1 - m) * the NumPy batch mean of the stem conv."""
   model = build_classifier("mobilenet_v3_small", 3, width_mult=0.25, bn_momentum=bn_momentum)
   x = jax.random.normal(jax.random.PRNGKey(3), (4, 32, 32, 3)) + 0.5
-  variables = jax.jit(model.init)(KEY, x)  # one compile instead of op-by-op dispatch
-  _, inter = jax.jit(lambda v, x: model.apply(
-      v, x, capture_intermediates=lambda m, _: m.name == "stem_conv", mutable=["intermediates"]))(variables, x)
-  _, upd = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"],
-                                            rngs={"dropout": jax.random.PRNGKey(0)}))(variables, x)
+  variables = model.init(KEY, x)
+  _, inter = model.apply(variables, x, capture_intermediates=lambda m, _: m.name == "stem_conv",
+                         mutable=["intermediates"])
+  _, upd = model.apply(variables, x, train=True, mutable=["batch_stats"],
+                       rngs={"dropout": jax.random.PRNGKey(0)})
   stem = np.asarray(inter["intermediates"]["stem_conv"]["__call__"][0], np.float64)
   np.testing.assert_allclose(upd["batch_stats"]["stem_bn"]["mean"],
                              (1 - bn_momentum) * stem.mean((0, 1, 2)), atol=1e-5, rtol=1e-5)

@@ -109,6 +109,7 @@ def tiny_run(tmp_path_factory):
   return workdir
 
 
+@pytest.mark.slow  # ~5.5 min (the tiny run behind it): over the default suite's 15-minute budget on 2 cores
 def test_tiny_preset_end_to_end(tiny_run):
   """Every stage runs; fine-tuning moved only the identifier rows of the text encoder; the report
   names data, seed and feature network; a second call skips every stage."""
