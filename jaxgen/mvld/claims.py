@@ -18,8 +18,8 @@ import sys
 
 import numpy as np
 
+from jaxgen.mvld.evaluate import METRICS
 from jaxgen.mvld.report import HIGHER_IS_BETTER, trend_verdict
-from jaxgen.mvld.sampler_study import STUDY_METRICS
 from jaxgen.seeds import run_claims
 
 TRANSMISSION_METRICS = ("psnr", "ssim", "coherence", "lpips")
@@ -72,7 +72,7 @@ def summarise(results: dict[int, dict]) -> dict:
     study = first["sampler_study"]
     out["sampler_study"] = {
         name: {nfe: {"nfe": run["nfe"], **{m: _stat([results[s]["sampler_study"][name][nfe][m] for s in seeds])
-                                           for m in STUDY_METRICS}}
+                                           for m in METRICS}}
                for nfe, run in runs.items()}
         for name, runs in study.items()}
     reaches = {s: results[s].get("sampler_study_reaches") or {} for s in seeds}

@@ -33,6 +33,7 @@ from jaxgen.mvld import model as mvld_model
 from jaxgen.parallel.batching import batched_apply
 
 METRICS = ("psnr", "ssim", "lpips", "fid", "coherence")
+HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "coherence": True, "lpips": False, "fid": False}
 # Beyond Table I, on the same equal-size subsamples as FID: KID (unbiased, less size-biased than
 # FID) and its intra-class mean (per object class, as intra-FID), precision / recall / density /
 # coverage (fidelity vs diversity), the Inception Score of the judge's logits (in-domain IS) and

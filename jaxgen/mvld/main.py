@@ -35,6 +35,7 @@ from jaxgen.mvld import transmission_baselines as baselines
 from jaxgen.mvld.data import load_views
 from jaxgen.mvld.judges import build_judges
 from jaxgen.mvld.train import train_autoencoder, train_diffusion
+from jaxgen.nets.mld_autoencoder import num_levels as mld_num_levels
 from jaxgen.parallel.mesh import is_main_process
 from jaxgen.sde.samplers import ODE_METHODS, PREDICTORS
 from jaxgen.stages import MethodRun, require_stage, run_method
@@ -64,8 +65,11 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
     configlib.require(size % down == 0, "data.image_size", size,
                       f"a multiple of {down} (2 ** len(autoencoder.channels))")
   else:  # mld_cub pools by 2 down to a 16x16 map
-    configlib.require(size >= 16 and (size // 16) * 16 == size and (size // 16) & (size // 16 - 1) == 0,
-                      "data.image_size", size, "16 times a power of two for autoencoder.kind=mld_cub")
+    try:
+      mld_num_levels(size, 16)
+    except ValueError:
+      raise ConfigError("data.image_size", size,
+                        "16 times a power of two for autoencoder.kind=mld_cub") from None
   configlib.require_choice(config, "autoencoder.augment", ("trivial_augment_wide", "none"))
   configlib.validate_train(config, "autoencoder.train", dp)
   configlib.validate_train(config, "diffusion.train", dp)
@@ -152,17 +156,18 @@ def _check_networks_build(config: ml_collections.ConfigDict) -> None:
   spec = mvld_model.build_spec(config)
   size, v, latent = config.data.image_size, config.data.num_views, config.autoencoder.latent_dim
   f32 = np.float32
+  variables = {}
   for name, init, shapes in (
       ("autoencoder.kind", spec.autoencoder.init, [(1, size, size, 3)]),
       ("diffusion.score_net.kind", spec.score_net.init, [(1, v * latent), (1, v)])):
     try:
-      jax.eval_shape(init, jax.random.key(0), *[jax.ShapeDtypeStruct(s, f32) for s in shapes])
+      variables[name] = jax.eval_shape(init, jax.random.key(0),
+                                       *[jax.ShapeDtypeStruct(s, f32) for s in shapes])
     except (TypeError, ValueError, AssertionError) as err:
       raise ConfigError(name, configlib.get_path(config, name),
                         f"a network that builds at these shapes ({str(err).splitlines()[0][:160]})") from None
   # The configured sampler, traced on abstract parameters: its own argument checks run now.
-  params = jax.eval_shape(spec.score_net.init, jax.random.key(0), jax.ShapeDtypeStruct((1, v * latent), f32),
-                          jax.ShapeDtypeStruct((1, v), f32))["params"]
+  params = variables["diffusion.score_net.kind"]["params"]
   z = jax.ShapeDtypeStruct((2, v * latent), f32)
   observed = jax.ShapeDtypeStruct((2, v), f32)
   jax.eval_shape(lambda p, z, o: mvld_model.sample_latents(spec, p, jax.random.key(0), z, o, config.sampler),
@@ -399,11 +404,7 @@ def _rd_plot(rows: list[dict], baseline_rows: list[dict]) -> np.ndarray:
   for bits in sorted({r["bits"] for r in rows}, reverse=True):
     sel = [r for r in rows if r["bits"] == bits]
     series[f"MVLD {bits}-bit"] = ([r["bytes"] for r in sel], [r["psnr"] for r in sel])
-  families: dict[str, list[tuple[float, float]]] = {}
-  for r in baseline_rows:
-    for fill in (baselines.FILLS if r["fill"] == "none" else [r["fill"]]):
-      families.setdefault(baselines.family({**r, "fill": fill}), []).append((r["bytes"], r["psnr"]))
-  for name, pts in sorted(families.items()):
+  for name, pts in sorted(baselines.family_points(baseline_rows).items()):
     front = baselines.rd_front([p for p in pts if np.isfinite(p[1])])
     series[name] = ([b for b, _ in front], [q for _, q in front])
   return line_plot(series, title="Bytes sent per object vs PSNR of all views (RD fronts)",
@@ -443,7 +444,7 @@ def _stage_sampler_study(run: Run) -> None:
 def _nfe_plot(study: dict) -> np.ndarray:
   """Metric vs NFE (log), one line per sampler, one panel per Table I metric."""
   panels = []
-  for metric in sampler_study.STUDY_METRICS:
+  for metric in mvld_eval.METRICS:
     series = {}
     for name, runs in study.items():
       rows = sorted(runs.values(), key=lambda r: r["nfe"])

@@ -5,8 +5,8 @@ from __future__ import annotations
 import ml_collections
 
 from jaxgen.io.report import markdown_table, write_report, write_results
-from jaxgen.mvld.evaluate import EXTRA_METRICS
-from jaxgen.mvld.sampler_study import STUDY_METRICS
+from jaxgen.mvld.evaluate import EXTRA_METRICS, HIGHER_IS_BETTER, METRICS
+from jaxgen.mvld.sampler_study import tolerance_text
 
 # Paper 000 Table I (NMR, 4 views, InceptionV3 FID, SqueezeNet LPIPS), for side-by-side reading.
 PAPER_TABLE1 = {
@@ -14,7 +14,6 @@ PAPER_TABLE1 = {
     "2": {"fid": 15.14, "lpips": 0.056, "ssim": 0.884, "psnr": 26.776, "coherence": 0.8833},
     "3": {"fid": 14.51, "lpips": 0.048, "ssim": 0.912, "psnr": 28.491, "coherence": 0.8914},
 }
-HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "coherence": True, "lpips": False, "fid": False}
 
 
 def trend_verdict(table: dict, counts: list[str]) -> dict[str, bool]:
@@ -70,16 +69,15 @@ def sampler_study_section(record: dict) -> str:
   rows = []
   for name, runs in record["study"].items():
     for r in sorted(runs.values(), key=lambda r: r["nfe"]):
-      rows.append([name, r["nfe"], r["num_steps"]] + [r[m] for m in STUDY_METRICS])
+      rows.append([name, r["nfe"], r["num_steps"]] + [r[m] for m in METRICS])
   text = (f"Table I on {record['num_objects']} test objects (every conditioning set of each size; "
           "metrics are means over the numbers of observed views), with the same random keys for "
           "every sampler. NFE counts score-network evaluations, the final denoising step included; "
           f"FID and coherence use {record['feature_network']}.\n\n" +
-          markdown_table(["sampler", "NFE", "steps"] + list(STUDY_METRICS), rows))
+          markdown_table(["sampler", "NFE", "steps"] + list(METRICS), rows))
   if "reaches" in record:
     ref = record["reference"]
-    tol = ", ".join(f"{m} {v:g}" if k == "abs" else f"{m} {v:g} relative"
-                    for m, (k, v) in record["tolerance"].items())
+    tol = tolerance_text(record["tolerance"])
     lines = [f"- {name}: " + (f"reaches it at NFE {n}" if n is not None else
                               f"does not reach it at NFE <= {record['max_nfe']}")
              for name, n in record["reaches"].items()]

@@ -17,9 +17,9 @@ import sys
 
 from jaxgen.io.files import atomic_write_text, read_json
 from jaxgen.io.report import json_numbers, markdown_table, unlisted_numbers
-from jaxgen.mvld.evaluate import EXTRA_METRICS
+from jaxgen.mvld.evaluate import EXTRA_METRICS, METRICS
 from jaxgen.mvld.report import BASELINES_NOTE, HIGHER_IS_BETTER, PAPER_TABLE1
-from jaxgen.mvld.sampler_study import STUDY_METRICS, TOLERANCE
+from jaxgen.mvld.sampler_study import tolerance_text
 
 EQUAL_PSNR_NOTE_PAGE = (
     "Each cell: bytes the scheme needs for the PSNR of that point of MVLD's rate-distortion front, "
@@ -143,13 +143,11 @@ def _sampler_section(claims: dict, first: dict, seeds: list) -> list[str]:
   rows = []
   for name, runs in claims["sampler_study"].items():
     for r in sorted(runs.values(), key=lambda r: r["nfe"]):
-      rows.append([name, r["nfe"]] + [fmt_stat(r[m]) for m in STUDY_METRICS])
-  lines += [markdown_table(["sampler", "NFE"] + list(STUDY_METRICS), rows), ""]
+      rows.append([name, r["nfe"]] + [fmt_stat(r[m]) for m in METRICS])
+  lines += [markdown_table(["sampler", "NFE"] + list(METRICS), rows), ""]
   ref = cfg["reference"]
   lines += [f"**Reaching {ref[0]} at NFE {ref[1]} with at most {cfg['reach_max_nfe']} evaluations** "
-            "(every metric no worse than the reference's beyond " +
-            ", ".join(f"{m} {v:g}" + (" relative" if kind == "rel" else "")
-                      for m, (kind, v) in TOLERANCE.items()) + ", on each seed):", ""]
+            f"(every metric no worse than the reference's beyond {tolerance_text()}, on each seed):", ""]
   for name, verdict in claims["sampler_study_reaches"].items():
     per_seed = ", ".join("no" if n is None else f"NFE {n}" for n in verdict["per_seed"])
     lines.append(f"- {name}: {'on every seed' if verdict['on_every_seed'] else 'not on every seed'} "

@@ -25,13 +25,12 @@ import ml_collections
 import numpy as np
 
 from jaxgen.metrics.frechet import fid
-from jaxgen.mvld.evaluate import Judges, fid_subsamples, generated_pools, pair_metrics
+from jaxgen.mvld.evaluate import (HIGHER_IS_BETTER, METRICS, Judges, fid_subsamples, generated_pools,
+                                  pair_metrics)
 from jaxgen.sde.repaint import repaint_schedule
 
-STUDY_METRICS = ("psnr", "ssim", "lpips", "fid", "coherence")
 STUDY_SAMPLERS = ("euler_maruyama", "ddpm", "ddim", "dpmpp_2m", "ode", "pc")
 VP_ONLY = ("ddpm", "ddim", "dpmpp_2m")
-HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "coherence": True, "lpips": False, "fid": False}
 # How much worse than the reference a sampler may be and still "reach" its quality: absolute for
 # PSNR (dB), SSIM and coherence; relative for LPIPS and FID.
 TOLERANCE = {"psnr": ("abs", 0.1), "ssim": ("abs", 0.005), "coherence": ("abs", 0.01),
@@ -90,8 +89,8 @@ def table1_quality(generate: Callable, images: np.ndarray, labels: np.ndarray, j
     row = pair_metrics(gen, true, lab, judges, batch_size)
     idx = subsamples[k]
     row["fid"] = float(fid(judges.features(gen[idx]), judges.features(true[idx])))
-    by_count[str(k)] = {m: row[m] for m in STUDY_METRICS}
-  mean = {m: float(np.mean([by_count[k][m] for k in by_count])) for m in STUDY_METRICS}
+    by_count[str(k)] = {m: row[m] for m in METRICS}
+  mean = {m: float(np.mean([by_count[k][m] for k in by_count])) for m in METRICS}
   return {**mean, "by_count": by_count}
 
 
@@ -118,8 +117,14 @@ def run_study(make_generate: Callable[[ml_collections.ConfigDict], Callable], im
     quality["num_steps"] = int(cfg.num_steps)
     results.setdefault(name, {})[str(nfe)] = quality
     log(f"[sampler_study] {name} NFE {quality['nfe']}: " +
-        ", ".join(f"{m} {quality[m]:.4g}" for m in STUDY_METRICS))
+        ", ".join(f"{m} {quality[m]:.4g}" for m in METRICS))
   return results
+
+
+def tolerance_text(tolerance: dict = TOLERANCE) -> str:
+  """'psnr 0.1, ..., lpips 0.02 relative': the tolerances as reports print them."""
+  return ", ".join(f"{m} {v:g}" + (" relative" if kind == "rel" else "")
+                   for m, (kind, v) in tolerance.items())
 
 
 def no_worse(value: float, reference: float, metric: str) -> bool:
@@ -136,6 +141,6 @@ def reaches_reference(study: dict, reference: tuple[str, str], max_nfe: int) -> 
   out = {}
   for name, runs in study.items():
     ok = [int(r["nfe"]) for r in runs.values()
-          if r["nfe"] <= max_nfe and all(no_worse(r[m], ref[m], m) for m in STUDY_METRICS)]
+          if r["nfe"] <= max_nfe and all(no_worse(r[m], ref[m], m) for m in METRICS)]
     out[name] = min(ok) if ok else None
   return out

@@ -78,9 +78,14 @@ def object_psnr(generated: np.ndarray, true: np.ndarray, num_views: int) -> floa
   view of every object is exact.
   """
   diff = generated.astype(np.float64) - true.astype(np.float64)
-  mse = np.mean(diff.reshape((-1, num_views * int(np.prod(diff.shape[1:])))) ** 2, axis=1)
+  return pooled_psnr(np.mean(diff.reshape((-1, num_views, int(np.prod(diff.shape[1:])))) ** 2, axis=-1))
+
+
+def pooled_psnr(mse: np.ndarray) -> float:
+  """Mean over objects of 10 log10(255^2 / MSE) with each object's MSE the mean of its views'
+  (mse: [..., N, V] per-view MSEs of uint8 images)."""
   with np.errstate(divide="ignore"):
-    return float(np.mean(10.0 * np.log10(255.0 ** 2 / mse)))
+    return float(np.mean(10.0 * np.log10(255.0 ** 2 / mse.mean(axis=-1))))
 
 
 def transmit(z_std: np.ndarray, subset: tuple[int, ...], bits: int, lo: np.ndarray, hi: np.ndarray, *,

@@ -31,7 +31,7 @@ from PIL import Image
 
 from jaxgen.io.images import encode_png
 from jaxgen.mvld import masking
-from jaxgen.mvld.transmission import header_bytes
+from jaxgen.mvld.transmission import header_bytes, pooled_psnr
 
 CODECS = ("jpeg", "webp", "downsample", "png")
 FILLS = ("generate", "grey")
@@ -92,9 +92,7 @@ def schemes_from_config(cfg) -> list[tuple[str, int]]:
 def _summary(per_view: dict[str, np.ndarray]) -> dict[str, float]:
   """Per-view metric arrays [..., N, V] -> the study's numbers: PSNR per object with the MSE
   pooled over its V views (as `transmission.object_psnr`), the rest means over views."""
-  with np.errstate(divide="ignore"):
-    psnr = 10.0 * np.log10(255.0 ** 2 / per_view["mse"].mean(axis=-1))
-  return {"psnr": float(np.mean(psnr)), "ssim": float(np.mean(per_view["ssim"])),
+  return {"psnr": pooled_psnr(per_view["mse"]), "ssim": float(np.mean(per_view["ssim"])),
           "lpips": float(np.mean(per_view["lpips"])), "coherence": float(np.mean(per_view["correct"]))}
 
 
@@ -213,17 +211,22 @@ def family(row: dict) -> str:
   return f"{name} + {row['fill']}" if row["fill"] != "none" else f"{name} (all sent)"
 
 
+def family_points(baseline_rows: Sequence[dict]) -> dict[str, list[tuple[float, float]]]:
+  """{family: [(bytes, psnr), ...]}; rows with every view sent ('none') join both fills' families,
+  since sending everything is a valid operating point of either receiver."""
+  families: dict[str, list[tuple[float, float]]] = {}
+  for r in baseline_rows:
+    for f in (FILLS if r["fill"] == "none" else [r["fill"]]):
+      families.setdefault(family({**r, "fill": f}), []).append((r["bytes"], r["psnr"]))
+  return families
+
+
 def equal_psnr_table(mvld_rows: Sequence[dict], baseline_rows: Sequence[dict]) -> list[dict]:
   """For each point on MVLD's RD front: the bytes every baseline family needs for its PSNR.
 
-  Families are codec + fill; rows with every view sent ('none') join both fills' families, since
-  sending everything is a valid operating point of either receiver.
+  Families are codec + fill (`family_points`).
   """
-  families: dict[str, list[tuple[float, float]]] = {}
-  for r in baseline_rows:
-    fills = list(FILLS) if r["fill"] == "none" else [r["fill"]]
-    for f in fills:
-      families.setdefault(family({**r, "fill": f}), []).append((r["bytes"], r["psnr"]))
+  families = family_points(baseline_rows)
   front = rd_front([(r["bytes"], r["psnr"]) for r in mvld_rows])
   out = []
   for b, q in front:
