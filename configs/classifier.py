@@ -56,6 +56,10 @@ def _data(**overrides) -> ml_collections.ConfigDict:
       "test_split": "test",
       "imbalance_factor": 0,  # > 1: exponential long-tail training subset (paper 001 sec. 4.3)
       "shots": 0,  # > 0: k-shot training subset (paper 001 sec. 4.1)
+      # tfds / folder stream through the grain pipeline: decode-time augmentation ('none',
+      # 'flip', 'crop', 'flip_crop', 'rrc' = RandomResizedCrop, 'rrc_flip') and worker processes
+      "augment": "none",
+      "workers": 0,
   })
   d.update(overrides)
   return d

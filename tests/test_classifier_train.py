@@ -14,7 +14,7 @@ from sklearn.utils.class_weight import compute_class_weight
 
 from jaxgen import configlib
 from jaxgen.classifier import augment, evaluate
-from jaxgen.classifier.sampling import (ClassBalancedBatches, PairedBatches, SyntheticReplacement,
+from jaxgen.classifier.sampling import (PairedBatches, SyntheticReplacement,
                                         effective_number_weights,
                                         balanced_class_weights)
 from jaxgen.classifier.config import classifier_config, validate_classifier_config
@@ -22,7 +22,7 @@ from jaxgen.classifier.inference import load_classifier_variables
 from jaxgen.classifier.losses import (classification_loss, smooth_targets, soft_cross_entropy,
                                       softmax_entropy)
 from jaxgen.classifier.train import fit_classifier
-from jaxgen.data.memory import ArrayBatches
+from jaxgen.data.memory import ArrayBatches, ClassBalancedBatches
 from jaxgen.errors import ConfigError, DataError
 from jaxgen.parallel.mesh import make_mesh
 

@@ -24,6 +24,8 @@ from jaxgen.classifier.evaluate import evaluate_classifier, save_confusion_png
 from jaxgen.classifier.inference import load_classifier, load_classifier_variables
 from jaxgen.classifier.train import fit_classifier
 from jaxgen.data.memory import source_arrays
+from jaxgen.data.pipeline import AUGMENTATIONS
+from jaxgen.data.sources import Source, subset
 from jaxgen.errors import ConfigError, DataError
 from jaxgen.io.files import atomic_write_json, read_json
 from jaxgen.io.report import markdown_table, write_report, write_results
@@ -33,14 +35,20 @@ from jaxgen.train.writers import MetricWriter
 
 STAGES = ("train", "evaluate", "report")
 DATA_NAMES = ("multiview", "digits", "tfds", "folder")
+STREAMED = ("tfds", "folder")  # read from disk through the grain pipeline, never held in memory
 CHECKPOINT_NAME = "classifier"
 
 
 @dataclasses.dataclass
 class ClassifierData:
-  """Training and test arrays (uint8 NHWC), with the test views when the data has them."""
+  """Training data and test arrays (uint8 NHWC), with the test views when the data has them.
 
-  train_images: np.ndarray
+  The embedded sets are in memory (`train_images` arrays); TFDS and image folders are a
+  `Source` read from disk (`train_images` is then the Source, streamed by the grain pipeline
+  during training, and `train_labels` its labels).
+  """
+
+  train_images: np.ndarray | Source
   train_labels: np.ndarray
   test_images: np.ndarray
   test_labels: np.ndarray
@@ -48,6 +56,17 @@ class ClassifierData:
   num_classes: int
   class_names: tuple[str, ...]
   description: str
+  image_size: int
+
+  @property
+  def streamed(self) -> bool:
+    return isinstance(self.train_images, Source)
+
+  def first_train_images(self, n: int) -> np.ndarray:
+    """The first n training images as arrays (decoded and resized when streamed)."""
+    if self.streamed:
+      return source_arrays(subset(self.train_images, np.arange(n)), self.image_size)["image"]
+    return self.train_images[:n]
 
 
 def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
@@ -62,6 +81,13 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
                                    allow_zero=key in ("num_train", "num_test") and not multiview)
   configlib.require_positive_int(config, "data.seed", allow_zero=True)
   configlib.require_choice(config, "data.train_views", ("single", "all"))
+  streamed = config.data.name in STREAMED
+  augment_choices = ("none",) + tuple(a for a in AUGMENTATIONS if a) if streamed else ("none",)
+  configlib.require(config.data.augment in augment_choices, "data.augment", config.data.augment,
+                    f"one of {augment_choices}" + ("" if streamed else
+                    f" (data.name={config.data.name} is in memory; decode-time augmentation "
+                    f"applies to the streamed sources {STREAMED})"))
+  configlib.require_positive_int(config, "data.workers", allow_zero=True)
   configlib.require_positive_int(config, "data.shots", allow_zero=True)
   f = config.data.imbalance_factor
   configlib.require(isinstance(f, (int, float)) and (f == 0 or f >= 1), "data.imbalance_factor", f,
@@ -127,31 +153,40 @@ def load_data(config: ml_collections.ConfigDict, workdir: str) -> ClassifierData
     train, test = source_arrays(train_src, d.image_size), source_arrays(test_src, d.image_size)
     what = (f"scikit-learn digits resized to {d.image_size}x{d.image_size}, split seed {d.seed}: "
             f"{len(train['label'])} train / {len(test['label'])} test")
-  elif d.name == "tfds":
-    train_src = sources.get_source("tfds", d.train_split, data_dir=data_dir, tfds_name=d.tfds_name)
-    test_src = sources.get_source("tfds", d.test_split, data_dir=data_dir, tfds_name=d.tfds_name)
-    train = source_arrays(train_src, d.image_size, d.num_train)
+  else:  # tfds / folder: the training split streams from disk (grain), the test split is read
+    if d.name == "tfds":
+      train_src = sources.get_source("tfds", d.train_split, data_dir=data_dir,
+                                     tfds_name=d.tfds_name)
+      test_src = sources.get_source("tfds", d.test_split, data_dir=data_dir,
+                                    tfds_name=d.tfds_name)
+      what = f"TFDS {d.tfds_name} {d.train_split}/{d.test_split}"
+    else:
+      # No resize in the source: the pipeline resizes (or random-resized-crops) per step.
+      opts = dict(seed=d.seed, test_fraction=d.test_fraction)
+      train_src = sources.get_source("folder", "train", data_dir=data_dir, **opts)
+      test_src = sources.get_source("folder", "test", data_dir=data_dir, **opts)
+      what = f"image folder {data_dir}"
+    if d.num_train and d.num_train < len(train_src):
+      train_src = subset(train_src, np.arange(d.num_train))
     test = source_arrays(test_src, d.image_size, d.num_test)
-    what = (f"TFDS {d.tfds_name} {d.train_split}/{d.test_split} at {d.image_size}x{d.image_size}: "
-            f"{len(train['label'])} train / {len(test['label'])} test")
-  else:  # folder
-    opts = dict(image_size=d.image_size, seed=d.seed, test_fraction=d.test_fraction)
-    train_src = sources.get_source("folder", "train", data_dir=data_dir, **opts)
-    test_src = sources.get_source("folder", "test", data_dir=data_dir, **opts)
-    train = source_arrays(train_src, d.image_size, d.num_train)
-    test = source_arrays(test_src, d.image_size, d.num_test)
-    what = (f"image folder {data_dir} at {d.image_size}x{d.image_size}: "
-            f"{len(train['label'])} train / {len(test['label'])} test")
+    what += (f" at {d.image_size}x{d.image_size}: {len(train_src)} train (streamed by grain, "
+             f"augment {d.augment}) / {len(test['label'])} test")
   num_classes = int(train_src.num_classes)
-  images, labels = train["image"], np.asarray(train["label"], np.int32)
+  streamed = d.name in STREAMED
+  images = train_src if streamed else train["image"]
+  labels = np.asarray(train_src.labels() if streamed else train["label"], np.int32)
+
+  def take(indices: np.ndarray):
+    return subset(images, indices) if streamed else images[indices]
+
   if d.imbalance_factor and d.imbalance_factor > 1:
     sub = imbalance.long_tail_indices(labels, seed=d.seed, imbalance_factor=d.imbalance_factor,
                                       num_classes=num_classes)
-    images, labels = images[sub.indices], labels[sub.indices]
+    images, labels = take(sub.indices), labels[sub.indices]
     what += f"; long-tail training subset IF={d.imbalance_factor} ({len(labels)} images)"
   if d.shots:
     sub = imbalance.few_shot_indices(labels, k=d.shots, seed=d.seed, num_classes=num_classes)
-    images, labels = images[sub.indices], labels[sub.indices]
+    images, labels = take(sub.indices), labels[sub.indices]
     what += f"; {d.shots}-shot training subset ({len(labels)} images)"
   if config.classifier.train.batch_size > len(labels):
     raise ConfigError("classifier.train.batch_size", config.classifier.train.batch_size,
@@ -162,14 +197,14 @@ def load_data(config: ml_collections.ConfigDict, workdir: str) -> ClassifierData
     if len(renderer.SHAPE_CLASSES) == num_classes:  # the source gave indices only
       names = tuple(renderer.SHAPE_CLASSES)
   return ClassifierData(images, labels, test["image"], np.asarray(test["label"], np.int32), views,
-                        num_classes, names, what)
+                        num_classes, names, what, d.image_size)
 
 
 # --------------------------------------------------------------------------- stages
 
 
 def _image_shape(data: ClassifierData) -> tuple[int, ...]:
-  return tuple(data.train_images.shape[1:])
+  return tuple(data.test_images.shape[1:])
 
 
 def train_stage(config: ml_collections.ConfigDict, workdir: str, data: ClassifierData, mesh) -> None:
@@ -179,10 +214,16 @@ def train_stage(config: ml_collections.ConfigDict, workdir: str, data: Classifie
     init = load_classifier_variables(config.init_from.workdir, config.init_from.name)
   writer = MetricWriter(os.path.join(workdir, "logs"), enabled=is_main_process())
   try:
-    fit_classifier(config.classifier, data.train_images, data.train_labels, data.num_classes,
+    stream = {}
+    if data.streamed:
+      augment = None if config.data.augment == "none" else config.data.augment
+      stream = dict(image_size=data.image_size, stream_augment=augment,
+                    input_workers=config.data.workers)
+    fit_classifier(config.classifier, data.train_images,
+                   None if data.streamed else data.train_labels, data.num_classes,
                    workdir=workdir, name=CHECKPOINT_NAME, mesh=mesh,
                    key=jax.random.fold_in(jax.random.key(config.seed), 0), writer=writer,
-                   init_variables=init)
+                   init_variables=init, **stream)
   finally:
     writer.close()
 
@@ -198,7 +239,7 @@ def evaluate_stage(config: ml_collections.ConfigDict, workdir: str, data: Classi
                                 batch_size=bs)
   n_train = min(len(data.train_labels), config.evaluate.num_train_examples)
   if n_train:
-    train_pred = clf.predict(data.train_images[:n_train], bs)
+    train_pred = clf.predict(data.first_train_images(n_train), bs)
     metrics["train_accuracy"] = float(np.mean(train_pred == data.train_labels[:n_train]))
   metrics["class_names"] = list(data.class_names)
   metrics["data"] = data.description

@@ -1,9 +1,8 @@
 """Batch samplers for classifier training, all with the loop's get_state/set_state protocol.
 
-- `ArrayBatches` (jaxgen.data.memory): uniform sampling, epoch by epoch.
-- `ClassBalancedBatches`: each example's class is drawn uniformly among the classes present, then
-  the example uniformly within that class (class-balanced re-sampling for long-tailed data, as in
-  the CMO / Diff-Mix long-tail baselines of paper 001 sec. 4.3).
+- Uniform and class-balanced batches come from `jaxgen.data.batches.training_batches` (in-memory
+  arrays or the grain pipeline); class-balanced re-sampling for long-tailed data is the CMO /
+  Diff-Mix long-tail baseline of paper 001 sec. 4.3.
 - `balanced_class_weights`: per-class loss weights N / (C n_c) (scikit-learn's 'balanced'
   `compute_class_weight`), used by sampling='reweighted'.
 - `effective_number_weights`: deferred re-weighting's class weights (drw_start > 0).
@@ -42,45 +41,6 @@ def effective_number_weights(labels: np.ndarray, num_classes: int, beta: float) 
   weights[present] = (1.0 - beta) / (1.0 - beta ** counts[present])
   weights *= present.sum() / weights.sum()
   return weights.astype(np.float32)
-
-
-class ClassBalancedBatches:
-  """Endless batches whose classes are uniform over the classes present (with replacement)."""
-
-  def __init__(self, arrays: Mapping[str, np.ndarray], class_ids: np.ndarray, *,
-               global_batch_size: int, seed: int, process_index: int = 0, process_count: int = 1):
-    class_ids = np.asarray(class_ids, np.int64)
-    n = len(class_ids)
-    for k, v in arrays.items():
-      if len(v) != n:
-        raise DataError(f"array '{k}' has {len(v)} rows; expected {n} (one per label)")
-    if global_batch_size % process_count:
-      raise DataError(f"batch size {global_batch_size} is not divisible by {process_count} processes")
-    self._arrays = dict(arrays)
-    self._members = [np.flatnonzero(class_ids == c) for c in np.unique(class_ids)]
-    self._batch, self._seed = global_batch_size, seed
-    self._local = global_batch_size // process_count
-    self._offset = process_index * self._local
-    self._step = 0
-
-  def __iter__(self) -> "ClassBalancedBatches":
-    return self
-
-  def __next__(self) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng([self._seed, self._step])
-    classes = rng.integers(0, len(self._members), self._batch)
-    within = rng.random(self._batch)
-    self._step += 1
-    sl = slice(self._offset, self._offset + self._local)
-    idx = np.asarray([m[int(u * len(m))] for m, u in
-                      zip((self._members[c] for c in classes[sl]), within[sl])], np.int64)
-    return {k: v[idx] for k, v in self._arrays.items()}
-
-  def get_state(self) -> dict:
-    return {"step": self._step}
-
-  def set_state(self, state: dict) -> None:
-    self._step = int(state["step"])
 
 
 class SyntheticReplacement:

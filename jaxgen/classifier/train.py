@@ -11,6 +11,7 @@ probability p).
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -24,12 +25,13 @@ from jaxgen.classifier import augment
 from jaxgen.classifier.config import build_model
 from jaxgen.classifier.inference import Classifier, check_variables, eval_variables
 from jaxgen.classifier.losses import classification_loss, normalize, smooth_targets
-from jaxgen.classifier.sampling import (ClassBalancedBatches, PairedBatches,
-                                        SyntheticReplacement, balanced_class_weights,
-                                        effective_number_weights)
-from jaxgen.data.memory import ArrayBatches
-from jaxgen.errors import DataError
+from jaxgen.classifier.sampling import (PairedBatches, SyntheticReplacement,
+                                        balanced_class_weights, effective_number_weights)
+from jaxgen.data.batches import is_streamed, training_batches
+from jaxgen.data.sources import Source
+from jaxgen.errors import ConfigError, DataError
 from jaxgen.train import loop
+from jaxgen.train.init import compiled_init
 from jaxgen.train.optim import make_optimizer
 from jaxgen.train.state import TrainState
 
@@ -110,6 +112,32 @@ def _class_ids(labels: np.ndarray) -> np.ndarray:
   return labels if labels.ndim == 1 else np.argmax(labels, axis=1)
 
 
+def streamed_record(record: dict[str, np.ndarray], *, num_classes: int, soft: bool,
+                    weights: np.ndarray, drw: np.ndarray | None) -> dict[str, np.ndarray]:
+  """A decoded source record -> the keys the step reads (grain's record_fn; RGB, loss weights)."""
+  image = np.asarray(record["image"])
+  if image.shape[-1] == 1:  # every classifier takes RGB
+    image = np.repeat(image, 3, axis=-1)
+  label = int(record["label"])
+  out = {"image": image,
+         "label": (np.eye(num_classes, dtype=np.float32)[label] if soft
+                   else np.asarray(label, np.int32)),
+         "weight": weights[label]}
+  if drw is not None:
+    out["drw_weight"] = drw[label]
+  return out
+
+
+def _streamed_image_shape(source: Source, image_size: int | None) -> tuple[int, int, int]:
+  if image_size is None:
+    shape = tuple(source.image_shape)
+    if len(shape) != 3 or None in shape or shape[0] != shape[1]:
+      raise ConfigError("data.image_size", image_size,
+                        f"a training image size ({source.name} images have shape {shape})")
+    image_size = shape[0]
+  return (int(image_size), int(image_size), 3)
+
+
 def initial_variables(model: nn.Module, cfg: ml_collections.ConfigDict, num_classes: int,
                       image_shape: tuple[int, ...], key: jax.Array,
                       init_variables: dict | None = None) -> dict:
@@ -127,24 +155,28 @@ def initial_variables(model: nn.Module, cfg: ml_collections.ConfigDict, num_clas
     variables = import_torchvision(cfg.arch, state_dict, num_classes, rng=key, dtype=cfg.dtype, **kw)
     return check_variables(model, variables, image_shape)
   x = jnp.zeros((1,) + image_shape, jnp.float32)
-  init = lambda k: model.init({"params": k, "dropout": k}, x, train=False)  # noqa: E731
-  if jax.default_backend() == "cpu":
-    # Init runs once and is cheap, but XLA:CPU's optimising passes over its hundreds of PRNG ops
-    # take ~20 s for a ResNet-18; unoptimised it compiles ~8x faster with the same values.
-    return jax.jit(init, compiler_options={"xla_backend_optimization_level": 0,
-                                           "xla_llvm_disable_expensive_passes": True})(key)
-  return jax.jit(init)(key)
+  # Init runs once and is cheap, but XLA:CPU's optimising passes over its hundreds of PRNG ops
+  # take ~20 s for a ResNet-18; unoptimised it compiles ~8x faster.
+  return compiled_init(lambda k: model.init({"params": k, "dropout": k}, x, train=False), key,
+                       fast_compile=True)
 
 
-def fit_classifier(cfg: ml_collections.ConfigDict, images: np.ndarray, labels: np.ndarray,
-                   num_classes: int, *, workdir: str, name: str, mesh: Mesh, key: jax.Array,
-                   writer: Any = None, synthetic: tuple[np.ndarray, np.ndarray] | None = None,
-                   init_variables: dict | None = None, verbose: bool = True) -> Classifier:
+def fit_classifier(cfg: ml_collections.ConfigDict, images: np.ndarray | Source,
+                   labels: np.ndarray | None, num_classes: int, *, workdir: str, name: str,
+                   mesh: Mesh, key: jax.Array, writer: Any = None,
+                   synthetic: tuple[np.ndarray, np.ndarray] | None = None,
+                   init_variables: dict | None = None, verbose: bool = True,
+                   image_size: int | None = None, stream_augment: str | None = None,
+                   input_workers: int = 0) -> Classifier:
   """Train (or resume, or just restore when finished) a classifier on uint8 NHWC images.
 
   Args:
     cfg: a `classifier_config` section.
     images, labels: uint8 [N, H, W, C]; int class ids [N] or float class probabilities [N, K].
+      Or `images` a `Source` read from disk (TFDS, image folder) and `labels` None: the
+      batches are then streamed through the grain pipeline (`jaxgen.data.batches`), decoded and
+      resized to `image_size` per step, each process reading only its share; `stream_augment`
+      ('rrc', 'flip', ...) applies while decoding, `input_workers` grain worker processes.
     num_classes: K.
     workdir, name: checkpoints go to `workdir/checkpoints/<name>` (resumable).
     mesh, key, writer: as for `jaxgen.train.loop.train`.
@@ -155,17 +187,27 @@ def fit_classifier(cfg: ml_collections.ConfigDict, images: np.ndarray, labels: n
   Returns:
     The `Classifier` with the final (EMA when kept) parameters and BatchNorm statistics.
   """
-  images, labels = np.asarray(images), np.asarray(labels)
-  _check_inputs(images, labels, num_classes, "training")
+  streamed = is_streamed(images)
+  if streamed:
+    if labels is not None:
+      raise DataError("labels come from the source when images is a Source; pass labels=None")
+    source, labels = images, np.asarray(images.labels(), np.int32)
+    image_shape = _streamed_image_shape(source, image_size)
+  else:
+    if stream_augment is not None:
+      raise ConfigError("data.augment", stream_augment,
+                        "none for in-memory images (it applies while decoding a streamed source)")
+    images, labels = np.asarray(images), np.asarray(labels)
+    _check_inputs(images, labels, num_classes, "training")
+    image_shape = tuple(images.shape[1:])
   soft = labels.ndim == 2
   if synthetic is not None:
     syn_images, syn_labels = np.asarray(synthetic[0]), np.asarray(synthetic[1])
     _check_inputs(syn_images, syn_labels, num_classes, "synthetic")
-    if syn_images.shape[1:] != images.shape[1:]:
+    if syn_images.shape[1:] != image_shape:
       raise DataError(f"synthetic images have shape {syn_images.shape[1:]}; the real ones "
-                      f"{images.shape[1:]}")
+                      f"{image_shape}")
     soft = soft or syn_labels.ndim == 2
-  image_shape = tuple(images.shape[1:])
   model = build_model(cfg, num_classes, image_size=image_shape[0])
   k_init, k_train = jax.random.split(key)
   variables = initial_variables(model, cfg, num_classes, image_shape, k_init, init_variables)
@@ -177,20 +219,23 @@ def fit_classifier(cfg: ml_collections.ConfigDict, images: np.ndarray, labels: n
   class_ids = _class_ids(labels)
   weights = (balanced_class_weights(class_ids, num_classes) if cfg.sampling == "reweighted"
              else np.ones(num_classes, np.float32))
-  arrays = {"image": images, "label": _as_training_labels(labels, soft, num_classes),
-            "weight": weights[class_ids]}
   drw = effective_number_weights(class_ids, num_classes, cfg.drw_beta) if cfg.drw_start > 0 \
       else None
-  if drw is not None:
-    arrays["drw_weight"] = drw[class_ids]
   seed = int(jax.random.randint(jax.random.fold_in(k_train, 1), (), 0, 2**31 - 1))
-  pidx, pcount = jax.process_index(), jax.process_count()
-  if cfg.sampling == "class_balanced":
-    batches = ClassBalancedBatches(arrays, class_ids, global_batch_size=cfg.train.batch_size,
-                                   seed=seed, process_index=pidx, process_count=pcount)
+  sampling = "class_balanced" if cfg.sampling == "class_balanced" else "uniform"
+  if streamed:
+    stream = dict(image_size=image_shape[0], augment=stream_augment, worker_count=input_workers)
+    data = source
+    stream["record_fn"] = functools.partial(streamed_record, num_classes=num_classes, soft=soft,
+                                            weights=weights, drw=drw)
   else:
-    batches = ArrayBatches(arrays, global_batch_size=cfg.train.batch_size, seed=seed,
-                           process_index=pidx, process_count=pcount)
+    stream = {}
+    data = {"image": images, "label": _as_training_labels(labels, soft, num_classes),
+            "weight": weights[class_ids]}
+    if drw is not None:
+      data["drw_weight"] = drw[class_ids]
+  batches = training_batches(data, global_batch_size=cfg.train.batch_size, seed=seed,
+                             sampling=sampling, class_ids=class_ids, **stream)
   if synthetic is not None and cfg.synthetic_replace_prob > 0:
     syn_ids = _class_ids(syn_labels)
     syn_arrays = {"image": syn_images, "label": _as_training_labels(syn_labels, soft, num_classes),
@@ -198,11 +243,12 @@ def fit_classifier(cfg: ml_collections.ConfigDict, images: np.ndarray, labels: n
     if drw is not None:
       syn_arrays["drw_weight"] = drw[syn_ids]
     batches = SyntheticReplacement(batches, syn_arrays, cfg.synthetic_replace_prob, seed=seed,
-                                   process_index=pidx)
+                                   process_index=jax.process_index())
   if cfg.cmo:  # real images oversampled class-balanced, to paste onto the batch
-    partner = ClassBalancedBatches({"image": images, "label": arrays["label"]}, class_ids,
-                                   global_batch_size=cfg.train.batch_size, seed=seed + 1,
-                                   process_index=pidx, process_count=pcount)
+    partner_data = source if streamed else {"image": images, "label": data["label"]}
+    partner = training_batches(partner_data, global_batch_size=cfg.train.batch_size,
+                               seed=seed + 1, sampling="class_balanced", class_ids=class_ids,
+                               **stream)
     batches = PairedBatches(batches, partner)
   step_fn = make_step_fn(model, cfg, num_classes)
   state = loop.train(name=name, state=state, step_fn=step_fn, batches=batches, cfg=cfg.train,

@@ -1,5 +1,8 @@
 """Batches from arrays held in memory (the embedded data sets), with a checkpointable position.
 
+`ArrayBatches` samples uniformly, epoch by epoch; `ClassBalancedBatches` draws each example's
+class uniformly among the classes present, then the example uniformly within that class.
+
 The embedded sets (rendered multi-view objects, digits) fit in memory, so the per-step cost is
 one numpy gather. Each epoch is a permutation drawn from (seed, epoch) alone, and the position
 is two integers, so a resumed run continues with exactly the batches it would have seen. With
@@ -64,6 +67,45 @@ class ArrayBatches:
   @property
   def steps_per_epoch(self) -> int:
     return self._n // self._batch
+
+
+class ClassBalancedBatches:
+  """Endless batches whose classes are uniform over the classes present (with replacement)."""
+
+  def __init__(self, arrays: Mapping[str, np.ndarray], class_ids: np.ndarray, *,
+               global_batch_size: int, seed: int, process_index: int = 0, process_count: int = 1):
+    class_ids = np.asarray(class_ids, np.int64)
+    n = len(class_ids)
+    for k, v in arrays.items():
+      if len(v) != n:
+        raise DataError(f"array '{k}' has {len(v)} rows; expected {n} (one per label)")
+    if global_batch_size % process_count:
+      raise DataError(f"batch size {global_batch_size} is not divisible by {process_count} processes")
+    self._arrays = dict(arrays)
+    self._members = [np.flatnonzero(class_ids == c) for c in np.unique(class_ids)]
+    self._batch, self._seed = global_batch_size, seed
+    self._local = global_batch_size // process_count
+    self._offset = process_index * self._local
+    self._step = 0
+
+  def __iter__(self) -> "ClassBalancedBatches":
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng([self._seed, self._step])
+    classes = rng.integers(0, len(self._members), self._batch)
+    within = rng.random(self._batch)
+    self._step += 1
+    sl = slice(self._offset, self._offset + self._local)
+    idx = np.asarray([m[int(u * len(m))] for m, u in
+                      zip((self._members[c] for c in classes[sl]), within[sl])], np.int64)
+    return {k: v[idx] for k, v in self._arrays.items()}
+
+  def get_state(self) -> dict:
+    return {"step": self._step}
+
+  def set_state(self, state: dict) -> None:
+    self._step = int(state["step"])
 
 
 def source_arrays(source: Any, image_size: int, limit: int = 0) -> dict[str, np.ndarray]:

@@ -101,7 +101,8 @@ def list_nmr_objects(root: str, split: str, *, seed: int = 0,
 class NMRSource(Source):
   """NMR objects; records {'images' uint8 [V, H, W, 3], 'label'} (view_mode='all') or
   {'image' [H, W, 3], 'view' (position in `views`), 'label', 'images'} (view_mode='random_one':
-  one seeded random view per object, the NMR_c / NMR_e sets of paper 000 Sec. IV).
+  one seeded random view per object, the NMR_c / NMR_e sets of paper 000 Sec. IV) or
+  {'image', 'view', 'label'} per (object, view) pair, object-major (view_mode='each').
   With with_cameras, records also hold 'world_mat' and 'camera_mat' [V, ...] float32.
   """
 
@@ -122,7 +123,7 @@ class NMRSource(Source):
     self._labels = np.asarray([lab for _, lab in objects], np.int32)
 
   def __len__(self) -> int:
-    return len(self.objects)
+    return len(self.objects) * (len(self.views) if self.view_mode == "each" else 1)
 
   def _first_size(self) -> tuple[int, int]:
     path = os.path.join(self.objects[0][0], "image", f"{self.views[0]:04d}.png")
@@ -131,28 +132,35 @@ class NMRSource(Source):
     return tuple(decode_image(path, channels=3, alpha=self.alpha).shape[:2])
 
   def labels(self) -> np.ndarray:
-    return self._labels
+    return np.repeat(self._labels, len(self.views)) if self.view_mode == "each" else self._labels
 
   def chosen_view(self, index: int) -> int:
     """Position in `views` of the seeded random view of object `index` (view_mode='random_one')."""
     return int(np.random.default_rng([self.seed, int(index)]).integers(len(self.views)))
 
+  def _frame(self, odir: str, v: int) -> np.ndarray:
+    path = os.path.join(odir, "image", f"{v:04d}.png")
+    if not os.path.isfile(path):
+      raise DataError(f"{path}: view {v} of object {odir} does not exist")
+    frame = decode_image(path, channels=3, alpha=self.alpha)
+    if self.size:
+      from jaxgen.data.pipeline import resize_center_crop  # pylint: disable=import-outside-toplevel
+      frame = resize_center_crop(frame, self.size)
+    if frame.shape != (*self.image_shape[-3:-1], 3):
+      raise DataError(f"{path}: view size {frame.shape[:2]}; expected {self.image_shape[-3:-1]} "
+                      "like the first object (or set image_size)")
+    return frame
+
   def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+    if self.view_mode == "each":  # record k: view k % V of object k // V; one PNG decoded
+      k = self._index(index)
+      i, position = divmod(k, len(self.views))
+      odir, label = self.objects[i]
+      return {"image": self._frame(odir, self.views[position]),
+              "view": np.asarray(position, np.int32), "label": self._check_label(label, odir)}
     i = self._index(index)
     odir, label = self.objects[i]
-    frames = []
-    for v in self.views:
-      path = os.path.join(odir, "image", f"{v:04d}.png")
-      if not os.path.isfile(path):
-        raise DataError(f"{path}: view {v} of object {odir} does not exist")
-      frame = decode_image(path, channels=3, alpha=self.alpha)
-      if self.size:
-        from jaxgen.data.pipeline import resize_center_crop  # pylint: disable=import-outside-toplevel
-        frame = resize_center_crop(frame, self.size)
-      frames.append(frame)
-    if any(f.shape != (*self.image_shape[-3:-1], 3) for f in frames):
-      raise DataError(f"{odir}: view sizes {[f.shape[:2] for f in frames]}; expected "
-                      f"{self.image_shape[-3:-1]} like the first object (or set image_size)")
+    frames = [self._frame(odir, v) for v in self.views]
     record = {"images": np.stack(frames), "label": self._check_label(label, odir)}
     if self.view_mode == "random_one":
       view = self.chosen_view(i)
@@ -185,7 +193,7 @@ def nmr_source(split: str, *, data_dir: str | None = None,
   """An NMR split 'train' / 'val' / 'test' (layout and record format in the module docstring).
 
   Options: views (subset of 0..num_views_total-1; default front/right/back/left), view_mode
-  ('all' or 'random_one'), seed (random view and fallback split), split_fractions, list_prefix
+  ('all', 'random_one', or 'each': one record per (object, view), for training on views), seed (random view and fallback split), split_fractions, list_prefix
   ('' or 'softras_'; default: try both), classes (synset ids to keep), with_cameras,
   image_size (resize + centre crop), alpha ('white' composites RGBA renders over white).
   """
@@ -194,8 +202,8 @@ def nmr_source(split: str, *, data_dir: str | None = None,
   views = tuple(int(v) for v in views)
   if not views or any(not 0 <= v < num_views_total for v in views) or len(set(views)) != len(views):
     raise ConfigError("data.views", views, f"distinct view ids in [0, {num_views_total})")
-  if view_mode not in ("all", "random_one"):
-    raise ConfigError("data.view_mode", view_mode, "'all' or 'random_one'")
+  if view_mode not in ("all", "random_one", "each"):
+    raise ConfigError("data.view_mode", view_mode, "'all', 'random_one' or 'each'")
   synsets, objects = list_nmr_objects(data_dir, split, seed=seed, split_fractions=split_fractions,
                                       list_prefix=list_prefix, classes=classes)
   return NMRSource(objects, synsets, views=views, view_mode=view_mode, seed=seed,

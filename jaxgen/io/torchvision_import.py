@@ -30,6 +30,7 @@ from jaxgen.errors import DataError
 from jaxgen.nets import mobilenet_v3
 from jaxgen.nets.classifiers import build_classifier, canonical_name
 from jaxgen.nets.vit import interpolate_pos_embedding
+from jaxgen.train.init import compiled_init
 
 _LEAF = {("params", "kernel"): "weight", ("params", "scale"): "weight",
          ("params", "bias"): "bias", ("batch_stats", "mean"): "running_mean",
@@ -239,11 +240,8 @@ def import_torchvision_with_report(
       flat = _flat(model.init(k, jnp.zeros((1, size, size, 3)), train=False))
       return [flat[p] for p in reinit]
 
-    # XLA:CPU's optimising passes over many PRNG ops are slow and buy nothing for a one-off init.
-    opts = ({"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
-            if jax.default_backend() == "cpu" else None)
-    fresh = jax.jit(init_reinit, compiler_options=opts)(
-        jax.random.PRNGKey(0) if rng is None else rng)
+    fresh = compiled_init(init_reinit, jax.random.PRNGKey(0) if rng is None else rng,
+                          fast_compile=True)
     for path, v in zip(reinit, fresh):
       values[path] = np.asarray(v)
   variables = _unflat({p: jnp.asarray(values[p], dtype=abstract[p].dtype) for p in abstract})

@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from jaxgen.data.memory import ArrayBatches
+from jaxgen.data.batches import training_batches
 from jaxgen.errors import DataError
 from jaxgen.metrics.features import fixed_batches
 from jaxgen.nets.autoencoder import laplace_reconstruction_loss
@@ -27,6 +27,7 @@ from jaxgen.nets.spatial_autoencoder import SpatialAutoencoder
 from jaxgen.train import loop
 from jaxgen.train.optim import make_optimizer
 from jaxgen.train.state import TrainState
+from jaxgen.train.init import compiled_init
 
 KINDS = ("spatial", "vqgan")
 VQGAN_PRESETS = ("ffhq_f16", "tiny")
@@ -81,7 +82,8 @@ def train_spatial(cfg: ml_collections.ConfigDict, images: np.ndarray, *, workdir
   """Train E / D on A (uint8 [M, H, W, 3]) by the L1 reconstruction loss; returns EMA-or-last params."""
   model = spatial_model(cfg)
   k_init, k_train = jax.random.split(key)
-  params = model.init(k_init, jnp.zeros((1,) + images.shape[1:], jnp.float32))["params"]
+  dummy = jnp.zeros((1,) + images.shape[1:], jnp.float32)
+  params = compiled_init(lambda k: model.init(k, dummy), k_init)["params"]
   tcfg = cfg.train
   state = TrainState.create(params, make_optimizer(tcfg.optim, tcfg.num_steps), ema_decay=tcfg.ema_decay)
 
@@ -95,8 +97,7 @@ def train_spatial(cfg: ml_collections.ConfigDict, images: np.ndarray, *, workdir
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
     return state.apply_gradients(grads), {"l1": loss, "grad_norm": optax.global_norm(grads)}
 
-  batches = ArrayBatches({"image": images}, global_batch_size=tcfg.batch_size, seed=seed,
-                         process_index=jax.process_index(), process_count=jax.process_count())
+  batches = training_batches({"image": images}, global_batch_size=tcfg.batch_size, seed=seed)
   state = loop.train(name="autoencoder", state=state, step_fn=step_fn, batches=batches, cfg=tcfg,
                      workdir=workdir, mesh=mesh, key=k_train, writer=writer)
   return state.eval_params

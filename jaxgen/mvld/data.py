@@ -1,8 +1,11 @@
 """MVLD's data: objects with all V views (NMR_d-like) for training and held-out objects for tests.
 
-'multiview' is the embedded renderer (default, built once and cached); 'nmr' reads the NMR
-renders from `config.data.data_dir` with V views evenly spaced over the 24 cameras (V = 4 gives
-front/right/back/left, as paper 000 IV).
+'multiview' is the embedded renderer (default, built once and cached, in memory); 'nmr' reads
+the NMR renders from `config.data.data_dir` with V views evenly spaced over the 24 cameras
+(V = 4 gives front/right/back/left, as paper 000 IV). NMR's training split is never loaded
+whole: it stays a `Source` that the trainers stream through the grain pipeline
+(`jaxgen.data.batches`) and the latent encoding reads in one ordered pass; its test objects
+(capped by data.num_test) are read into memory for evaluation.
 """
 
 from __future__ import annotations
@@ -30,8 +33,10 @@ def stack_objects(source, limit: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def load_views(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """{'train_images' [N, V, H, W, 3] uint8, 'train_labels', 'test_images', 'test_labels',
-  'num_classes', 'class_names', 'description'}."""
+  """{'train_images': uint8 [N, V, H, W, 3] or a Source of such objects, 'train_views': the
+  same as single views (uint8 [N * V, H, W, 3] or a Source of {'image'} records),
+  'train_labels' [N], 'image_shape' (H, W, 3), 'streamed', 'test_images' [n, V, H, W, 3],
+  'test_labels', 'num_classes', 'class_names', 'description'}."""
   d = config.data
   if d.name == "multiview":
     from jaxgen.data.multiview import build_multiview_splits
@@ -40,8 +45,11 @@ def load_views(config: ml_collections.ConfigDict, workdir: str) -> dict:
     splits = build_multiview_splits(cache, seed=config.seed, num_train=d.num_train,
                                     num_test=d.num_test, num_views=d.num_views,
                                     image_size=d.image_size, variant=d.variant)
+    train = splits["train"]["images"]
     return {
-        "train_images": splits["train"]["images"], "train_labels": splits["train"]["labels"],
+        "train_images": train, "train_views": train.reshape((-1,) + train.shape[2:]),
+        "train_labels": splits["train"]["labels"], "image_shape": tuple(train.shape[2:]),
+        "streamed": False,
         "test_images": splits["test"]["images"], "test_labels": splits["test"]["labels"],
         "num_classes": len(SHAPE_CLASSES), "class_names": tuple(SHAPE_CLASSES),
         "description": (f"embedded multi-view renders ({len(SHAPE_CLASSES)} primitive classes, "
@@ -49,17 +57,22 @@ def load_views(config: ml_collections.ConfigDict, workdir: str) -> dict:
                         f"{d.num_test} test objects, render seed {config.seed}, variant {d.variant})"),
     }
   from jaxgen.data.nmr import nmr_source
+  from jaxgen.data.sources import subset
   views = nmr_views(d.num_views)
-  train = nmr_source("train", data_dir=d.data_dir, views=views, seed=config.seed,
-                     image_size=d.image_size)
-  test = nmr_source("test", data_dir=d.data_dir, views=views, seed=config.seed,
-                    image_size=d.image_size)
-  train_images, train_labels = stack_objects(train, d.num_train)
+  opts = dict(data_dir=d.data_dir, views=views, seed=config.seed, image_size=d.image_size)
+  train = nmr_source("train", **opts)
+  n = min(len(train), d.num_train)
+  if n == 0:
+    raise DataError(f"{train!r} holds no objects")
+  train_views = subset(nmr_source("train", view_mode="each", **opts), np.arange(n * len(views)))
+  train = subset(train, np.arange(n))
+  test = nmr_source("test", **opts)
   test_images, test_labels = stack_objects(test, d.num_test)
   return {
-      "train_images": train_images, "train_labels": train_labels,
-      "test_images": test_images, "test_labels": test_labels,
+      "train_images": train, "train_views": train_views,
+      "train_labels": train.labels(), "image_shape": tuple(train.image_shape[1:]),
+      "streamed": True, "test_images": test_images, "test_labels": test_labels,
       "num_classes": train.num_classes, "class_names": train.class_names,
       "description": (f"NMR renders from {d.data_dir} (views {views}, {d.image_size}x{d.image_size}, "
-                      f"{len(train_images)} train / {len(test_images)} test objects)"),
+                      f"{n} train objects streamed by grain / {len(test_images)} test objects)"),
   }

@@ -21,6 +21,8 @@ from jaxgen import configlib
 from jaxgen.classifier.config import validate_classifier_config
 from jaxgen.classifier.inference import load_classifier
 from jaxgen.classifier.train import fit_classifier
+from jaxgen.data.batches import first_records, ordered_batches
+from jaxgen.data.sources import Source
 from jaxgen.errors import ConfigError
 from jaxgen.io.files import atomic_save_npz, atomic_write_json, read_json
 from jaxgen.io.images import image_grid
@@ -254,29 +256,29 @@ class Run(MethodRun):
       return f["lo"], f["hi"]
 
   def classifier(self):
-    shape = self.data["train_images"].shape[2:]
+    shape = self.data["image_shape"]
     return load_classifier(self.config.classifier, self.data["num_classes"], shape,
                            workdir=self.workdir, name="classifier", mesh=self.mesh)
 
-  def encode(self, ae_params: Any, images: np.ndarray) -> np.ndarray:
-    """Raw latents [N, V, L] of uint8 [N, V, H, W, 3], in batches."""
+  def encode(self, ae_params: Any, images: np.ndarray | Source) -> np.ndarray:
+    """Raw latents [N, V, L] of uint8 [N, V, H, W, 3] (or of a source's objects, streamed in
+    order), in batches."""
     fn = jax.jit(functools.partial(mvld_model.encode_views, self.spec, ae_params))
     bs = max(1, self.config.evaluate.batch_size)
-    return np.concatenate([np.asarray(fn(images[i:i + bs])) for i in range(0, len(images), bs)])
+    return np.concatenate([np.asarray(fn(batch)) for batch in ordered_batches(images, bs)])
 
 
 def _stage_data(run: Run) -> None:
   d = run.data
   if is_main_process():
-    print(f"[data] {d['description']}: train {d['train_images'].shape}, test {d['test_images'].shape}",
-          flush=True)
-    run.save_figure(image_grid(d["train_images"][:8]), "samples", "data.png")
+    train = (len(d["train_images"]), len(d["test_images"][0]), *d["image_shape"])
+    print(f"[data] {d['description']}: train {train}, test {d['test_images'].shape}", flush=True)
+    run.save_figure(image_grid(first_records(d["train_images"], 8)), "samples", "data.png")
 
 
 def _stage_autoencoder(run: Run) -> None:
-  images = run.data["train_images"]
-  views = images.reshape((-1,) + images.shape[2:])
-  params = train_autoencoder(run.spec, run.config.autoencoder, views, workdir=run.workdir,
+  params = train_autoencoder(run.spec, run.config.autoencoder, run.data["train_views"],
+                             workdir=run.workdir,
                              mesh=run.mesh, key=run.key("train_autoencoder"), writer=run.writer,
                              seed=run.config.seed)
   if is_main_process():
@@ -301,10 +303,10 @@ def _stage_diffusion(run: Run) -> None:
 
 
 def _stage_classifier(run: Run) -> None:
-  images, labels = run.data["train_images"], run.data["train_labels"]
-  v = images.shape[1]
-  fit_classifier(run.config.classifier, images.reshape((-1,) + images.shape[2:]),
-                 np.repeat(labels, v), run.data["num_classes"], workdir=run.workdir,
+  views, labels = run.data["train_views"], run.data["train_labels"]
+  view_labels = None if run.data["streamed"] else np.repeat(labels, len(views) // len(labels))
+  fit_classifier(run.config.classifier, views, view_labels, run.data["num_classes"],
+                 workdir=run.workdir,
                  name="classifier", mesh=run.mesh, key=run.key("train_classifier"), writer=run.writer)
 
 

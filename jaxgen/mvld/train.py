@@ -7,6 +7,7 @@ of all V views with multi-time masked diffusion (eq. 6).
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -16,7 +17,8 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from jaxgen.data.memory import ArrayBatches
+from jaxgen.data.batches import is_streamed, select_keys, training_batches
+from jaxgen.data.sources import Source
 from jaxgen.data.trivial_augment import trivial_augment_wide
 from jaxgen.mvld import model as mvld_model
 from jaxgen.nets.autoencoder import laplace_reconstruction_loss
@@ -24,15 +26,18 @@ from jaxgen.train import loop
 from jaxgen.train.optim import make_optimizer
 from jaxgen.train.state import TrainState
 from jaxgen.train.writers import MetricWriter
+from jaxgen.train.init import compiled_init
 
 
-def train_autoencoder(spec: mvld_model.MVLDSpec, cfg: ml_collections.ConfigDict, views: np.ndarray, *,
-                      workdir: str, mesh: Mesh, key: jax.Array, writer: MetricWriter | None,
-                      seed: int) -> Any:
-  """Train e_phi / d_psi on single views uint8 [N, H, W, 3]; returns the (EMA if any) params."""
+def train_autoencoder(spec: mvld_model.MVLDSpec, cfg: ml_collections.ConfigDict,
+                      views: np.ndarray | Source, *, workdir: str, mesh: Mesh, key: jax.Array,
+                      writer: MetricWriter | None, seed: int) -> Any:
+  """Train e_phi / d_psi on single views uint8 [N, H, W, 3] (or a Source of {'image'} records,
+  streamed by grain); returns the (EMA if any) params."""
   k_init, k_train = jax.random.split(key)
-  dummy = jnp.zeros((1,) + views.shape[1:], jnp.float32)
-  params = spec.autoencoder.init(k_init, dummy)["params"]
+  shape = tuple(views.image_shape) if is_streamed(views) else views.shape[1:]
+  dummy = jnp.zeros((1,) + shape, jnp.float32)
+  params = compiled_init(lambda k: spec.autoencoder.init(k, dummy), k_init)["params"]
   tcfg = cfg.train
   state = TrainState.create(params, make_optimizer(tcfg.optim, tcfg.num_steps), ema_decay=tcfg.ema_decay)
   augment = cfg.augment == "trivial_augment_wide"
@@ -49,8 +54,10 @@ def train_autoencoder(spec: mvld_model.MVLDSpec, cfg: ml_collections.ConfigDict,
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
     return state.apply_gradients(grads), {"l1": loss, "grad_norm": optax.global_norm(grads)}
 
-  batches = ArrayBatches({"image": views}, global_batch_size=tcfg.batch_size, seed=seed,
-                         process_index=jax.process_index(), process_count=jax.process_count())
+  data, stream = {"image": views}, {}
+  if is_streamed(views):
+    data, stream = views, {"record_fn": functools.partial(select_keys, keys=("image",))}
+  batches = training_batches(data, global_batch_size=tcfg.batch_size, seed=seed, **stream)
   state = loop.train(name="autoencoder", state=state, step_fn=step_fn, batches=batches, cfg=tcfg,
                      workdir=workdir, mesh=mesh, key=k_train, writer=writer)
   return state.eval_params
@@ -61,8 +68,9 @@ def train_diffusion(spec: mvld_model.MVLDSpec, cfg: ml_collections.ConfigDict, l
                     seed: int) -> Any:
   """Train the score network on standardised flat latents [N, V * L]; returns EMA params."""
   k_init, k_train = jax.random.split(key)
-  params = spec.score_net.init(k_init, jnp.zeros((1, spec.flat_dim)),
-                               jnp.zeros((1, spec.num_views)))["params"]
+  params = compiled_init(lambda k: spec.score_net.init(k, jnp.zeros((1, spec.flat_dim)),
+                                                       jnp.zeros((1, spec.num_views))),
+                         k_init)["params"]
   tcfg = cfg.train
   state = TrainState.create(params, make_optimizer(tcfg.optim, tcfg.num_steps), ema_decay=tcfg.ema_decay)
 
@@ -73,9 +81,8 @@ def train_diffusion(spec: mvld_model.MVLDSpec, cfg: ml_collections.ConfigDict, l
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     return state.apply_gradients(grads), {**aux, "grad_norm": optax.global_norm(grads)}
 
-  batches = ArrayBatches({"z": latents.astype(np.float32)}, global_batch_size=tcfg.batch_size,
-                         seed=seed + 1, process_index=jax.process_index(),
-                         process_count=jax.process_count())
+  batches = training_batches({"z": latents.astype(np.float32)},
+                             global_batch_size=tcfg.batch_size, seed=seed + 1)
   state = loop.train(name="diffusion", state=state, step_fn=step_fn, batches=batches, cfg=tcfg,
                      workdir=workdir, mesh=mesh, key=k_train, writer=writer)
   return state.eval_params

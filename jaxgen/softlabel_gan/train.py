@@ -28,8 +28,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from jaxgen.classifier.sampling import ClassBalancedBatches
-from jaxgen.data.memory import ArrayBatches
+from jaxgen.data.batches import training_batches
 from jaxgen.gan.diffaugment import diff_augment
 from jaxgen.gan.losses import discriminator_loss, generator_loss
 from jaxgen.nets.biggan import Discriminator, Generator
@@ -183,12 +182,8 @@ def real_batches(images: np.ndarray, label_vectors: np.ndarray, classes: np.ndar
   epochs, or class-balanced draws for the Oversample baseline; checkpointable positions."""
   arrays = {"image": images, "label": label_vectors.astype(np.float32)}
   size = cfg.train.batch_size * cfg.d_steps
-  pidx, pcount = jax.process_index(), jax.process_count()
-  if variant.sampling == "class_balanced":
-    return ClassBalancedBatches(arrays, classes, global_batch_size=size, seed=seed,
-                                process_index=pidx, process_count=pcount)
-  return ArrayBatches(arrays, global_batch_size=size, seed=seed, process_index=pidx,
-                      process_count=pcount)
+  return training_batches(arrays, global_batch_size=size, seed=seed, sampling=variant.sampling,
+                          class_ids=classes)
 
 
 def train_gan(name: str, g: Generator, d: Discriminator, cfg: ml_collections.ConfigDict,

@@ -28,7 +28,7 @@ import numpy as np
 import optax
 
 from jaxgen import configlib
-from jaxgen.data.memory import ArrayBatches
+from jaxgen.data.batches import training_batches
 from jaxgen.errors import ConfigError
 from jaxgen.nets.cond_unet import CondUNet
 from jaxgen.nets.kl_autoencoder import sample_posterior
@@ -151,9 +151,8 @@ def finetune(config: bb.BackboneConfig, params: dict, tokenizer, data: dict[str,
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
     return state.apply_gradients(grads), {"loss": loss}
 
-  batches = ArrayBatches({k: data[k] for k in ("mean", "logvar", "labels")},
-                         global_batch_size=tcfg.batch_size, seed=seed,
-                         process_index=jax.process_index(), process_count=jax.process_count())
+  batches = training_batches({k: data[k] for k in ("mean", "logvar", "labels")},
+                             global_batch_size=tcfg.batch_size, seed=seed)
   state = loop.train(name=name, state=state, step_fn=step_fn, batches=batches, cfg=tcfg,
                      workdir=workdir, mesh=mesh, key=k_train, writer=writer)
   out = jax.device_get(state.params)

@@ -18,13 +18,15 @@ Two stages on the shared loop (`jaxgen.train.loop`), as Stable Diffusion was bui
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 
-from jaxgen.data.memory import ArrayBatches
+from jaxgen.data.batches import training_batches
 from jaxgen.metrics.features import fixed_batches
 from jaxgen.nets.common import to_model_range
 from jaxgen.nets.kl_autoencoder import KLAutoencoder, kl_divergence, sample_posterior
@@ -32,13 +34,13 @@ from jaxgen.t2i import backbone as bb
 from jaxgen.train import loop
 from jaxgen.train.optim import make_optimizer
 from jaxgen.train.state import TrainState
+from jaxgen.train.init import compiled_init
 
 Array = jax.Array
 
 
-def _batches(arrays: dict[str, np.ndarray], batch_size: int, seed: int) -> ArrayBatches:
-  return ArrayBatches(arrays, global_batch_size=batch_size, seed=seed,
-                      process_index=jax.process_index(), process_count=jax.process_count())
+def _batches(arrays: dict[str, np.ndarray], batch_size: int, seed: int) -> Any:
+  return training_batches(arrays, global_batch_size=batch_size, seed=seed)
 
 
 def train_autoencoder(config: bb.BackboneConfig, images: np.ndarray, train_cfg: ml_collections.ConfigDict,
@@ -46,7 +48,8 @@ def train_autoencoder(config: bb.BackboneConfig, images: np.ndarray, train_cfg: 
   """Train the KL autoencoder on uint8 images [N, H, W, 3]; returns its variables (EMA if kept)."""
   model = KLAutoencoder(config.vae)
   k_init, k_train = jax.random.split(key)
-  params = model.init(k_init, jnp.zeros((1,) + images.shape[1:], jnp.float32))["params"]
+  dummy = jnp.zeros((1,) + images.shape[1:], jnp.float32)
+  params = compiled_init(lambda k: model.init(k, dummy), k_init)["params"]
   state = TrainState.create(params, make_optimizer(train_cfg.optim, train_cfg.num_steps),
                             ema_decay=train_cfg.ema_decay)
 

@@ -20,6 +20,7 @@ import time
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxgen.errors import CheckpointError
@@ -32,6 +33,23 @@ def _encode_data_state(data_state: Any) -> Any:
   if isinstance(data_state, bytes):
     return {"__bytes__": base64.b64encode(data_state).decode("ascii")}
   return data_state
+
+
+def _host_copies(state: Any) -> Any:
+  """Fully replicated arrays as host numpy copies of one replica.
+
+  orbax's replica-parallel writer splits every replicated jax.Array across its replicas with a
+  compiled slice per leaf shape: ~0.05 s per leaf on CPU, seconds per first save of a network.
+  A numpy copy is written by the primary process in one go and restores onto the template's
+  shardings exactly as before (tests/test_train_loop.py resumes from such checkpoints).
+  Sharded arrays and PRNG keys are left to orbax.
+  """
+  def leaf(x: Any) -> Any:
+    if (isinstance(x, jax.Array) and x.is_fully_replicated
+        and not jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)):
+      return np.asarray(x.addressable_data(0))
+    return x
+  return jax.tree.map(leaf, state)
 
 
 def _decode_data_state(data_state: Any) -> Any:
@@ -60,7 +78,7 @@ class Checkpointer:
     """Save asynchronously (when enabled); `wait()` blocks until it is on disk."""
     meta = dict(meta or {}, step=int(step))
     args = ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
+        state=ocp.args.StandardSave(_host_copies(state)),
         data=ocp.args.JsonSave({"state": _encode_data_state(data_state)}),
         meta=ocp.args.JsonSave(meta))
     self._manager.save(int(step), args=args, force=True)
