@@ -8,11 +8,13 @@ command line fails in a second with one line naming the key.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import json
 import math
 import os
 
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import ml_collections
 
@@ -85,6 +87,38 @@ def base_config(method: str, preset: str | None = None,
   })
 
 
+_TRACED: set[str] = set()
+
+
+def trace_once(config: ml_collections.ConfigDict, sections: Sequence[str],
+               trace: Callable[[], None]) -> None:
+  """Run `trace()` (the abstract network builds at the end of a validation) unless it already
+  succeeded in this process for the same values of `sections`: it is a pure function of them,
+  and whatever validates many configs (the key-walk test, claims scripts) would otherwise trace
+  identical networks again. A failing trace raises every time."""
+  values = {s: get_path(config, s) for s in sections}
+  name = getattr(getattr(trace, "func", trace), "__qualname__", None)  # partials: the function
+  key = json.dumps({"trace": f"{getattr(trace, 'func', trace).__module__}.{name}",
+                    **{s: v.to_dict() if hasattr(v, "to_dict") else v for s, v in values.items()}},
+                   sort_keys=True, default=repr)
+  if key not in _TRACED:
+    trace()
+    _TRACED.add(key)
+
+
+@contextlib.contextmanager
+def nested_section(prefix: str, from_parent: Sequence[str] = ("mesh",)) -> Iterator[None]:
+  """While validating the config embedded at `prefix` (e.g. DIMVIDA's `mvld`), its ConfigErrors
+  name the key as the user writes it (`mvld.data.variant`), except the sections the embedded
+  config takes from its parent (`from_parent`, e.g. the mesh), which keep their own name."""
+  try:
+    yield
+  except ConfigError as err:
+    if err.key.startswith("(") or err.key.split(".")[0] in from_parent:
+      raise
+    raise ConfigError(f"{prefix}.{err.key}", err.value, err.expected) from None
+
+
 def require(ok: bool, key: str, value: Any, expected: str) -> None:
   """Raise `ConfigError(key, value, expected)` unless `ok`."""
   if not ok:
@@ -116,6 +150,17 @@ def get_path(config: ml_collections.ConfigDict, key: str) -> Any:
   return node
 
 
+def validate_base(config: ml_collections.ConfigDict, num_devices: int) -> int:
+  """The fields of `base_config`: the seed (numpy generators need it >= 0), log_images and the
+  mesh; returns the data-parallel size."""
+  require_positive_int(config, "seed", allow_zero=True)
+  if "log_images" in config:
+    require(isinstance(config.log_images, bool), "log_images", config.log_images, "true or false")
+  if "data" in config and "seed" in config.data:
+    require_positive_int(config, "data.seed", allow_zero=True)
+  return validate_mesh(config, num_devices)
+
+
 def validate_mesh(config: ml_collections.ConfigDict, num_devices: int) -> int:
   """Check the mesh fits the devices; returns the data-parallel size."""
   data, model = config.mesh.data, config.mesh.model
@@ -143,14 +188,19 @@ def validate_train(config: ml_collections.ConfigDict, prefix: str, data_parallel
           f"a multiple of the data-parallel size {data_parallel}")
   require_range(config, f"{prefix}.ema_decay", 0.0, 0.999999)
   require_choice(config, f"{prefix}.scan_steps", ("auto", "always", "never"))
-  require_choice(config, f"{prefix}.optim.name", OPTIMIZERS)
-  require_choice(config, f"{prefix}.optim.schedule", SCHEDULES)
-  lr = get_path(config, f"{prefix}.optim.lr")
-  require(isinstance(lr, (int, float)) and lr > 0, f"{prefix}.optim.lr", lr, "a positive number")
-  require_positive_int(config, f"{prefix}.optim.warmup_steps", allow_zero=True)
-  clip = get_path(config, f"{prefix}.optim.clip_norm")
-  require(clip >= 0, f"{prefix}.optim.clip_norm", clip, "0 (off) or a positive number")
-  validate_optim_numbers(config, f"{prefix}.optim")
+  validate_optim(config, f"{prefix}.optim")
+
+
+def validate_optim(config: ml_collections.ConfigDict, prefix: str) -> None:
+  """Validate one `optim_config` section found at `prefix` (e.g. 'train.optim')."""
+  require_choice(config, f"{prefix}.name", OPTIMIZERS)
+  require_choice(config, f"{prefix}.schedule", SCHEDULES)
+  lr = get_path(config, f"{prefix}.lr")
+  require(isinstance(lr, (int, float)) and lr > 0, f"{prefix}.lr", lr, "a positive number")
+  require_positive_int(config, f"{prefix}.warmup_steps", allow_zero=True)
+  clip = get_path(config, f"{prefix}.clip_norm")
+  require(clip >= 0, f"{prefix}.clip_norm", clip, "0 (off) or a positive number")
+  validate_optim_numbers(config, prefix)
 
 
 def validate_optim_numbers(config: ml_collections.ConfigDict, prefix: str) -> None:

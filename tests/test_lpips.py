@@ -189,7 +189,7 @@ def test_domain_lpips_on_tiny_cnn():
   np.testing.assert_allclose(got, _numpy_lpips(stages(x), stages(y), None), rtol=1e-5)
   np.testing.assert_allclose(np.asarray(L.domain_lpips(x, x, model.apply, variables, names)), 0.0,
                              atol=1e-6)
-  with pytest.raises(ConfigError, match="stage9"):
+  with pytest.raises(ValueError, match="stage9"):
     L.domain_lpips(x, y, model.apply, variables, ["stage9"])
   assert "uncalibrated" in L.domain_lpips_label("resnet18", names)
   assert L.lpips_label("squeeze") == "LPIPS-v0.1(squeeze)"

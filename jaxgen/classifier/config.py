@@ -3,6 +3,7 @@ their validation and the network they build (`jaxgen.nets.classifiers`)."""
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -11,6 +12,7 @@ import ml_collections
 import numpy as np
 
 from jaxgen import configlib
+from jaxgen.errors import ConfigError
 from jaxgen.nets.classifiers import build_classifier, classifier_names
 
 SAMPLING = ("uniform", "class_balanced", "reweighted")
@@ -104,8 +106,20 @@ def validate_classifier_config(config: ml_collections.ConfigDict, prefix: str,
   configlib.require(not cfg.pretrained_path or os.path.isfile(cfg.pretrained_path),
                     f"{p}pretrained_path", cfg.pretrained_path,
                     "an existing torchvision weight file, or '' to start from scratch")
+  for key, value in cfg.arch_kw.items():
+    if isinstance(value, float):  # width_mult, dropouts, bn_momentum: finite, in range
+      high = 1.0 if "dropout" in key or key == "bn_momentum" else math.inf
+      configlib.require(0.0 <= value < high if high == 1.0 else 0.0 < value < high,
+                        f"{p}arch_kw.{key}", value,
+                        "a number in [0, 1)" if high == 1.0 else "a positive number")
   # Building the module (shapes only) rejects options the architecture does not accept.
-  build_model(cfg, 2, image_size=224 if cfg.arch.startswith("vit") else 32)
+  try:
+    build_model(cfg, 2, image_size=224 if cfg.arch.startswith("vit") else 32)
+  except ConfigError as err:  # the builder names the option alone; name it where it is set
+    option = err.key.split(".")[-1]
+    if option not in cfg.arch_kw:
+      raise
+    raise ConfigError(f"{p}arch_kw.{option}", err.value, err.expected) from None
 
 
 def build_model(cfg: ml_collections.ConfigDict, num_classes: int, *, image_size: int) -> nn.Module:

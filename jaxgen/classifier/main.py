@@ -24,6 +24,7 @@ from jaxgen.classifier.evaluate import evaluate_classifier, save_confusion_png
 from jaxgen.classifier.inference import load_classifier, load_classifier_variables
 from jaxgen.classifier.train import fit_classifier
 from jaxgen.data.memory import source_arrays
+from jaxgen.data.multiview import VARIANTS
 from jaxgen.data.pipeline import AUGMENTATIONS
 from jaxgen.data.sources import Source, subset
 from jaxgen.errors import ConfigError, DataError
@@ -71,7 +72,7 @@ class ClassifierData:
 
 def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
   """Reject unknown names and impossible values (ConfigError) before anything is compiled."""
-  dp = configlib.validate_mesh(config, num_devices)
+  dp = configlib.validate_base(config, num_devices)
   validate_classifier_config(config, "classifier", dp)
   configlib.require_choice(config, "data.name", DATA_NAMES)
   multiview = config.data.name == "multiview"
@@ -89,6 +90,11 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
                     f"applies to the streamed sources {STREAMED})"))
   configlib.require_positive_int(config, "data.workers", allow_zero=True)
   configlib.require_positive_int(config, "data.shots", allow_zero=True)
+  tf = config.data.test_fraction
+  configlib.require(isinstance(tf, float) and 0.0 < tf < 1.0, "data.test_fraction", tf,
+                    "a fraction in (0, 1)")
+  configlib.require_choice(config, "data.variant", VARIANTS)
+  configlib.require_positive_int(config, "evaluate.num_train_examples", allow_zero=True)
   f = config.data.imbalance_factor
   configlib.require(isinstance(f, (int, float)) and (f == 0 or f >= 1), "data.imbalance_factor", f,
                     "0 (balanced) or a factor >= 1, e.g. 10 or 100")

@@ -177,7 +177,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int,
         raise ConfigError(err.key, err.value,
                           f"{err.expected} (run {name!r} of study {config.study!r})") from None
     return
-  dp = configlib.validate_mesh(config, num_devices)
+  dp = configlib.validate_base(config, num_devices)
   seeds = list(config.seeds)
   configlib.require(bool(seeds) and len(set(seeds)) == len(seeds) and all(
       isinstance(x, int) and x >= 0 for x in seeds), "seeds", seeds,
@@ -244,11 +244,8 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int,
   for key in ("batch_size", "num_grid"):
     configlib.require_positive_int(config, f"evaluate.{key}")
   if check_backbone:  # last: it builds the networks abstractly
-    try:
+    with configlib.nested_section("t2i", from_parent=("mesh", "finetune")):
       t2i_main.validate_config(t2i_config(config), num_devices, finetune=False)
-    except ConfigError as err:  # name the key as this config spells it
-      key = err.key if err.key.startswith(("mesh.", "(")) else f"t2i.{err.key}"
-      raise ConfigError(key, err.value, err.expected) from None
     if config.t2i_workdir:
       _check_t2i_workdir(config)
 

@@ -95,8 +95,9 @@ def _check_mvld_workdir(config: ml_collections.ConfigDict) -> None:
 
 def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
   """Every impossible value fails here, before anything is rendered, trained or generated."""
-  dp = configlib.validate_mesh(config, num_devices)
-  mvld_main.validate_config(mvld_config(config), num_devices)
+  dp = configlib.validate_base(config, num_devices)
+  with configlib.nested_section("mvld"):
+    mvld_main.validate_config(mvld_config(config), num_devices)
   stages = tuple(config.mvld.stages)
   configlib.require(all(s in mvld_main.STAGES for s in stages), "mvld.stages", stages,
                     "stages among " + ", ".join(mvld_main.STAGES))
@@ -129,6 +130,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
   ft = config.finetune
   configlib.require(isinstance(ft.enabled, bool), "finetune.enabled", ft.enabled, "true or false")
   configlib.require_range(config, "finetune.lr", 1e-12, 1.0)
+  configlib.require_positive_int(config, "finetune.pretrain_seed", allow_zero=True)
   configlib.require(set(ft.torchvision_paths.keys()) == set(ARCHS), "finetune.torchvision_paths",
                     sorted(ft.torchvision_paths.keys()), f"the keys {ARCHS}")
   if ft.enabled:

@@ -19,7 +19,7 @@ import numpy as np
 import optax
 
 from jaxgen.data.batches import training_batches
-from jaxgen.errors import DataError
+from jaxgen.errors import ConfigError, DataError
 from jaxgen.metrics.features import fixed_batches
 from jaxgen.nets.autoencoder import laplace_reconstruction_loss
 from jaxgen.nets.common import to_model_range, to_uint8
@@ -120,7 +120,11 @@ def make_codec(cfg: ml_collections.ConfigDict, params: Any, batch_size: int) -> 
 
 
 def check_checkpoint(cfg: ml_collections.ConfigDict) -> None:
-  """A 'vqgan' run needs its checkpoint file before anything starts."""
+  """A 'vqgan' run needs its checkpoint file before anything starts; other kinds train their own
+  autoencoder, so a checkpoint path there would be ignored and is refused."""
+  if cfg.kind != "vqgan" and cfg.checkpoint_path:
+    raise ConfigError("autoencoder.checkpoint_path", cfg.checkpoint_path,
+                      f"'' for autoencoder.kind={cfg.kind!r} (only 'vqgan' loads a checkpoint)")
   if cfg.kind == "vqgan" and not os.path.isfile(cfg.checkpoint_path):
     raise DataError(f"config.autoencoder.checkpoint_path={cfg.checkpoint_path!r}: no such file; "
                     "expected a taming-transformers VQ-GAN .ckpt (e.g. the FFHQ/CelebA-HQ f16 model)")

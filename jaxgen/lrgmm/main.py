@@ -44,7 +44,7 @@ METHODS = ("lr_gmm", "lr_gmm_nn", "nn_only")
 
 def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
   """Every impossible value fails here, before anything is built: shapes come from eval_shape."""
-  dp = configlib.validate_mesh(config, num_devices)
+  dp = configlib.validate_base(config, num_devices)
   d = config.data
   configlib.require_choice(config, "data.name", DATA_NAMES)
   for key in ("data.image_size", "data.num_target", "data.num_test"):

@@ -276,9 +276,8 @@ def capture_features(apply_fn: Callable[..., Any], variables: Any, images: jax.A
     for part in name.split("/"):
       node = node.get(part, {}) if isinstance(node, Mapping) else {}
     value = node.get("__call__") if isinstance(node, Mapping) else None
-    if not value:
-      raise ConfigError("eval.domain_lpips_layers", name,
-                        "names of submodules of the classifier (e.g. 'stage1'), '/'-separated")
+    if not value:  # the callers' validation names their config key (e.g. classifier.arch)
+      raise ValueError(f"the classifier has no submodule {name!r} to take LPIPS features from")
     feats.append(value[0])
   return feats
 

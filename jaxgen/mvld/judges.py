@@ -12,9 +12,11 @@ from __future__ import annotations
 import functools
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from jaxgen.errors import ConfigError
 from jaxgen.mvld.evaluate import Judges
 from jaxgen.parallel.batching import batched_apply
 
@@ -24,6 +26,29 @@ LPIPS_LAYERS = ("stage1", "stage2", "stage3", "stage4")
 def _batched_pairs(fn, x: np.ndarray, y: np.ndarray, batch_size: int) -> np.ndarray:
   out = batched_apply(fn, (x, y), batch_size, pad="edge")
   return np.zeros((0,), np.float32) if out is None else out
+
+
+def check_judge_architecture(config: ml_collections.ConfigDict, section: str,
+                             image_size: int) -> None:
+  """Before anything trains: without both LPIPS weight files, LPIPS is computed on the judge
+  classifier's LPIPS_LAYERS, so the architecture of `config[section]` must have them (traced on
+  abstract shapes; nothing is computed)."""
+  ev = config.evaluate
+  if ev.lpips_backbone_path and ev.lpips_linear_path:
+    return
+  from jaxgen.classifier.config import build_model  # pylint: disable=import-outside-toplevel
+  from jaxgen.metrics.lpips import capture_features  # pylint: disable=import-outside-toplevel
+  model = build_model(config[section], 2, image_size=image_size)
+  x = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
+  variables = jax.eval_shape(lambda k, x: model.init(k, x, train=False), jax.random.key(0), x)
+  try:
+    jax.eval_shape(lambda v, x: capture_features(model.apply, v, x, LPIPS_LAYERS, {"train": False}),
+                   variables, x)
+  except ValueError:
+    raise ConfigError(f"{section}.arch", config[section].arch,
+                      f"a judge with the submodules {', '.join(LPIPS_LAYERS)} for the in-domain LPIPS "
+                      "(resnet18, resnet50), or both evaluate.lpips_backbone_path and "
+                      "evaluate.lpips_linear_path") from None
 
 
 def build_judges(config: ml_collections.ConfigDict, classifier, mesh,

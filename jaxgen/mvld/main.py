@@ -22,6 +22,7 @@ from jaxgen.classifier.config import validate_classifier_config
 from jaxgen.classifier.inference import load_classifier
 from jaxgen.classifier.train import fit_classifier
 from jaxgen.data.batches import first_records, ordered_batches
+from jaxgen.data.multiview import VARIANTS
 from jaxgen.data.sources import Source
 from jaxgen.errors import ConfigError
 from jaxgen.io.files import atomic_save_npz, atomic_write_json, read_json
@@ -35,7 +36,7 @@ from jaxgen.mvld import sampler_study
 from jaxgen.mvld import transmission
 from jaxgen.mvld import transmission_baselines as baselines
 from jaxgen.mvld.data import load_views
-from jaxgen.mvld.judges import build_judges
+from jaxgen.mvld.judges import build_judges, check_judge_architecture
 from jaxgen.mvld.train import train_autoencoder, train_diffusion
 from jaxgen.nets.mld_autoencoder import num_levels as mld_num_levels
 from jaxgen.parallel.mesh import is_main_process
@@ -52,8 +53,9 @@ BITS = (32, 16, 8, 4)
 
 def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
   """Every impossible value fails here, before anything is built or compiled."""
-  dp = configlib.validate_mesh(config, num_devices)
+  dp = configlib.validate_base(config, num_devices)
   configlib.require_choice(config, "data.name", DATA_NAMES)
+  configlib.require_choice(config, "data.variant", VARIANTS)
   for key in ("data.image_size", "data.num_train", "data.num_test", "autoencoder.latent_dim",
               "sampler.num_steps", "evaluate.num_objects", "evaluate.batch_size",
               "transmission.num_objects"):
@@ -61,6 +63,10 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
   v = config.data.num_views
   configlib.require(isinstance(v, int) and 2 <= v <= 24, "data.num_views", v, "an integer in [2, 24]")
   configlib.require_choice(config, "autoencoder.kind", mvld_model.AUTOENCODERS)
+  for key in ("autoencoder.channels", "diffusion.score_net.widths"):  # chosen kind or not
+    sizes = list(configlib.get_path(config, key))
+    configlib.require(bool(sizes) and all(isinstance(w, int) and w >= 1 for w in sizes), key, sizes,
+                      "a non-empty list of positive integers")
   size = config.data.image_size
   if config.autoencoder.kind == "conv":
     down = 2 ** len(config.autoencoder.channels)
@@ -76,27 +82,37 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
   configlib.validate_train(config, "autoencoder.train", dp)
   configlib.validate_train(config, "diffusion.train", dp)
   configlib.require_choice(config, "diffusion.sde", mvld_model.SDES)
-  mvld_model.build_sde(config.diffusion)  # its own section's parameters, checked by the SDE
+  for name in mvld_model.SDES:  # every SDE's own section, checked by that SDE (the chosen one too)
+    if name in config.diffusion:
+      mvld_model.build_sde(ml_collections.ConfigDict({**config.diffusion.to_dict(), "sde": name}))
   configlib.require_choice(config, "diffusion.score_net.kind", mvld_model.SCORE_NETS)
-  if config.diffusion.score_net.kind == "unet_mlp":
+  ted = config.diffusion.score_net.time_embed_dim
+  configlib.require(isinstance(ted, int) and ted >= 2 and ted % 2 == 0,
+                    "diffusion.score_net.time_embed_dim", ted,
+                    "an even integer >= 2 (sine and cosine halves)")
+  net = config.diffusion.score_net
+  for key in ("attention_depth", "attention_heads", "attention_width", "blocks_per_level",
+              "unet_init_dim", "unet_time_dim", "unet_groups"):  # every kind's sizes, chosen or not
+    if key in net:
+      configlib.require_positive_int(config, f"diffusion.score_net.{key}")
+  mults = list(net.unet_dim_mults)
+  configlib.require(bool(mults) and all(isinstance(m, int) and m >= 1 for m in mults),
+                    "diffusion.score_net.unet_dim_mults", mults, "a non-empty list of integers >= 1")
+  if net.kind == "unet_mlp":
     _validate_unet_mlp(config)
-  elif config.diffusion.score_net.kind == "attention":
-    net = config.diffusion.score_net
-    configlib.require_positive_int(config, "diffusion.score_net.attention_heads")
+  elif net.kind == "attention":
     configlib.require(net.attention_width % net.attention_heads == 0, "diffusion.score_net.attention_heads",
                       net.attention_heads, f"a divisor of attention_width = {net.attention_width}")
   configlib.require_choice(config, "diffusion.mask_mode", ("per_example", "per_batch"))
   configlib.require_range(config, "diffusion.joint_prob", 0.0, 1.0)
   configlib.require_range(config, "diffusion.t_eps", 1e-6, 0.5)
   configlib.require_choice(config, "sampler.name", SAMPLERS)
+  configlib.require_choice(config, "sampler.time_spacing", ("logsnr", "uniform"))
+  configlib.require(isinstance(config.sampler.eta, (int, float)) and config.sampler.eta >= 0,
+                    "sampler.eta", config.sampler.eta, "a number >= 0")
   if config.sampler.name in ("ddim", "dpmpp_2m"):  # few-step samplers of VP-type SDEs
     configlib.require(config.diffusion.sde in ("vpsde", "subvpsde"), "diffusion.sde",
                       config.diffusion.sde, f"vpsde or subvpsde for sampler {config.sampler.name}")
-    configlib.require_choice(config, "sampler.time_spacing", ("logsnr", "uniform"))
-    configlib.require(isinstance(config.sampler.eta, (int, float)) and config.sampler.eta >= 0,
-                      "sampler.eta", config.sampler.eta, "a number >= 0")
-    configlib.require(config.sampler.t_eps > 0, "sampler.t_eps", config.sampler.t_eps,
-                      f"> 0 for {config.sampler.name} (log-SNR is infinite at t = 0)")
   configlib.require_positive_int(config, "sampler.jump_length")
   configlib.require_positive_int(config, "sampler.num_repeats")
   # Every sampler key is checked whichever sampler is chosen (the sampler study and the API use
@@ -128,9 +144,19 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
                     f"values among {BITS}")
   configlib.require_range(config, "transmission.bit_error_rate", 0.0, 0.5)
   configlib.require_range(config, "transmission.view_loss_prob", 0.0, 1.0)
+  configlib.require_positive_int(config, "evaluate.num_grid_objects", allow_zero=True)
+  for key in ("inception_path", "lpips_backbone_path", "lpips_linear_path"):
+    path = config.evaluate[key]
+    configlib.require(not path or os.path.isfile(path), f"evaluate.{key}", path,
+                      "'' or an existing weight file")
   _validate_baselines(config)
   _validate_sampler_study(config)
-  _check_networks_build(config)  # last: every key it reads has been checked on its own
+  # Last: every key it reads has been checked on its own.
+  configlib.trace_once(config, ("data", "autoencoder", "diffusion", "sampler"),
+                       functools.partial(_check_networks_build, config))
+  configlib.trace_once(config, ("classifier", "evaluate", "data.image_size"),
+                       functools.partial(check_judge_architecture, config, "classifier",
+                                         config.data.image_size))
   n_views = config.data.num_train * v
   for key in ("autoencoder.train.batch_size", "classifier.train.batch_size"):
     configlib.require(configlib.get_path(config, key) <= n_views, key, configlib.get_path(config, key),
@@ -142,11 +168,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
 
 def _validate_unet_mlp(config: ml_collections.ConfigDict) -> None:
   net = config.diffusion.score_net
-  for key in ("unet_init_dim", "unet_time_dim", "unet_groups"):
-    configlib.require_positive_int(config, f"diffusion.score_net.{key}")
   mults = list(net.unet_dim_mults)
-  configlib.require(bool(mults) and all(isinstance(m, int) and m >= 1 for m in mults),
-                    "diffusion.score_net.unet_dim_mults", mults, "a non-empty list of integers >= 1")
   widths = [net.unet_init_dim] + [net.unet_init_dim * m for m in mults]
   configlib.require(all(w % net.unet_groups == 0 for w in widths), "diffusion.score_net.unet_groups",
                     net.unet_groups, f"a divisor of every level width {widths} (GroupNorm groups)")
@@ -207,13 +229,11 @@ def _validate_baselines(config: ml_collections.ConfigDict) -> None:
   base = config.transmission.baselines
   configlib.require(isinstance(base.enabled, bool), "transmission.baselines.enabled", base.enabled,
                     "true or false")
-  if not (config.transmission.enabled and base.enabled):
-    return
   for key, lo, hi in (("jpeg_qualities", 1, 100), ("webp_qualities", 0, 100)):
     values = list(base[key])
     configlib.require(all(isinstance(q, int) and lo <= q <= hi for q in values),
                       f"transmission.baselines.{key}", values, f"integers in [{lo}, {hi}]")
-  if list(base.webp_qualities):
+  if list(base.webp_qualities) and config.transmission.enabled and base.enabled:
     configlib.require(PIL.features.check("webp"), "transmission.baselines.webp_qualities",
                       list(base.webp_qualities), "[] (this Pillow build has no WebP encoder)")
   size = config.data.image_size

@@ -33,7 +33,7 @@ from jaxgen.gan.losses import LOSSES
 from jaxgen.io.files import atomic_save_npz, atomic_write_json, read_json
 from jaxgen.io.images import image_grid
 from jaxgen.io.params import load_params, save_params
-from jaxgen.mvld.judges import build_judges
+from jaxgen.mvld.judges import build_judges, check_judge_architecture
 from jaxgen.parallel.mesh import is_main_process
 from jaxgen.softlabel_gan import data as data_lib
 from jaxgen.softlabel_gan import evaluate as ev
@@ -49,7 +49,7 @@ STAGES = ("data", "train_classifier", "soft_labels", "train_judge", "train_gans"
 
 def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
   """Every impossible value fails here, before anything trains: G and D are built abstractly."""
-  dp = configlib.validate_mesh(config, num_devices)
+  dp = configlib.validate_base(config, num_devices)
   d = config.data
   configlib.require_choice(config, "data.name", data_lib.DATA_NAMES)
   configlib.require_choice(config, "data.imbalance", data_lib.IMBALANCE)
@@ -86,8 +86,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
   except ValueError as err:
     raise ConfigError("gan.diffaugment", g.diffaugment, str(err)) from None
   configlib.validate_train(config, "gan.train", dp)
-  for prefix in ("gan.train.optim", "gan.d_optim"):
-    _validate_adam(config, prefix)
+  configlib.validate_optim(config, "gan.d_optim")  # gan.train.optim: in validate_train
   configlib.require_range(config, "labels.smooth_alpha", 0.0, 1.0)
   configlib.require(config.labels.mixup_alpha > 0, "labels.mixup_alpha", config.labels.mixup_alpha,
                     "a positive Beta parameter")
@@ -110,6 +109,9 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
                       "a weight file for data on disk (InceptionV3 and both LPIPS files; the "
                       "in-domain judge needs the embedded renders' balanced judge set)")
     validate_classifier_config(config, "judge", dp)
+    configlib.trace_once(config, ("judge", "evaluate", "data.image_size"),
+                         functools.partial(check_judge_architecture, config, "judge",
+                                           config.data.image_size))
   for key in ("evaluate.lpips_backbone_path", "evaluate.lpips_linear_path"):
     path = configlib.get_path(config, key)
     configlib.require(not path or os.path.isfile(path), key, path, "an existing LPIPS weight file or ''")
@@ -123,16 +125,6 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
     raise ConfigError("gan", f"g_ch={g.g_ch}, dim_z={g.dim_z}, hierarchical={g.hierarchical}, "
                       f"attention={g.g_attention}/{g.d_attention}",
                       f"a buildable BigGAN at {d.image_size}x{d.image_size} ({err})") from None
-
-
-def _validate_adam(config: ml_collections.ConfigDict, prefix: str) -> None:
-  configlib.require_choice(config, f"{prefix}.name", configlib.OPTIMIZERS)
-  for key in ("b1", "b2"):
-    configlib.require_range(config, f"{prefix}.{key}", 0.0, 0.999999)
-  lr = configlib.get_path(config, f"{prefix}.lr")
-  configlib.require(isinstance(lr, (int, float)) and lr > 0, f"{prefix}.lr", lr, "a positive number")
-  eps = configlib.get_path(config, f"{prefix}.eps")
-  configlib.require(isinstance(eps, (int, float)) and eps > 0, f"{prefix}.eps", eps, "a positive number")
 
 
 class Run(MethodRun):

@@ -33,7 +33,7 @@ from jaxgen.classifier.inference import load_classifier
 from jaxgen.classifier.train import fit_classifier
 from jaxgen.errors import ConfigError
 from jaxgen.io.files import atomic_save_npz, atomic_write_json, read_json
-from jaxgen.io.images import image_grid, save_png
+from jaxgen.io.images import image_grid
 from jaxgen.io.params import load_params, save_params
 from jaxgen.nets import cond_unet
 from jaxgen.nets.cond_unet import CondUNetConfig
@@ -88,7 +88,30 @@ _NETWORK_KEYS = {
     "kl_autoencoder.ch": "backbone.vae_ch",
     "kl_autoencoder.resolution": "data.image_size",
     "text_encoder.heads": "backbone.text_heads",
+    "text_encoder.layers": "backbone.text_layers",
+    "text_encoder.max_length": "backbone.text_max_length",
+    "text_encoder.width": "backbone.text_width",
+    "cond_unet.cross_attention_dim": "backbone.text_width",
+    "cond_unet.layers_per_block": "backbone.unet_layers_per_block",
+    "cond_unet.norm_num_groups": "backbone.unet_num_groups",
+    "cond_unet.in_channels": "backbone.vae_latent_channels",
+    "cond_unet.out_channels": "backbone.vae_latent_channels",
+    "cond_unet.sample_size": "data.image_size",
+    "kl_autoencoder.z_channels": "backbone.vae_latent_channels",
+    "kl_autoencoder.embed_dim": "backbone.vae_latent_channels",
+    "kl_autoencoder.num_groups": "backbone.vae_num_groups",
+    "kl_autoencoder.num_res_blocks": "backbone.vae_num_res_blocks",
 }
+
+
+def _trace_backbone(cfg: bb.BackboneConfig, b: ml_collections.ConfigDict, image_size: int) -> None:
+  """The U-Net's forward and the VAE's init on abstract shapes (nothing is computed)."""
+  latent = jax.ShapeDtypeStruct((1,) + cfg.latent_shape, jnp.float32)
+  context = jax.ShapeDtypeStruct((1, b.text_max_length, b.text_width), jnp.float32)
+  image = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
+  jax.eval_shape(lambda p, x, c: bb.unet_apply({"params": p}, cfg, x, jnp.zeros((1,)), c),
+                 cond_unet.param_shapes(cfg.unet), latent, context)
+  jax.eval_shape(KLAutoencoder(cfg.vae).init, jax.random.key(0), image)
 
 
 def sampler_spec(config: ml_collections.ConfigDict) -> SamplerSpec:
@@ -101,7 +124,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int,
                     finetune: bool = True) -> None:
   """Every impossible value fails here: the networks, sampler and judges are built abstractly.
   `finetune=False` skips the fine-tuning section (a Diff-Mix run fine-tunes with its own)."""
-  dp = configlib.validate_mesh(config, num_devices)
+  dp = configlib.validate_base(config, num_devices)
   d = config.data
   configlib.require_choice(config, "data.name", data_lib.DATA_NAMES)
   for key in ("image_size", "pretrain_per_class", "pretrain_test_per_class", "target_shots",
@@ -113,6 +136,8 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int,
                     d.target_metaclass, f"one of {data_lib.t2i_sets.SHAPE_CLASSES}")
   configlib.require_choice(config, "backbone.prediction_type", bb.PREDICTION_TYPES)
   b = config.backbone
+  configlib.require(not b.tokenizer_path or os.path.isdir(b.tokenizer_path), "backbone.tokenizer_path",
+                    b.tokenizer_path, "'' or an existing CLIP tokenizer folder (vocab.json, merges.txt)")
   configlib.require(bool(b.weights_path) or config.preset != "sd15", "backbone.weights_path",
                     b.weights_path, "a Stable Diffusion 1.x diffusers folder or single file (sd15)")
   if b.weights_path:
@@ -130,12 +155,8 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int,
       cfg = backbone_config(config, 64)  # sizes are checked by the dataclasses
     except ConfigError as err:
       raise ConfigError(_NETWORK_KEYS.get(err.key, err.key), err.value, err.expected) from None
-    latent = jax.ShapeDtypeStruct((1,) + cfg.latent_shape, jnp.float32)
-    context = jax.ShapeDtypeStruct((1, b.text_max_length, b.text_width), jnp.float32)
-    image = jax.ShapeDtypeStruct((1, d.image_size, d.image_size, 3), jnp.float32)
-    jax.eval_shape(lambda p, x, c: bb.unet_apply({"params": p}, cfg, x, jnp.zeros((1,)), c),
-                   cond_unet.param_shapes(cfg.unet), latent, context)
-    jax.eval_shape(KLAutoencoder(cfg.vae).init, jax.random.key(0), image)
+    configlib.trace_once(config, ("backbone", "data.image_size"),
+                         functools.partial(_trace_backbone, cfg, b, d.image_size))
     configlib.validate_train(config, "autoencoder.train", dp)
     configlib.validate_train(config, "denoiser.train", dp)
     configlib.require(b.text_max_length >= 8, "backbone.text_max_length", b.text_max_length,
