@@ -17,7 +17,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxgen.data.renderer import render_multiview
 from jaxgen.metrics.frechet import fid_from_stats, init_stats, update_stats

@@ -9,7 +9,6 @@ training mode (batch statistics, one power iteration, the new u compared too).
 import functools
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import traverse_util

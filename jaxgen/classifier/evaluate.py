@@ -66,7 +66,6 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, num_bins: 
   correct = (probs.argmax(axis=1) == labels).astype(np.float64)
   # Bin b holds confidences in (b/M, (b+1)/M]; a confidence of exactly 0 cannot occur for K >= 1.
   bins = np.clip(np.ceil(conf * num_bins).astype(np.int64) - 1, 0, num_bins - 1)
-  count = np.bincount(bins, minlength=num_bins)
   acc_sum = np.bincount(bins, weights=correct, minlength=num_bins)
   conf_sum = np.bincount(bins, weights=conf, minlength=num_bins)
   return float(np.sum(np.abs(acc_sum - conf_sum)) / n)

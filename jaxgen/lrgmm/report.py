@@ -97,7 +97,7 @@ def write(config: ml_collections.ConfigDict, workdir: str, data_description: str
        sweep + "\n\nSame noise for every lambda. ![sweep](samples/sweep_lowrank.png)"),
       ("Memorisation check", memo + "\n\nPixel L2 distance on the [0, 1] scale. A copying generator puts "
        "many samples nearer to X than real unseen images are (last column well above 0.01). "
-       f"![histogram](eval/memorisation.png)"),
+       "![histogram](eval/memorisation.png)"),
       (f"Timing (paper supp. Table 1), N = {n_time}", markdown_table(["operation", "seconds"], time_rows) +
        "\n\nMeasured on the device named above, on a second (compiled) run of each step; set-up for N "
        "images, generation per image over evaluate.num_samples images."),

@@ -19,7 +19,7 @@ import sys
 
 from jaxgen.io.files import atomic_write_text
 from jaxgen.io.report import json_numbers, markdown_table, unlisted_numbers
-from jaxgen.lrgmm.report import GEN_KEYS, METHOD_NAMES, PAPER_TABLE1, TIMING_KEYS
+from jaxgen.lrgmm.report import GEN_KEYS, METHOD_NAMES, TIMING_KEYS
 
 FIGURES = ("centroids.png", "sweep_lowrank.png", "target.png", "reconstructions.png")
 _NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?:e[-+]?\d+)?(?![\w.])")

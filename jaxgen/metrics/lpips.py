@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgen.errors import ConfigError, DataError
+from jaxgen.errors import DataError
 from jaxgen.io.torch_state_dict import load_state_dict, to_flax_variables
 from jaxgen.metrics.image import scale_to_unit_range
 from jaxgen.nets.lpips_backbones import BACKBONES, CHANNELS, MIN_SIZE, torchvision_name
@@ -46,7 +46,8 @@ TORCHVISION_FILES = {
 
 def _check_net(net: str) -> None:
   if net not in BACKBONES:
-    raise ConfigError("eval.lpips_net", net, f"one of {sorted(BACKBONES)}")
+    # An argument, not a config key (no config sets the trunk): a plain ValueError.
+    raise ValueError(f"LPIPS trunk {net!r}: expected one of {sorted(BACKBONES)}")
 
 
 def lpips_label(net: str) -> str:
@@ -155,7 +156,7 @@ def sample_pairs(n: int, max_pairs: int | None, key: jax.Array | None) -> np.nda
     i, j = np.triu_indices(n, k=1)
     return np.stack([i, j], axis=1)
   if key is None:
-    raise ConfigError("key", None, "a PRNG key when max_pairs < the number of pairs")
+    raise ValueError("lpips pairs: a PRNG key is needed when max_pairs < the number of pairs")
   ki, kj = jax.random.split(key)
   i = np.asarray(jax.random.randint(ki, (max_pairs,), 0, n))
   j = np.asarray(jax.random.randint(kj, (max_pairs,), 0, n - 1))
