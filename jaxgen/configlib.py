@@ -96,9 +96,9 @@ def trace_once(config: ml_collections.ConfigDict, sections: Sequence[str],
   succeeded in this process for the same values of `sections`: it is a pure function of them,
   and whatever validates many configs (the key-walk test, claims scripts) would otherwise trace
   identical networks again. A failing trace raises every time."""
+  fn = getattr(trace, "func", trace)  # a partial's function
   values = {s: get_path(config, s) for s in sections}
-  name = getattr(getattr(trace, "func", trace), "__qualname__", None)  # partials: the function
-  key = json.dumps({"trace": f"{getattr(trace, 'func', trace).__module__}.{name}",
+  key = json.dumps({"trace": f"{fn.__module__}.{fn.__qualname__}",
                     **{s: v.to_dict() if hasattr(v, "to_dict") else v for s, v in values.items()}},
                    sort_keys=True, default=repr)
   if key not in _TRACED:

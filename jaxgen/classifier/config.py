@@ -108,10 +108,10 @@ def validate_classifier_config(config: ml_collections.ConfigDict, prefix: str,
                     "an existing torchvision weight file, or '' to start from scratch")
   for key, value in cfg.arch_kw.items():
     if isinstance(value, float):  # width_mult, dropouts, bn_momentum: finite, in range
-      high = 1.0 if "dropout" in key or key == "bn_momentum" else math.inf
-      configlib.require(0.0 <= value < high if high == 1.0 else 0.0 < value < high,
+      fraction = "dropout" in key or key == "bn_momentum"
+      configlib.require(0.0 <= value < 1.0 if fraction else 0.0 < value < math.inf,
                         f"{p}arch_kw.{key}", value,
-                        "a number in [0, 1)" if high == 1.0 else "a positive number")
+                        "a number in [0, 1)" if fraction else "a positive number")
   # Building the module (shapes only) rejects options the architecture does not accept.
   try:
     build_model(cfg, 2, image_size=224 if cfg.arch.startswith("vit") else 32)

@@ -224,10 +224,10 @@ def fit_classifier(cfg: ml_collections.ConfigDict, images: np.ndarray | Source,
   seed = int(jax.random.randint(jax.random.fold_in(k_train, 1), (), 0, 2**31 - 1))
   sampling = "class_balanced" if cfg.sampling == "class_balanced" else "uniform"
   if streamed:
-    stream = dict(image_size=image_shape[0], augment=stream_augment, worker_count=input_workers)
     data = source
-    stream["record_fn"] = functools.partial(streamed_record, num_classes=num_classes, soft=soft,
-                                            weights=weights, drw=drw)
+    stream = dict(image_size=image_shape[0], augment=stream_augment, worker_count=input_workers,
+                  record_fn=functools.partial(streamed_record, num_classes=num_classes, soft=soft,
+                                              weights=weights, drw=drw))
   else:
     stream = {}
     data = {"image": images, "label": _as_training_labels(labels, soft, num_classes),

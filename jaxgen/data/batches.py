@@ -25,7 +25,7 @@ import jax
 import numpy as np
 
 from jaxgen.data.memory import ArrayBatches, ClassBalancedBatches
-from jaxgen.data.pipeline import make_loader
+from jaxgen.data.pipeline import SAMPLINGS, make_loader
 from jaxgen.data.sources import Source
 from jaxgen.errors import ConfigError
 
@@ -55,8 +55,8 @@ def training_batches(data: Mapping[str, np.ndarray] | Source, *, global_batch_si
       processes for decoding (0: threads in this process).
   """
   pidx, pcount = jax.process_index(), jax.process_count()
-  if sampling not in ("uniform", "class_balanced"):
-    raise ConfigError("sampling", sampling, "'uniform' or 'class_balanced'")
+  if sampling not in SAMPLINGS:
+    raise ConfigError("sampling", sampling, f"one of {SAMPLINGS}")
   if sampling == "class_balanced" and class_ids is None:
     raise ConfigError("sampling", sampling, "'uniform', or class_ids for 'class_balanced'")
   if is_streamed(data):

@@ -46,11 +46,8 @@ def resize_center_crop(image: np.ndarray, size: int) -> np.ndarray:
     return image
   scale = size / min(h, w)
   nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
-  pil = Image.fromarray(image[..., 0] if c == 1 else image)
-  out = np.asarray(pil.resize((nw, nh), Image.BILINEAR))
   top, left = (nh - size) // 2, (nw - size) // 2
-  out = out[top:top + size, left:left + size]
-  return out.reshape(size, size, c)
+  return _resize_to(image, nh, nw)[top:top + size, left:left + size]
 
 
 def random_resized_crop_box(height: int, width: int, rng: np.random.Generator,
@@ -78,11 +75,11 @@ def random_resized_crop_box(height: int, width: int, rng: np.random.Generator,
   return (height - h) // 2, (width - w) // 2, h, w
 
 
-def _resize_to(image: np.ndarray, size: int) -> np.ndarray:
-  """uint8 [h, w, C] -> [size, size, C], bilinear (PIL, antialiased when shrinking)."""
+def _resize_to(image: np.ndarray, height: int, width: int) -> np.ndarray:
+  """uint8 [h, w, C] -> [height, width, C], bilinear (PIL, antialiased when shrinking)."""
   c = image.shape[-1]
   pil = Image.fromarray(image[..., 0] if c == 1 else image)
-  return np.asarray(pil.resize((size, size), Image.BILINEAR)).reshape(size, size, c)
+  return np.asarray(pil.resize((width, height), Image.BILINEAR)).reshape(height, width, c)
 
 
 def _resize_record(record: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
@@ -115,8 +112,8 @@ def augment_record(record: dict[str, np.ndarray], rng: np.random.Generator,
     if box is not None:
       top, left, h, w = box
       crop = x[..., top:top + h, left:left + w, :]
-      x = (_resize_to(crop, image_size) if x.ndim == 3
-           else np.stack([_resize_to(v, image_size) for v in crop]))
+      x = (_resize_to(crop, image_size, image_size) if x.ndim == 3
+           else np.stack([_resize_to(v, image_size, image_size) for v in crop]))
     if flip:
       x = x[..., ::-1, :]
     if pad:

@@ -25,9 +25,9 @@ from jaxgen.nets.autoencoder import laplace_reconstruction_loss
 from jaxgen.nets.common import to_model_range, to_uint8
 from jaxgen.nets.spatial_autoencoder import SpatialAutoencoder
 from jaxgen.train import loop
+from jaxgen.train.init import compiled_init
 from jaxgen.train.optim import make_optimizer
 from jaxgen.train.state import TrainState
-from jaxgen.train.init import compiled_init
 
 KINDS = ("spatial", "vqgan")
 VQGAN_PRESETS = ("ffhq_f16", "tiny")

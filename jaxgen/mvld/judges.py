@@ -28,8 +28,7 @@ def _batched_pairs(fn, x: np.ndarray, y: np.ndarray, batch_size: int) -> np.ndar
   return np.zeros((0,), np.float32) if out is None else out
 
 
-def check_judge_architecture(config: ml_collections.ConfigDict, section: str,
-                             image_size: int) -> None:
+def check_judge_architecture(config: ml_collections.ConfigDict, section: str) -> None:
   """Before anything trains: without both LPIPS weight files, LPIPS is computed on the judge
   classifier's LPIPS_LAYERS, so the architecture of `config[section]` must have them (traced on
   abstract shapes; nothing is computed)."""
@@ -38,6 +37,7 @@ def check_judge_architecture(config: ml_collections.ConfigDict, section: str,
     return
   from jaxgen.classifier.config import build_model  # pylint: disable=import-outside-toplevel
   from jaxgen.metrics.lpips import capture_features  # pylint: disable=import-outside-toplevel
+  image_size = config.data.image_size
   model = build_model(config[section], 2, image_size=image_size)
   x = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
   variables = jax.eval_shape(lambda k, x: model.init(k, x, train=False), jax.random.key(0), x)

@@ -155,8 +155,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
   configlib.trace_once(config, ("data", "autoencoder", "diffusion", "sampler"),
                        functools.partial(_check_networks_build, config))
   configlib.trace_once(config, ("classifier", "evaluate", "data.image_size"),
-                       functools.partial(check_judge_architecture, config, "classifier",
-                                         config.data.image_size))
+                       functools.partial(check_judge_architecture, config, "classifier"))
   n_views = config.data.num_train * v
   for key in ("autoencoder.train.batch_size", "classifier.train.batch_size"):
     configlib.require(configlib.get_path(config, key) <= n_views, key, configlib.get_path(config, key),

@@ -23,10 +23,10 @@ from jaxgen.data.trivial_augment import trivial_augment_wide
 from jaxgen.mvld import model as mvld_model
 from jaxgen.nets.autoencoder import laplace_reconstruction_loss
 from jaxgen.train import loop
+from jaxgen.train.init import compiled_init
 from jaxgen.train.optim import make_optimizer
 from jaxgen.train.state import TrainState
 from jaxgen.train.writers import MetricWriter
-from jaxgen.train.init import compiled_init
 
 
 def train_autoencoder(spec: mvld_model.MVLDSpec, cfg: ml_collections.ConfigDict,

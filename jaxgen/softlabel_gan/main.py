@@ -110,8 +110,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
                       "in-domain judge needs the embedded renders' balanced judge set)")
     validate_classifier_config(config, "judge", dp)
     configlib.trace_once(config, ("judge", "evaluate", "data.image_size"),
-                         functools.partial(check_judge_architecture, config, "judge",
-                                           config.data.image_size))
+                         functools.partial(check_judge_architecture, config, "judge"))
   for key in ("evaluate.lpips_backbone_path", "evaluate.lpips_linear_path"):
     path = configlib.get_path(config, key)
     configlib.require(not path or os.path.isfile(path), key, path, "an existing LPIPS weight file or ''")

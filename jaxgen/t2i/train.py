@@ -18,7 +18,6 @@ Two stages on the shared loop (`jaxgen.train.loop`), as Stable Diffusion was bui
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -32,15 +31,11 @@ from jaxgen.nets.common import to_model_range
 from jaxgen.nets.kl_autoencoder import KLAutoencoder, kl_divergence, sample_posterior
 from jaxgen.t2i import backbone as bb
 from jaxgen.train import loop
+from jaxgen.train.init import compiled_init
 from jaxgen.train.optim import make_optimizer
 from jaxgen.train.state import TrainState
-from jaxgen.train.init import compiled_init
 
 Array = jax.Array
-
-
-def _batches(arrays: dict[str, np.ndarray], batch_size: int, seed: int) -> Any:
-  return training_batches(arrays, global_batch_size=batch_size, seed=seed)
 
 
 def train_autoencoder(config: bb.BackboneConfig, images: np.ndarray, train_cfg: ml_collections.ConfigDict,
@@ -65,8 +60,8 @@ def train_autoencoder(config: bb.BackboneConfig, images: np.ndarray, train_cfg: 
     (_, (l1, kl)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     return state.apply_gradients(grads), {"l1": l1, "kl": kl, "grad_norm": optax.global_norm(grads)}
 
-  state = loop.train(name="autoencoder", state=state, step_fn=step_fn,
-                     batches=_batches({"image": images}, train_cfg.batch_size, seed),
+  batches = training_batches({"image": images}, global_batch_size=train_cfg.batch_size, seed=seed)
+  state = loop.train(name="autoencoder", state=state, step_fn=step_fn, batches=batches,
                      cfg=train_cfg, workdir=workdir, mesh=mesh, key=k_train, writer=writer)
   return {"params": jax.device_get(state.eval_params)}
 
@@ -131,8 +126,8 @@ def train_denoiser(config: bb.BackboneConfig, init: dict, data: dict[str, np.nda
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
     return state.apply_gradients(grads), {"loss": loss, "grad_norm": optax.global_norm(grads)}
 
-  state = loop.train(name=name, state=state, step_fn=step_fn,
-                     batches=_batches(data, train_cfg.batch_size, seed), cfg=train_cfg,
+  batches = training_batches(data, global_batch_size=train_cfg.batch_size, seed=seed)
+  state = loop.train(name=name, state=state, step_fn=step_fn, batches=batches, cfg=train_cfg,
                      workdir=workdir, mesh=mesh, key=key, writer=writer)
   trained = jax.device_get(state.eval_params)
   return {"unet": {"params": trained["unet"]}, "text": {"params": trained["text"]}}
