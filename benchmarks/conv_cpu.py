@@ -1,11 +1,18 @@
-"""XLA's convolution vs jaxgen's im2col path (`jaxgen.nets.conv`) on ResNet-like shapes, CPU.
+"""Convolution and max-pool lowerings on XLA:CPU, on ResNet-18's shapes at 64x64 input.
 
-For each shape: forward and forward+backward milliseconds of `jax.lax.conv_general_dilated` and of
-`jaxgen.nets.conv._im2col_conv` (the path `conv_general_dilated` takes on CPU for outputs with at
-most SMALL_OUTPUT_POSITIONS positions), and the ratio lax / im2col (> 1: im2col faster). The
-threshold in `jaxgen/nets/conv.py` is chosen from this table.
+For each convolution shape, milliseconds of the forward pass, the input gradient and the weight
+gradient (each its own jitted call) for:
+  - `jax.lax.conv_general_dilated` compiled with each convolution route of
+    `jaxgen/train/xla_cpu.py` ('xla': XLA's default, YNNPACK; 'eigen': XLA's own convolution),
+  - jaxgen's im2col path (`jaxgen.nets.conv`, shifted slices + one matmul; compiled with the
+    'eigen' route, so its matmul is YNNPACK's), which `conv_general_dilated` takes on CPU for
+    outputs with at most SMALL_OUTPUT_POSITIONS positions (SMALL_OUTPUT_POSITIONS_EIGEN with the
+    'eigen' route).
+Then the 3x3/2 stem max-pool's forward + backward: `flax.linen.max_pool` (reduce-window) against
+`jaxgen.nets.pooling.max_pool` (same values and gradient bit for bit). The threshold in
+`jaxgen/nets/conv.py` and the route choice are read from this table (benchmarks/RESULTS.md).
 
-  python benchmarks/conv_cpu.py [--batch 32]
+  python benchmarks/conv_cpu.py [--batch 128]
 """
 
 from __future__ import annotations
@@ -13,16 +20,18 @@ from __future__ import annotations
 import argparse
 import time
 
+import flax.linen as nn
 import jax
-import jax.numpy as jnp
 from jax import lax
 
 from jaxgen.nets import conv as conv_lib
+from jaxgen.nets.pooling import max_pool
+from jaxgen.train.xla_cpu import COMPILER_OPTIONS, step_compiler_options
 
-SHAPES = [  # (cin, cout, input hw, kernel, stride)
-    (16, 16, 32, 3, 1), (64, 64, 16, 3, 1), (128, 128, 8, 3, 1), (256, 256, 4, 3, 1),
-    (512, 512, 2, 3, 1), (512, 512, 1, 3, 1), (256, 512, 4, 3, 2), (256, 512, 2, 3, 2),
-    (3, 64, 64, 7, 2),
+SHAPES = [  # (cin, cout, input hw, kernel, stride): ResNet-18 at 64x64 (stem, stages 1-4)
+    (3, 64, 64, 7, 2), (64, 64, 16, 3, 1), (64, 128, 16, 3, 2), (64, 128, 16, 1, 2),
+    (128, 128, 8, 3, 1), (128, 256, 8, 3, 2), (256, 256, 4, 3, 1), (256, 512, 4, 3, 2),
+    (512, 512, 2, 3, 1),
 ]
 
 
@@ -34,28 +43,50 @@ def _ms(fn, *args, repeats: int = 3) -> float:
   return (time.perf_counter() - start) / repeats * 1e3
 
 
+def _three_passes(f, x, w, options) -> tuple[float, float, float]:
+  y = jax.eval_shape(f, x, w)
+  g = jax.random.normal(jax.random.key(2), y.shape, y.dtype)
+  fwd = jax.jit(f, compiler_options=options)
+  dx = jax.jit(lambda x, w, g: jax.vjp(lambda x: f(x, w), x)[1](g)[0], compiler_options=options)
+  dw = jax.jit(lambda x, w, g: jax.vjp(lambda w: f(x, w), w)[1](g)[0], compiler_options=options)
+  return _ms(fwd, x, w), _ms(dx, x, w, g), _ms(dw, x, w, g)
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--batch", type=int, default=32)
+  parser.add_argument("--batch", type=int, default=128)
   args = parser.parse_args()
   print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), batch {args.batch}, "
-        f"float32; im2col used at <= {conv_lib.SMALL_OUTPUT_POSITIONS} output positions")
+        f"float32; ms of forward / input gradient / weight gradient; im2col is taken at <= "
+        f"{conv_lib.SMALL_OUTPUT_POSITIONS} output positions (route xla), <= "
+        f"{conv_lib.SMALL_OUTPUT_POSITIONS_EIGEN} (route eigen)")
+  contenders = [(f"lax[{route}]", route, False) for route in COMPILER_OPTIONS]
+  contenders.append(("im2col[eigen]", "eigen", True))
   for cin, cout, hw, k, s in SHAPES:
     x = jax.random.normal(jax.random.key(0), (args.batch, hw, hw, cin))
     w = jax.random.normal(jax.random.key(1), (k, k, cin, cout)) * 0.1
     pads, strides = ((k // 2, (k - 1) // 2),) * 2, (s, s)
-    ref = lambda x, w: lax.conv_general_dilated(x, w, strides, pads,
-                                                dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    ours = lambda x, w: conv_lib._im2col_conv(x, w, strides, pads, None, None)  # pylint: disable=protected-access
-    row = []
-    for name, f in (("lax", ref), ("im2col", ours)):
-      fwd = jax.jit(f)
-      grad = jax.jit(jax.grad(lambda x, w, f=f: jnp.sum(f(x, w) ** 2), argnums=(0, 1)))
-      row.append((_ms(fwd, x, w), _ms(grad, x, w)))
+    lax_conv = lambda x, w: lax.conv_general_dilated(x, w, strides, pads,
+                                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    im2col = lambda x, w: conv_lib._im2col_conv(x, w, strides, pads, None, None)  # pylint: disable=protected-access
     out = (hw + 2 * (k // 2) - k) // s + 1
-    print(f"{cin:>3}->{cout:<3} {hw:>2}x{hw:<2} k{k} s{s} (out {out}x{out}): "
-          f"fwd lax {row[0][0]:7.2f} ms im2col {row[1][0]:7.2f} ms ratio {row[0][0] / row[1][0]:6.2f} | "
-          f"fwd+bwd lax {row[0][1]:7.2f} ms im2col {row[1][1]:7.2f} ms ratio {row[0][1] / row[1][1]:6.2f}")
+    cells = []
+    for name, route, use_im2col in contenders:
+      t = _three_passes(im2col if use_im2col else lax_conv, x, w, step_compiler_options(route))
+      cells.append(f"{name} {t[0]:6.1f}/{t[1]:6.1f}/{t[2]:6.1f} (sum {sum(t):6.1f})")
+    print(f"{cin:>3}->{cout:<3} {hw:>2}x{hw:<2} k{k} s{s} (out {out}x{out}): " + " | ".join(cells),
+          flush=True)
+  x = jax.nn.relu(jax.random.normal(jax.random.key(0), (args.batch, 32, 32, 64)))
+  pad = ((1, 1), (1, 1))
+  pools = {"flax.linen.max_pool": lambda x: nn.max_pool(x, (3, 3), strides=(2, 2), padding=pad),
+           "jaxgen max_pool": lambda x: max_pool(x, (3, 3), (2, 2), pad)}
+  g = jax.random.normal(jax.random.key(1), (args.batch, 16, 16, 64))
+  for route in COMPILER_OPTIONS:
+    cells = []
+    for name, f in pools.items():
+      both = jax.jit(lambda x, f=f: jax.vjp(f, x)[1](g)[0], compiler_options=step_compiler_options(route))
+      cells.append(f"{name} {_ms(both, x):6.1f}")
+    print(f"max-pool 3x3/2 on 32x32x64, forward+backward ms, route {route}: " + " | ".join(cells))
 
 
 if __name__ == "__main__":

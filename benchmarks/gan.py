@@ -158,9 +158,13 @@ def main() -> None:
                       help="PyTorch CPU threads (0: all cores; 1 avoids OpenMP spin-waits on "
                            "cores another job holds)")
   parser.add_argument("--no_torch", action="store_true")
+  parser.add_argument("--routes", default="xla,eigen",
+                      help="XLA:CPU convolution routes to time jaxgen with (jaxgen/train/xla_cpu.py)")
   args = parser.parse_args()
 
   import jax  # pylint: disable=import-outside-toplevel
+
+  from jaxgen.train.xla_cpu import use_conv_route  # pylint: disable=import-outside-toplevel
   torch = None
   if not args.no_torch:
     try:
@@ -181,12 +185,16 @@ def main() -> None:
     print(f"PyTorch reference unavailable ({why})")
 
   images, labels = make_data(args)
+  routes = args.routes.split(",")
   rows = []
   for ch in args.ch:
-    ours = bench_jax(args, ch, images, labels)
-    row = {"ch": ch, "jax": ours, "eager": None, "compile": None}
-    print(f"ch={ch}: jaxgen {ours['steps_per_s']:.2f} steps/s (block {ours['block']}, warm-up "
-          f"{ours['warmup_steps']} steps {ours['warmup_s']:.1f}s)", flush=True)
+    for route in routes:
+      with use_conv_route(route):  # read when the step is jitted and traced (jaxgen/train/xla_cpu.py)
+        ours = bench_jax(args, ch, images, labels)
+      print(f"ch={ch}: jaxgen [{route}] {ours['steps_per_s']:.2f} steps/s (block {ours['block']}, "
+            f"warm-up {ours['warmup_steps']} steps {ours['warmup_s']:.1f}s)", flush=True)
+      rows.append({"ch": ch, "route": route, "jax": ours, "eager": None, "compile": None})
+    row = rows[-1]
     if torch is not None:
       for kind in ("eager", "compile"):
         try:
@@ -198,20 +206,21 @@ def main() -> None:
         r = row[kind]
         print(f"ch={ch}: torch {kind} {r['steps_per_s']:.2f} steps/s (warm-up "
               f"{r['warmup_steps']} steps {r['warmup_s']:.1f}s)", flush=True)
-    rows.append(row)
+    for other in rows[-len(routes):-1]:  # every route of this width against the same torch run
+      other["eager"], other["compile"] = row["eager"], row["compile"]
 
   rate = lambda r: r["steps_per_s"] if r else None  # noqa: E731
   ratio = lambda a, b: a / b if a and b else None  # noqa: E731
   print()
-  print(f"{'width':>5} {'jaxgen':>10} {'eager':>10} {'compile':>10} {'/eager':>8} {'/compile':>9}"
-        "   (steps/s; ratio = jaxgen / torch)")
+  print(f"{'width':>5} {'route':>6} {'jaxgen':>10} {'eager':>10} {'compile':>10} {'/eager':>8} "
+        f"{'/compile':>9}   (steps/s; ratio = jaxgen / torch; route: JAXGEN_XLA_CPU_CONV)")
   for row in rows:
     j, e, c = rate(row["jax"]), rate(row["eager"]), rate(row["compile"])
-    print(f"{row['ch']:>5} {_fmt(j)} {_fmt(e)} {_fmt(c)} {_fmt(ratio(j, e), '8.2f')} "
-          f"{_fmt(ratio(j, c), '9.2f')}")
+    print(f"{row['ch']:>5} {row['route']:>6} {_fmt(j)} {_fmt(e)} {_fmt(c)} "
+          f"{_fmt(ratio(j, e), '8.2f')} {_fmt(ratio(j, c), '9.2f')}")
   print("warm-up / compile seconds (excluded above):")
   for row in rows:
-    parts = [f"jaxgen {row['jax']['warmup_s']:.1f}"]
+    parts = [f"jaxgen [{row['route']}] {row['jax']['warmup_s']:.1f}"]
     parts += [f"torch {k} {row[k]['warmup_s']:.1f}" for k in ("eager", "compile") if row[k]]
     print(f"  width {row['ch']}: " + ", ".join(parts))
   print(f"goal >= {GOAL}x the best PyTorch")
@@ -224,7 +233,7 @@ def main() -> None:
       print(f"  width {row['ch']}: no PyTorch number")
       continue
     r = rate(row["jax"]) / best
-    print(f"  width {row['ch']}: {r:.2f}x the best PyTorch ({best:.2f} steps/s): "
+    print(f"  width {row['ch']} [{row['route']}]: {r:.2f}x the best PyTorch ({best:.2f} steps/s): "
           f"{'met' if r >= GOAL else 'not met'}")
 
 

@@ -25,6 +25,16 @@ class ConfigError(JaxgenError):
     super().__init__(f"config.{key}={value!r}: expected {expected}")
 
 
+class EnvironmentSettingError(JaxgenError):
+  """An environment variable jaxgen reads holds a value it does not know."""
+
+  exit_code = 2
+
+  def __init__(self, name: str, value: str, expected: str):
+    self.name, self.value, self.expected = name, value, expected
+    super().__init__(f"environment variable {name}={value!r}: expected {expected}")
+
+
 class DataError(JaxgenError):
   """A data source is missing, unreadable or inconsistent (names the file, class or path)."""
 

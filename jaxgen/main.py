@@ -145,6 +145,9 @@ def run(argv: Sequence[str]) -> int:
         raise ConfigError("(flag --stages)", ",".join(stages), "stages among " + ", ".join(module.STAGES))
     import jax  # imported after flag parsing so XLA flags from the environment apply
 
+    from jaxgen.train.xla_cpu import conv_route
+    conv_route()  # a bad JAXGEN_XLA_CPU_CONV fails here, before anything trains
+
     from jaxgen.parallel.mesh import initialize_distributed
     initialize_distributed()
     module.validate_config(config, jax.device_count())

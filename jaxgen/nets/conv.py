@@ -5,7 +5,7 @@ A 3x3 512->512 convolution on 2x2 maps (ResNet's last stage on 64x64 inputs) tak
 forward at batch 32, against ~4 ms as an explicit im2col (the k*k shifted slices concatenated
 along channels, then one matmul with the reshaped kernel); see `benchmarks/conv_cpu.py`. For large
 outputs XLA's own convolution is as fast or faster, so only outputs with at most
-`SMALL_OUTPUT_POSITIONS` positions take the im2col path, and only on the CPU backend. Both paths
+`small_output_positions()` positions take the im2col path, and only on the CPU backend. Both paths
 compute the same sum in a different order (float32 rounding differences only). Parameters and
 their names are those of `flax.linen.Conv`, so checkpoints and weight import are unaffected.
 """
@@ -20,9 +20,11 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-# im2col wins below this many output positions (2x2 and 4x4 maps); at 8x8 XLA:CPU's convolution
-# is as fast (benchmarks/conv_cpu.py).
+# im2col wins at or below this many output positions (benchmarks/conv_cpu.py): with XLA's default
+# (YNNPACK) convolutions on 2x2 and 4x4 maps; with the 'eigen' route of jaxgen/train/xla_cpu.py,
+# whose convolutions are faster at 4x4, on 2x2 and 1x1 maps only.
 SMALL_OUTPUT_POSITIONS = 16
+SMALL_OUTPUT_POSITIONS_EIGEN = 4
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -51,7 +53,13 @@ def uses_im2col(lhs_shape: Sequence[int], rhs_shape: Sequence[int], window_strid
   positions = 1
   for size, window, stride, pad in zip(lhs_shape[1:3], rhs_shape[:2], window_strides, pads):
     positions *= _output_size(size, window, stride, pad)
-  return positions <= SMALL_OUTPUT_POSITIONS
+  return positions <= small_output_positions()
+
+
+def small_output_positions() -> int:
+  """The im2col threshold for this process's XLA:CPU convolution route."""
+  from jaxgen.train.xla_cpu import conv_route  # pylint: disable=import-outside-toplevel
+  return SMALL_OUTPUT_POSITIONS_EIGEN if conv_route() == "eigen" else SMALL_OUTPUT_POSITIONS
 
 
 def _pads(lhs_shape, rhs_shape, window_strides, padding) -> list[tuple[int, int]]:

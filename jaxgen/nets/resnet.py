@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxgen.nets.conv import Conv
+from jaxgen.nets.pooling import max_pool
 from jaxgen.nets.spinal import apply_head, conv_kaiming_fan_out
 
 Dtype = Any
@@ -132,7 +133,7 @@ class ResNet(nn.Module):
                      dtype=self.dtype, name="bn1")(x)
     x = nn.relu(x)
     if not self.small_input:
-      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=_pad(3))
+      x = max_pool(x, (3, 3), (2, 2), _pad(3))
     expansion = 4 if self.bottleneck else 1
     in_ch = self.width
     for i, n in enumerate(self.stage_sizes):

@@ -6,7 +6,8 @@ the mesh's 'data' axis, state replicated), per-step PRNG keys `fold_in(stage_key
 resumed or re-sharded run draws the same numbers), a NaN/Inf guard, periodic orbax checkpoints
 with the data iterator's position, metric writing and a progress line.
 
-The only host synchronisation is one `device_get` of the block's metrics per call.
+The only host synchronisation is one `device_get` of the block's metrics per call. On CPU the
+steps compile with the convolution route chosen by JAXGEN_XLA_CPU_CONV (`jaxgen.train.xla_cpu`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from jaxgen.parallel.mesh import batch_sharding, is_main_process, replicated, sh
 from jaxgen.train.checkpoint import Checkpointer
 from jaxgen.train.progress import Progress
 from jaxgen.train.writers import MetricWriter
+from jaxgen.train.xla_cpu import step_compiler_options
 
 StepFn = Callable[[Any, Any, jax.Array], tuple[Any, dict]]
 
@@ -55,7 +57,8 @@ def make_multi_step(step_fn: StepFn, key: jax.Array, mesh: Mesh) -> Callable[[An
     return jax.lax.scan(body, state, batches)
 
   return jax.jit(block, in_shardings=(replicated(mesh), batch_sharding(mesh, leading_axes=1)),
-                 out_shardings=(replicated(mesh), replicated(mesh)), donate_argnums=(0,))
+                 out_shardings=(replicated(mesh), replicated(mesh)), donate_argnums=(0,),
+                 compiler_options=step_compiler_options())
 
 
 def make_single_step(step_fn: StepFn, key: jax.Array, mesh: Mesh) -> Callable[[Any, Any], tuple[Any, dict]]:
@@ -65,7 +68,8 @@ def make_single_step(step_fn: StepFn, key: jax.Array, mesh: Mesh) -> Callable[[A
     return step_fn(state, batch, jax.random.fold_in(key, state.step))
 
   return jax.jit(single, in_shardings=(replicated(mesh), batch_sharding(mesh)),
-                 out_shardings=(replicated(mesh), replicated(mesh)), donate_argnums=(0,))
+                 out_shardings=(replicated(mesh), replicated(mesh)), donate_argnums=(0,),
+                 compiler_options=step_compiler_options())
 
 
 def use_scan(mode: str) -> bool:

@@ -1,0 +1,72 @@
+"""Which library runs the convolutions of jaxgen's training steps on XLA:CPU.
+
+jaxlib 0.10.2's XLA:CPU hands convolutions, dots, reductions and elementwise fusions to YNNPACK.
+On the 2-core Xeon (AVX-512) where jaxgen's CPU figures are measured, YNNPACK's convolutions are
+the slow part of a ResNet training step: a 3x3 64->64 weight gradient on 16x16 maps at batch 128
+takes ~110 ms there against ~25 ms in XLA's own (Eigen) convolution, while YNNPACK's dots and
+reductions are the faster ones (a batch-norm sum over 128x32x32x64 values: ~1.5 ms against
+~28 ms). `benchmarks/conv_cpu.py` prints these per shape, `benchmarks/classifier.py` the whole
+step (RESULTS.md).
+
+`JAXGEN_XLA_CPU_CONV=eigen` compiles every training step (the one loop in `jaxgen.train.loop`)
+with YNNPACK kept for dots and reductions only, so convolutions run in Eigen. It is opt-in: the
+sums are the same up to float rounding, but training amplifies rounding, so a run with it does
+not reproduce the published results pages bit for bit (they were made with XLA's default,
+`JAXGEN_XLA_CPU_CONV=xla`). Other backends ignore it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any, Iterator
+
+import jax
+
+from jaxgen.errors import EnvironmentSettingError
+
+ENV_VAR = "JAXGEN_XLA_CPU_CONV"
+
+# Per-compile XLA options of each choice (None: XLA's defaults). Compile options, not XLA_FLAGS,
+# so the choice applies to the training steps only and the enum names are checked by XLA.
+COMPILER_OPTIONS: dict[str, dict[str, Any] | None] = {
+    "xla": None,
+    "eigen": {"xla_cpu_experimental_ynn_fusion_type":
+              "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"},
+}
+
+
+def conv_route() -> str:
+  """The value of JAXGEN_XLA_CPU_CONV ('xla' when unset); EnvironmentSettingError if unknown."""
+  value = os.environ.get(ENV_VAR, "xla")
+  if value not in COMPILER_OPTIONS:
+    raise EnvironmentSettingError(ENV_VAR, value, " or ".join(COMPILER_OPTIONS))
+  return value
+
+
+def step_compiler_options(route: str | None = None) -> dict[str, Any] | None:
+  """`compiler_options` for a training step's `jax.jit` on this backend (None off the CPU)."""
+  route = conv_route() if route is None else route
+  if route not in COMPILER_OPTIONS:
+    raise ValueError(f"route must be one of {', '.join(COMPILER_OPTIONS)}, got {route!r}")
+  if jax.default_backend() != "cpu":
+    return None
+  options = COMPILER_OPTIONS[route]
+  return dict(options) if options else None
+
+
+@contextlib.contextmanager
+def use_conv_route(route: str) -> Iterator[None]:
+  """Set JAXGEN_XLA_CPU_CONV for the duration (what is traced and jitted inside sees it), e.g. to
+  time several routes in one process (benchmarks/)."""
+  if route not in COMPILER_OPTIONS:
+    raise ValueError(f"route must be one of {', '.join(COMPILER_OPTIONS)}, got {route!r}")
+  previous = os.environ.get(ENV_VAR)
+  os.environ[ENV_VAR] = route
+  try:
+    yield
+  finally:
+    if previous is None:
+      os.environ.pop(ENV_VAR, None)
+    else:
+      os.environ[ENV_VAR] = previous

@@ -1,0 +1,88 @@
+"""jaxgen.nets.pooling.max_pool against flax.linen.max_pool (the reference), and the XLA:CPU
+convolution route of the training loop (jaxgen.train.xla_cpu).
+
+max_pool: values and gradients bit for bit (tolerance 0), eager and jitted, with many ties (a
+ReLU's zeros, values rounded to halves). The 'eigen' route: the same sums in another library, so
+gradients agree with the default route to 1e-5 relative.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxgen import main as jaxgen_main
+from jaxgen.errors import EnvironmentSettingError
+from jaxgen.nets.pooling import max_pool
+from jaxgen.train import xla_cpu
+
+POOL_CASES = [  # (shape, window, strides, padding)
+    ((3, 9, 9, 2), (3, 3), (2, 2), ((1, 1), (1, 1))),  # ResNet's stem pool, odd size
+    ((2, 16, 16, 4), (3, 3), (2, 2), ((1, 1), (1, 1))),
+    ((2, 8, 6, 3), (2, 2), (2, 2), ((0, 0), (0, 0))),  # non-overlapping
+    ((2, 7, 7, 3), (3, 3), (1, 1), ((1, 1), (1, 1))),  # stride 1: up to 9 windows share an input
+    ((1, 6, 9, 2), (3, 2), (2, 1), ((0, 1), (1, 0))),  # non-square, asymmetric padding
+]
+
+
+def _tied_input(shape):
+  x = jax.nn.relu(jax.random.normal(jax.random.key(0), shape))
+  return jnp.round(x * 2) / 2  # many equal values per window
+
+
+@pytest.mark.parametrize("shape,window,strides,padding", POOL_CASES)
+@pytest.mark.parametrize("jit", [False, True])
+def test_max_pool_equals_flax_values_and_gradients_bit_for_bit(shape, window, strides, padding, jit):
+  x = _tied_input(shape)
+  ref = lambda x: nn.max_pool(x, window, strides=strides, padding=padding)
+  ours = lambda x: max_pool(x, window, strides, padding)
+  wrap = jax.jit if jit else (lambda f: f)
+  y_ref, y = wrap(ref)(x), wrap(ours)(x)
+  np.testing.assert_array_equal(np.asarray(y), np.asarray(y_ref))
+  g = jax.random.normal(jax.random.key(1), y_ref.shape)
+  dx_ref = wrap(lambda x: jax.vjp(ref, x)[1](g)[0])(x)
+  dx = wrap(lambda x: jax.vjp(ours, x)[1](g)[0])(x)
+  np.testing.assert_array_equal(np.asarray(dx), np.asarray(dx_ref))
+  assert float(jnp.abs(dx).sum()) > 0
+
+
+def test_max_pool_refuses_non_image_input():
+  with pytest.raises(ValueError, match="NHWC"):
+    max_pool(jnp.zeros((4, 4, 3)), (2, 2), (2, 2), ((0, 0), (0, 0)))
+
+
+def test_conv_route_reads_the_environment(monkeypatch):
+  monkeypatch.delenv(xla_cpu.ENV_VAR, raising=False)
+  assert xla_cpu.conv_route() == "xla" and xla_cpu.step_compiler_options() is None
+  monkeypatch.setenv(xla_cpu.ENV_VAR, "eigen")
+  assert xla_cpu.conv_route() == "eigen"
+  assert "xla_cpu_experimental_ynn_fusion_type" in xla_cpu.step_compiler_options()
+  monkeypatch.setenv(xla_cpu.ENV_VAR, "onednn")
+  with pytest.raises(EnvironmentSettingError, match="JAXGEN_XLA_CPU_CONV='onednn': expected xla or eigen"):
+    xla_cpu.conv_route()
+
+
+def test_bad_conv_route_exits_2_before_anything_is_written(capsys, tmp_path, monkeypatch):
+  monkeypatch.setenv(xla_cpu.ENV_VAR, "fast")
+  code = jaxgen_main.run(["jaxgen.main", "--config=configs/classifier.py:tiny", f"--workdir={tmp_path}"])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert code == 2 and len(err) == 1 and "JAXGEN_XLA_CPU_CONV='fast'" in err[0], err
+  assert not any(tmp_path.iterdir())
+
+
+def test_eigen_route_gives_the_same_gradients_to_float_rounding():
+  """A ResNet block's convolutions, batch norm and stem pool, compiled both ways."""
+  from jaxgen.nets.resnet import ResNet  # pylint: disable=import-outside-toplevel
+  model = ResNet(stage_sizes=(1, 1), bottleneck=False, num_classes=5, width=8, small_input=False)
+  x = jax.random.normal(jax.random.key(0), (8, 32, 32, 3))
+  variables = model.init(jax.random.key(1), x)
+
+  def loss(params):
+    logits, _ = model.apply({**variables, "params": params}, x, train=True, mutable=["batch_stats"])
+    return jnp.mean(logits ** 2)
+
+  grads = {route: jax.jit(jax.grad(loss), compiler_options=xla_cpu.step_compiler_options(route))(
+      variables["params"]) for route in xla_cpu.COMPILER_OPTIONS}
+  for a, b in zip(jax.tree.leaves(grads["xla"]), jax.tree.leaves(grads["eigen"])):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-6)
