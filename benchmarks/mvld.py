@@ -43,6 +43,7 @@ compiler), one line says why and the run goes on with eager.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import sys
@@ -60,6 +61,7 @@ from flax import traverse_util  # noqa: E402
 from jaxgen import sde as sde_lib  # noqa: E402
 from jaxgen.configlib import train_config  # noqa: E402
 from jaxgen.mvld import model as mvld_model  # noqa: E402
+from jaxgen.nets.mixed_precision import COMPUTE_DTYPES  # noqa: E402
 from jaxgen.nets.score_nets import ResidualMLPScoreNet  # noqa: E402
 from jaxgen.nets.unet_mlp import UnetMLP  # noqa: E402
 from jaxgen.train.optim import make_optimizer  # noqa: E402
@@ -90,10 +92,11 @@ def _ints(s: str) -> tuple[int, ...]:
 # ---- jaxgen ---------------------------------------------------------------------------------
 
 def build_net(args):
+  dot_dtype = COMPUTE_DTYPES[args.dtype]
   if args.net == "mlp":
-    return ResidualMLPScoreNet(widths=args.widths)
+    return ResidualMLPScoreNet(widths=args.widths, dot_dtype=dot_dtype)
   return UnetMLP(init_dim=args.init_dim, dim_mults=args.dim_mults, time_dim=args.time_dim,
-                 groups=args.groups)
+                 groups=args.groups, dot_dtype=dot_dtype)
 
 
 def net_description(args) -> str:
@@ -226,6 +229,16 @@ def torch_net(args, torch, params, device):
   return net.to(device)
 
 
+def _autocast(args, torch, device):
+  """--dtype bfloat16: a torch.autocast region around the whole sampling loop / training block, so
+  the network's matmuls take bfloat16 operands with float32 accumulation and each weight is cast
+  once per region (autocast's cache); network outputs are taken back to float32, so the sampler /
+  loss arithmetic stays float32, as on the jaxgen side. float32: no region."""
+  if args.dtype == "float32":
+    return contextlib.nullcontext()
+  return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
 def _beta_int(t):
   return 0.1 * t + 0.5 * (20.0 - 0.1) * t ** 2  # VPSDE, beta in [0.1, 20]
 
@@ -246,20 +259,21 @@ def torch_sample(args, torch, net, batch: int, device) -> tuple[float, float]:
   @torch.no_grad()
   def sample():
     x = torch.randn_like(z) * (1 - keep) + z * keep
-    for i in range(args.steps):
-      t, dt = ts[i], ts[i + 1] - ts[i]
-      std = torch.sqrt(1 - torch.exp(-_beta_int(t)))
-      beta = 0.1 + t * (20.0 - 0.1)
-      tau = t * (1 - observed)
-      score = -net(x, tau) / std
-      drift = -0.5 * beta * x - beta * score
-      x = x + drift * dt + torch.sqrt(beta * -dt) * torch.randn_like(x)
-      x = x * (1 - keep) + z * keep
-    # Tweedie at t_eps (jaxgen's denoise=True): (x + std^2 score) / mean = (x - std eps) / mean.
-    t = ts[-1]
-    mean = torch.exp(-0.5 * _beta_int(t))
-    std = torch.sqrt(1 - mean ** 2)
-    x = (x - std * net(x, t * (1 - observed))) / mean
+    with _autocast(args, torch, device):
+      for i in range(args.steps):
+        t, dt = ts[i], ts[i + 1] - ts[i]
+        std = torch.sqrt(1 - torch.exp(-_beta_int(t)))
+        beta = 0.1 + t * (20.0 - 0.1)
+        tau = t * (1 - observed)
+        score = -net(x, tau).float() / std
+        drift = -0.5 * beta * x - beta * score
+        x = x + drift * dt + torch.sqrt(beta * -dt) * torch.randn_like(x)
+        x = x * (1 - keep) + z * keep
+      # Tweedie at t_eps (jaxgen's denoise=True): (x + std^2 score) / mean = (x - std eps) / mean.
+      t = ts[-1]
+      mean = torch.exp(-0.5 * _beta_int(t))
+      std = torch.sqrt(1 - mean ** 2)
+      x = (x - std * net(x, t * (1 - observed)).float()) / mean
     x = x * (1 - keep) + z * keep
     sync()
     return x
@@ -282,7 +296,9 @@ def torch_train(args, torch, net, parameters, batch: int, device) -> tuple[float
       std = torch.sqrt(1 - mean ** 2)
       eps = torch.randn_like(z)
       xt = (mean * z + std * eps) * m + z * (1 - m)
-      loss = ((net(xt, t[:, None] * (1 - obs)) - eps) ** 2 * m).mean()
+      with _autocast(args, torch, device):
+        out = net(xt, t[:, None] * (1 - obs)).float()
+      loss = ((out - eps) ** 2 * m).mean()
       opt.zero_grad()
       loss.backward()
       opt.step()
@@ -312,6 +328,9 @@ def main() -> None:
   parser.add_argument("--dim-mults", type=_ints, default=(1, 1), help="--net unet_mlp levels")
   parser.add_argument("--time-dim", type=int, default=512, help="--net unet_mlp time embedding")
   parser.add_argument("--groups", type=int, default=32, help="--net unet_mlp GroupNorm groups")
+  parser.add_argument("--dtype", choices=tuple(COMPUTE_DTYPES), default="float32",
+                      help="matmul operands of both networks (float32 accumulation either way): "
+                           "jaxgen's diffusion.score_net.compute_dtype, PyTorch's autocast")
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--torch-threads", type=int, default=0,
                       help="PyTorch CPU threads (0: torch's default; 1 avoids OpenMP spin-waits on "
@@ -341,7 +360,7 @@ def main() -> None:
     do_sample, do_train = batch in sample_batches, batch in train_batches
     only = "" if do_sample and do_train else (" (sampling only)" if do_sample else " (training only)")
     print(f"device: {dev.device_kind} x{jax.device_count()} ({jax.default_backend()}); "
-          f"batch {batch}, {args.steps} sampler steps, {net_description(args)}, "
+          f"batch {batch}, {args.steps} sampler steps, {net_description(args)}, {args.dtype} matmuls, "
           f"{VIEWS} views x {LATENT} latents{only}", flush=True)
     # rates[side] = {"sample_objects_per_s": ..., "train_steps_per_s": ...}
     rates = {"jaxgen": {}}

@@ -22,6 +22,7 @@ from jaxgen.classifier.config import validate_classifier_config
 from jaxgen.classifier.inference import load_classifier
 from jaxgen.classifier.train import fit_classifier
 from jaxgen.data.batches import first_records, ordered_batches
+from jaxgen.nets.mixed_precision import COMPUTE_DTYPES
 from jaxgen.data.multiview import VARIANTS
 from jaxgen.data.sources import Source
 from jaxgen.errors import ConfigError
@@ -103,6 +104,10 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
   elif net.kind == "attention":
     configlib.require(net.attention_width % net.attention_heads == 0, "diffusion.score_net.attention_heads",
                       net.attention_heads, f"a divisor of attention_width = {net.attention_width}")
+  configlib.require_choice(config, "diffusion.score_net.compute_dtype", COMPUTE_DTYPES)
+  configlib.require(net.kind != "attention" or net.compute_dtype == "float32",
+                    "diffusion.score_net.compute_dtype", net.compute_dtype,
+                    "float32 with kind='attention' (bfloat16 is implemented for mlp and unet_mlp)")
   configlib.require_choice(config, "diffusion.mask_mode", ("per_example", "per_batch"))
   configlib.require_range(config, "diffusion.joint_prob", 0.0, 1.0)
   configlib.require_range(config, "diffusion.t_eps", 1e-6, 0.5)

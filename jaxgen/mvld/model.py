@@ -25,6 +25,7 @@ from jaxgen.mvld import masking
 from jaxgen.nets.autoencoder import ViewAutoencoder
 from jaxgen.nets.mld_autoencoder import MLDCubAutoencoder
 from jaxgen.nets.common import to_model_range, to_uint8  # noqa: F401 (re-exported)
+from jaxgen.nets.mixed_precision import COMPUTE_DTYPES, cast_kernels
 from jaxgen.nets.score_nets import ResidualMLPScoreNet, ViewAttentionScoreNet
 from jaxgen.nets.unet_mlp import UnetMLP
 
@@ -99,16 +100,17 @@ def build_spec(config: ml_collections.ConfigDict) -> MVLDSpec:
   else:
     raise ConfigError("autoencoder.kind", ae_kind, "one of " + ", ".join(AUTOENCODERS))
   net_cfg = config.diffusion.score_net
+  dot_dtype = COMPUTE_DTYPES[net_cfg.get("compute_dtype", "float32")]  # older workdirs: float32
   if net_cfg.kind == "mlp":
     net = ResidualMLPScoreNet(widths=tuple(net_cfg.widths), blocks_per_level=net_cfg.blocks_per_level,
-                              time_embed_dim=net_cfg.time_embed_dim)
+                              time_embed_dim=net_cfg.time_embed_dim, dot_dtype=dot_dtype)
   elif net_cfg.kind == "attention":
     net = ViewAttentionScoreNet(num_views=config.data.num_views, width=net_cfg.attention_width,
                                 depth=net_cfg.attention_depth, num_heads=net_cfg.attention_heads,
                                 time_embed_dim=net_cfg.time_embed_dim)
   elif net_cfg.kind == "unet_mlp":
     net = UnetMLP(init_dim=net_cfg.unet_init_dim, dim_mults=tuple(net_cfg.unet_dim_mults),
-                  time_dim=net_cfg.unet_time_dim, groups=net_cfg.unet_groups)
+                  time_dim=net_cfg.unet_time_dim, groups=net_cfg.unet_groups, dot_dtype=dot_dtype)
   else:
     raise ConfigError("diffusion.score_net.kind", net_cfg.kind, "one of " + ", ".join(SCORE_NETS))
   sde = build_sde(config.diffusion)
@@ -167,6 +169,9 @@ def sample_latents(spec: MVLDSpec, score_params: Any, key: jax.Array, z_observed
   views in C. All-zero `observed` is unconditional joint generation of every view.
   """
   mask = masking.coordinate_mask(observed, spec.latent_dim)
+  # With a low-precision compute dtype the matrices are rounded once here, outside the sampling
+  # loop, so every network evaluation reads half the weight bytes (the dots round them anyway).
+  score_params = cast_kernels(score_params, getattr(spec.score_net, "dot_dtype", jnp.float32))
 
   def eps_fn(x, t):
     return eps_model(spec, score_params, x, t, observed)

@@ -9,14 +9,16 @@ for many views or larger latents. Both predict eps for every coordinate: [B, V *
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from jaxgen.nets.common import group_count
+from jaxgen.nets.mixed_precision import dense_in
 
 
 def sinusoidal_embedding(t: jax.Array, dim: int, max_period: float = 10_000.0) -> jax.Array:
@@ -32,24 +34,28 @@ class MultiTimeEmbedding(nn.Module):
   """Embed tau = [t_1..t_V] (0 for observed views, paper 000 sec. II-B) into one vector."""
 
   dim: int = 128
+  dot_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, tau: jax.Array) -> jax.Array:
+    dense = dense_in(self.dot_dtype)
     per_view = sinusoidal_embedding(tau, self.dim // 2)  # [B, V, dim/2]
     h = per_view.reshape((tau.shape[0], -1))
-    h = nn.silu(nn.Dense(self.dim)(h))
-    return nn.Dense(self.dim)(h)
+    h = nn.silu(dense(self.dim)(h))
+    return dense(self.dim)(h)
 
 
 class ResidualBlock(nn.Module):
   width: int
+  dot_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, temb: jax.Array) -> jax.Array:
-    skip = x if x.shape[-1] == self.width else nn.Dense(self.width, name="skip")(x)
-    h = nn.Dense(self.width)(nn.silu(nn.GroupNorm(num_groups=group_count(x.shape[-1]))(x)))
-    h = h + nn.Dense(self.width)(nn.silu(temb))
-    h = nn.Dense(self.width)(nn.silu(nn.GroupNorm(num_groups=group_count(self.width))(h)))
+    dense = dense_in(self.dot_dtype)
+    skip = x if x.shape[-1] == self.width else dense(self.width, name="skip")(x)
+    h = dense(self.width)(nn.silu(nn.GroupNorm(num_groups=group_count(x.shape[-1]))(x)))
+    h = h + dense(self.width)(nn.silu(temb))
+    h = dense(self.width)(nn.silu(nn.GroupNorm(num_groups=group_count(self.width))(h)))
     return skip + h
 
 
@@ -59,23 +65,26 @@ class ResidualMLPScoreNet(nn.Module):
   widths: Sequence[int] = (1024, 512, 256)
   blocks_per_level: int = 1
   time_embed_dim: int = 128
+  dot_dtype: Any = jnp.float32  # matmul operands of the blocks and the in/out layers
 
   @nn.compact
   def __call__(self, x: jax.Array, tau: jax.Array) -> jax.Array:
-    temb = MultiTimeEmbedding(self.time_embed_dim)(tau)
-    h = nn.Dense(self.widths[0], name="in")(x)
+    dense = dense_in(self.dot_dtype)
+    block = functools.partial(ResidualBlock, dot_dtype=self.dot_dtype)
+    temb = MultiTimeEmbedding(self.time_embed_dim, dot_dtype=self.dot_dtype)(tau)
+    h = dense(self.widths[0], name="in")(x)
     skips = []
     for w in self.widths:
       for _ in range(self.blocks_per_level):
-        h = ResidualBlock(w)(h, temb)
+        h = block(w)(h, temb)
       skips.append(h)
-    h = ResidualBlock(self.widths[-1])(h, temb)
+    h = block(self.widths[-1])(h, temb)
     for w in reversed(self.widths):
       h = jnp.concatenate([h, skips.pop()], axis=-1)
       for _ in range(self.blocks_per_level):
-        h = ResidualBlock(w)(h, temb)
+        h = block(w)(h, temb)
     h = nn.silu(nn.GroupNorm(num_groups=group_count(h.shape[-1]))(h))
-    return nn.Dense(x.shape[-1], kernel_init=nn.initializers.zeros, name="out")(h)
+    return dense(x.shape[-1], kernel_init=nn.initializers.zeros, name="out")(h)
 
 
 class ViewAttentionScoreNet(nn.Module):
