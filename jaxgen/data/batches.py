@@ -80,20 +80,23 @@ def select_keys(record: Record, *, keys: tuple[str, ...]) -> Record:
 
 
 def ordered_batches(data: np.ndarray | Source, batch_size: int, key: str = "images",
-                    ) -> Iterator[np.ndarray]:
+                    image_size: int | None = None) -> Iterator[np.ndarray]:
   """`data[key]` in record order, `batch_size` records at a time (the last batch may be short):
   a slice of an in-memory array, or one sequential pass of the grain pipeline over a source
-  (for encoding a data set that does not fit in memory). Every process reads every record."""
+  (for encoding a data set that does not fit in memory; images resized and centre-cropped to
+  `image_size` when given). Every process reads every record."""
   if not is_streamed(data):
     for start in range(0, len(data), batch_size):
       yield data[start:start + batch_size]
     return
   loader = make_loader(data, global_batch_size=batch_size, seed=0, shuffle=False, num_epochs=1,
-                       drop_remainder=False, record_fn=functools.partial(select_keys, keys=(key,)))
+                       drop_remainder=False, image_size=image_size,
+                       record_fn=functools.partial(select_keys, keys=(key,)))
   for batch in loader:
     yield batch[key]
 
 
-def first_records(data: np.ndarray | Source, n: int, key: str = "images") -> np.ndarray:
+def first_records(data: np.ndarray | Source, n: int, key: str = "images",
+                  image_size: int | None = None) -> np.ndarray:
   """The first n records' `key` as one array (e.g. for a figure)."""
-  return next(ordered_batches(data, min(n, len(data)), key))
+  return next(ordered_batches(data, min(n, len(data)), key, image_size))

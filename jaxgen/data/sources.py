@@ -159,6 +159,36 @@ def subset(source: Source, indices: Sequence[int] | np.ndarray) -> Source:
   return SubsetSource(source, indices)
 
 
+class FieldsSource(Source):
+  """The records of `parent` with per-record fields added or replaced, e.g. each image's soft label
+  vector as its 'label' (`fields[k][i]` goes into record i); metadata and labels() are the parent's."""
+
+  def __init__(self, parent: Source, fields: Mapping[str, np.ndarray]):
+    for key, values in fields.items():
+      if len(values) != len(parent):
+        raise DataError(f"{parent.name}: field {key!r} has {len(values)} rows for {len(parent)} "
+                        "records; expected one per record")
+    self.parent, self.fields = parent, {k: np.asarray(v) for k, v in fields.items()}
+    self.name = f"{parent.name}[+{','.join(fields)}]"
+    self.num_classes, self.class_names = parent.num_classes, parent.class_names
+    self.image_shape, self.image_key = parent.image_shape, parent.image_key
+
+  def __len__(self) -> int:
+    return len(self.parent)
+
+  def __getitem__(self, index: int) -> Record:
+    i = self._index(index)
+    return {**self.parent[i], **{k: v[i] for k, v in self.fields.items()}}
+
+  def labels(self) -> np.ndarray:
+    return self.parent.labels()
+
+
+def with_fields(source: Source, **fields: np.ndarray) -> Source:
+  """`source` whose record i also carries `fields[k][i]` under each key k."""
+  return FieldsSource(source, fields)
+
+
 # --------------------------------------------------------------------------- multiview renderer
 
 @functools.lru_cache(maxsize=4)

@@ -5,7 +5,9 @@ Embedded ('multiview'): single views of the procedural renders at `image_size`; 
 is drawn from a pool of `num_pool` objects by the paper's recipe (`jaxgen.data.imbalance`), the
 reference set and the judge's set are disjoint objects, balanced over the 12 shape classes. On
 disk ('tfds', 'folder'): the training split made imbalanced the same way (or kept as it is,
-`imbalance='none'`, for sets that are imbalanced already) and the test split as the reference.
+`imbalance='none'`, for sets that are imbalanced already) and the test split as the reference;
+the training set is then a `Source` (a subset of the split, never read whole), the reference set
+arrays. `load_sets(...)["train"]` is (images or Source, int labels) accordingly.
 """
 
 from __future__ import annotations
@@ -17,17 +19,18 @@ import numpy as np
 
 from jaxgen.data.imbalance import softlabel_gan_indices
 from jaxgen.data.memory import source_arrays
-from jaxgen.data.sources import get_source
+from jaxgen.data.sources import get_source, subset
 from jaxgen.errors import DataError
 
 DATA_NAMES = ("multiview", "tfds", "folder")
 IMBALANCE = ("auto", "lognormal", "chi2", "pareto", "none")
 
 
-def _imbalanced(images: np.ndarray, labels: np.ndarray, d: ml_collections.ConfigDict,
-                num_classes: int) -> tuple[np.ndarray, np.ndarray, str]:
+def _imbalanced_indices(labels: np.ndarray, d: ml_collections.ConfigDict,
+                        num_classes: int) -> tuple[np.ndarray, str]:
+  """Indices of the imbalanced training set among `labels` (all of them for imbalance='none')."""
   if d.imbalance == "none":
-    return images, labels, "kept as it is"
+    return np.arange(len(labels)), "kept as it is"
   subset = softlabel_gan_indices(labels, seed=d.seed, num_samples=d.imbalance_samples,
                                  num_classes=num_classes, distribution=d.imbalance,
                                  min_class_size=d.min_class_size)
@@ -39,7 +42,7 @@ def _imbalanced(images: np.ndarray, labels: np.ndarray, d: ml_collections.Config
                     "data.imbalance_samples / data.min_class_size)")
   how = (f"paper 003 recipe ({d.imbalance}, min class {d.min_class_size})" if d.min_class_size
          else f"paper 003 recipe ({d.imbalance}, {d.imbalance_samples} samples)")
-  return images[subset.indices], labels[subset.indices], how
+  return subset.indices, how
 
 
 def load_sets(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -55,9 +58,9 @@ def load_sets(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                     image_size=d.image_size, variant=d.variant)
     pool = splits["classifier_train"]
     k = len(SHAPE_CLASSES)
-    images, labels, how = _imbalanced(pool["image"], pool["label"], d, k)
+    idx, how = _imbalanced_indices(pool["label"], d, k)
     ref, judge = splits["classifier_eval"], splits["test"]
-    out = {"train": (images, labels),
+    out = {"train": (pool["image"][idx], pool["label"][idx]),
            "test": (ref["image"][:d.num_test], ref["label"][:d.num_test]),
            "judge": (judge["images"][:d.num_judge, 0], judge["labels"][:d.num_judge]),
            "num_classes": k, "class_names": tuple(SHAPE_CLASSES), "reference": "balanced, disjoint renders"}
@@ -67,11 +70,15 @@ def load_sets(config: ml_collections.ConfigDict, workdir: str) -> dict:
     opts = {"tfds_name": d.tfds_name} if d.name == "tfds" else {"image_size": d.image_size}
     train_src = get_source(d.name, d.train_split, data_dir=d.data_dir, **opts)
     test_src = get_source(d.name, d.test_split, data_dir=d.data_dir, **opts)
-    train, test = source_arrays(train_src, d.image_size), source_arrays(test_src, d.image_size)
+    # The training split stays on disk: the imbalanced subset is chosen from its labels alone and
+    # streamed through the grain pipeline by every stage that reads it (jaxgen/data/batches.py).
+    # The reference split is read into memory, at most num_test records.
+    test = source_arrays(test_src, d.image_size, d.num_test)
     k = train_src.num_classes
-    images, labels, how = _imbalanced(train["image"], train["label"], d, k)
-    out = {"train": (images, labels),
-           "test": (test["image"][:d.num_test], test["label"][:d.num_test]),
+    all_labels = np.asarray(train_src.labels(), np.int32)
+    idx, how = _imbalanced_indices(all_labels, d, k)
+    out = {"train": (subset(train_src, idx), all_labels[idx]),
+           "test": (test["image"], test["label"]),
            "judge": None, "num_classes": k, "class_names": tuple(train_src.class_names),
            "reference": f"split {d.test_split!r}"}
     source = f"{d.name} {d.tfds_name or d.data_dir} at {d.image_size}x{d.image_size}"

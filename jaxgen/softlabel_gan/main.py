@@ -26,7 +26,9 @@ from jaxgen import configlib
 from jaxgen.classifier.config import validate_classifier_config
 from jaxgen.classifier.inference import load_classifier
 from jaxgen.classifier.train import fit_classifier
+from jaxgen.data.batches import first_records, is_streamed, ordered_batches
 from jaxgen.data.imbalance import softlabel_gan_counts
+from jaxgen.data.sources import subset
 from jaxgen.errors import ConfigError, DataError
 from jaxgen.gan.diffaugment import parse_policy
 from jaxgen.gan.losses import LOSSES
@@ -144,15 +146,35 @@ class Run(MethodRun):
   def networks(self):
     return gan_train.build_networks(self.config.gan, self.num_classes, self.config.data.image_size)
 
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    return (self.config.data.image_size, self.config.data.image_size, 3)
+
+  @property
+  def streamed(self) -> bool:
+    """Whether the training set is a Source on disk (TFDS / folder), read through grain."""
+    return is_streamed(self.data["train"][0])
+
+  def training_images_in_order(self, batch_size: int):
+    """The training images in record order, `batch_size` at a time (decoded and resized when
+    streamed)."""
+    return ordered_batches(self.data["train"][0], batch_size, key="image",
+                           image_size=self.config.data.image_size)
+
   def classifier(self):
     require_stage(self.workdir, "train_classifier", "soft_labels")
-    return load_classifier(self.config.classifier, self.num_classes, self.data["train"][0].shape[1:],
+    return load_classifier(self.config.classifier, self.num_classes, self.image_shape,
                            workdir=self.workdir, name="classifier", mesh=self.mesh)
 
   def fingerprint(self) -> str:
-    """The training images and labels, hashed: what the cached soft labels were computed on."""
+    """The training images and labels, hashed: what the cached soft labels were computed on (for
+    a streamed set: the source, the chosen records and their labels)."""
     images, labels = self.data["train"]
-    h = hashlib.sha256(np.ascontiguousarray(images).tobytes())
+    if self.streamed:
+      h = hashlib.sha256(repr(images.parent).encode())
+      h.update(np.ascontiguousarray(images.indices).tobytes())
+    else:
+      h = hashlib.sha256(np.ascontiguousarray(images).tobytes())
     h.update(np.ascontiguousarray(labels).tobytes())
     return h.hexdigest()
 
@@ -215,7 +237,12 @@ def _stage_data(run: Run) -> None:
   if is_main_process():
     print(f"[data] {d['description']}", flush=True)
     images, labels = d["train"]
-    rows = [images[labels == c][:8] for c in range(run.num_classes)]
+    if run.streamed:  # the first 8 records of each class, read from disk
+      rows = [first_records(subset(images, np.flatnonzero(labels == c)[:8]), 8, key="image",
+                            image_size=run.config.data.image_size) if np.any(labels == c)
+              else np.zeros((0,) + run.image_shape, np.uint8) for c in range(run.num_classes)]
+    else:
+      rows = [images[labels == c][:8] for c in range(run.num_classes)]
     atomic_write_json(run.path("eval", "data.json"), {
         "description": d["description"], "train_counts": d["counts"].tolist(),
         "test_counts": np.bincount(d["test"][1], minlength=run.num_classes).tolist(),
@@ -234,9 +261,11 @@ def _stage_classifier(run: Run) -> None:
   if not labels_lib.needs_classifier(run.config.variants):
     return
   images, labels = run.data["train"]
-  clf = fit_classifier(run.config.classifier, images, labels, run.num_classes, workdir=run.workdir,
-                       name="classifier", mesh=run.mesh, key=run.key("train_classifier"),
-                       writer=run.writer)
+  streamed = run.streamed  # a Source brings its own labels and is decoded at data.image_size
+  clf = fit_classifier(run.config.classifier, images, None if streamed else labels, run.num_classes,
+                       workdir=run.workdir, name="classifier", mesh=run.mesh,
+                       key=run.key("train_classifier"), writer=run.writer,
+                       image_size=run.config.data.image_size if streamed else None)
   if is_main_process():
     x, y = run.data["test"]
     acc = float(np.mean(clf.predict(x, run.config.classifier.eval_batch_size) == y))
@@ -251,7 +280,11 @@ def _stage_soft_labels(run: Run) -> None:
   k, cfg = run.num_classes, run.config.labels
   probs = None
   if labels_lib.needs_classifier(run.config.variants):
-    probs = run.classifier().probabilities(images, run.config.classifier.eval_batch_size)
+    clf, batch = run.classifier(), run.config.classifier.eval_batch_size
+    if run.streamed:
+      probs = np.concatenate([clf.probabilities(b, batch) for b in run.training_images_in_order(batch)])
+    else:
+      probs = clf.probabilities(images, batch)
     if is_main_process():
       atomic_save_npz(run.path("labels", "soft_labels.npz"), probabilities=probs.astype(np.float32),
                       fingerprint=np.asarray(run.fingerprint()))
@@ -298,7 +331,8 @@ def _stage_gans(run: Run) -> None:
             f"{'on' if variant.augment else 'off'}, sampling {variant.sampling}", flush=True)
     state = gan_train.train_gan(f"gan_{name}", g, d, run.config.gan, variant, images, vectors, labels,
                                 mixup_alpha=run.config.labels.mixup_alpha, workdir=run.workdir,
-                                mesh=run.mesh, key=run.key("train_gans", i), writer=run.writer)
+                                mesh=run.mesh, key=run.key("train_gans", i), writer=run.writer,
+                                image_size=run.config.data.image_size if run.streamed else None)
     if is_main_process():
       save_params(path, {"params": jax.device_get(state.ema_params),
                          "stats": jax.device_get(state.ema_stats)})

@@ -28,7 +28,8 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from jaxgen.data.batches import training_batches
+from jaxgen.data.batches import is_streamed, select_keys, training_batches
+from jaxgen.data.sources import Source, with_fields
 from jaxgen.gan.diffaugment import diff_augment
 from jaxgen.gan.losses import discriminator_loss, generator_loss
 from jaxgen.nets.biggan import Discriminator, Generator
@@ -176,25 +177,33 @@ def make_step_fn(g: Generator, d: Discriminator, cfg: ml_collections.ConfigDict,
   return step_fn
 
 
-def real_batches(images: np.ndarray, label_vectors: np.ndarray, classes: np.ndarray,
-                 cfg: ml_collections.ConfigDict, variant: Variant, seed: int):
+def real_batches(images: np.ndarray | Source, label_vectors: np.ndarray, classes: np.ndarray,
+                 cfg: ml_collections.ConfigDict, variant: Variant, seed: int,
+                 image_size: int | None = None):
   """Endless real batches of `d_steps * batch_size` rows {'image', 'label' (T_y vectors)}: shuffled
-  epochs, or class-balanced draws for the Oversample baseline; checkpointable positions."""
-  arrays = {"image": images, "label": label_vectors.astype(np.float32)}
+  epochs, or class-balanced draws for the Oversample baseline; checkpointable positions. A Source
+  is streamed through grain (decoded and resized to `image_size`), each record carrying its vector."""
   size = cfg.train.batch_size * cfg.d_steps
+  vectors = label_vectors.astype(np.float32)
+  if is_streamed(images):
+    return training_batches(with_fields(images, label=vectors), global_batch_size=size, seed=seed,
+                            sampling=variant.sampling, class_ids=classes, image_size=image_size,
+                            record_fn=functools.partial(select_keys, keys=("image", "label")))
+  arrays = {"image": images, "label": vectors}
   return training_batches(arrays, global_batch_size=size, seed=seed, sampling=variant.sampling,
                           class_ids=classes)
 
 
 def train_gan(name: str, g: Generator, d: Discriminator, cfg: ml_collections.ConfigDict,
-              variant: Variant, images: np.ndarray, label_vectors: np.ndarray, classes: np.ndarray,
-              *, mixup_alpha: float, workdir: str, mesh: Mesh, key: jax.Array, writer: Any = None
-              ) -> GANState:
-  """Train (or resume) the GAN `name` on uint8 images with their T_y label vectors."""
+              variant: Variant, images: np.ndarray | Source, label_vectors: np.ndarray,
+              classes: np.ndarray, *, mixup_alpha: float, workdir: str, mesh: Mesh, key: jax.Array,
+              writer: Any = None, image_size: int | None = None) -> GANState:
+  """Train (or resume) the GAN `name` on uint8 images (or a Source decoded at `image_size`) with
+  their T_y label vectors."""
   k_init, k_data, k_train = jax.random.split(key, 3)
   state = init_state(g, d, cfg, k_init)
   seed = int(jax.random.randint(k_data, (), 0, 2**31 - 1))
-  batches = real_batches(images, label_vectors, classes, cfg, variant, seed)
+  batches = real_batches(images, label_vectors, classes, cfg, variant, seed, image_size)
   step_fn = make_step_fn(g, d, cfg, variant, mixup_alpha)
   return loop.train(name=name, state=state, step_fn=step_fn, batches=batches, cfg=cfg.train,
                     workdir=workdir, mesh=mesh, key=k_train, writer=writer)
