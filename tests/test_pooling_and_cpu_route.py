@@ -72,9 +72,9 @@ def test_bad_conv_route_exits_2_before_anything_is_written(capsys, tmp_path, mon
 
 
 def test_eigen_route_gives_the_same_gradients_to_float_rounding():
-  """A ResNet block's convolutions, batch norm and stem pool, compiled both ways."""
+  """A one-stage ResNet (stem convolution and pool, a block, batch norm), compiled both ways."""
   from jaxgen.nets.resnet import ResNet  # pylint: disable=import-outside-toplevel
-  model = ResNet(stage_sizes=(1, 1), bottleneck=False, num_classes=5, width=4, small_input=False)
+  model = ResNet(stage_sizes=(1,), bottleneck=False, num_classes=5, width=4, small_input=False)
   x = jax.random.normal(jax.random.key(0), (4, 16, 16, 3))
   variables = jax.jit(model.init)(jax.random.key(1), x)
 
