@@ -22,7 +22,6 @@ from jaxgen.classifier.config import validate_classifier_config
 from jaxgen.classifier.inference import load_classifier
 from jaxgen.classifier.train import fit_classifier
 from jaxgen.data.batches import first_records, ordered_batches
-from jaxgen.nets.mixed_precision import COMPUTE_DTYPES
 from jaxgen.data.multiview import VARIANTS
 from jaxgen.data.sources import Source
 from jaxgen.errors import ConfigError
@@ -39,6 +38,7 @@ from jaxgen.mvld import transmission_baselines as baselines
 from jaxgen.mvld.data import load_views
 from jaxgen.mvld.judges import build_judges, check_judge_architecture
 from jaxgen.mvld.train import train_autoencoder, train_diffusion
+from jaxgen.nets.mixed_precision import COMPUTE_DTYPES
 from jaxgen.nets.mld_autoencoder import num_levels as mld_num_levels
 from jaxgen.parallel.mesh import is_main_process
 from jaxgen.sde.samplers import ODE_METHODS, PREDICTORS

@@ -2,8 +2,9 @@
 
 XLA:CPU differentiates `lax.reduce_window` max through a variadic reduce-window that carries an
 index per window dimension (four int32 arrays the size of the padded input): for ResNet's 3x3/2
-stem pool on 64x64 images at batch 128 that is ~170 ms of a ~1.1 s training step on 2 cores,
-against ~10 ms for the form below (`benchmarks/conv_cpu.py --pool`). The forward pass is the
+stem pool on 64x64 images at batch 128 that is 150-190 ms forward + backward on 2 cores (of a
+~1 s training step), against 33-35 ms for the form below (`benchmarks/conv_cpu.py`, last lines;
+benchmarks/RESULTS.md). The forward pass is the
 elementwise maximum of the kh*kw window slices; the backward pass sends each output's gradient to
 the first maximal input of its window in row-major window order, which is exactly the element
 XLA's select-and-scatter picks for `reduce_window` max (tested against `jax.grad` of

@@ -3,7 +3,7 @@
 jaxlib 0.10.2's XLA:CPU hands convolutions, dots, reductions and elementwise fusions to YNNPACK.
 On the 2-core Xeon (AVX-512) where jaxgen's CPU figures are measured, YNNPACK's convolutions are
 the slow part of a ResNet training step: a 3x3 64->64 weight gradient on 16x16 maps at batch 128
-takes ~110 ms there against ~25 ms in XLA's own (Eigen) convolution, while YNNPACK's dots and
+takes ~82 ms there against ~24 ms in XLA's own (Eigen) convolution, while YNNPACK's dots and
 reductions are the faster ones (a batch-norm sum over 128x32x32x64 values: ~1.5 ms against
 ~28 ms). `benchmarks/conv_cpu.py` prints these per shape, `benchmarks/classifier.py` the whole
 step (RESULTS.md).
