@@ -24,9 +24,18 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "warmup_cosine", "linear")
 
 
+# Shard every state leaf over the mesh's 'model' axis (plain replication while that axis is 1).
+DEFAULT_PARAM_RULES = (".*=fsdp",)
+
+
 def mesh_config(data: int = -1, model: int = 1) -> ml_collections.ConfigDict:
-  """Device mesh: `data` x `model` devices; -1 means all devices left after the other axis."""
-  return ml_collections.ConfigDict({"data": data, "model": model})
+  """Device mesh: `data` x `model` devices; -1 means all devices left after the other axis.
+
+  `param_rules` place the training state over the mesh (`REGEX=SPEC` strings, first fitting rule
+  wins; jaxgen.parallel.partitioning): the default splits every leaf over 'model' (fsdp), which
+  is plain replication while `model` is 1.
+  """
+  return ml_collections.ConfigDict({"data": data, "model": model, "param_rules": DEFAULT_PARAM_RULES})
 
 
 def optim_config(name: str = "adam", lr: float = 1e-4, **overrides: Any) -> ml_collections.ConfigDict:
@@ -167,10 +176,14 @@ def validate_mesh(config: ml_collections.ConfigDict, num_devices: int) -> int:
   require(isinstance(model, int) and model >= 1, "mesh.model", model, "an integer >= 1")
   require(isinstance(model, int) and num_devices % model == 0, "mesh.model", model,
           f"a divisor of the {num_devices} available devices")
-  # No method shards parameters over a model axis yet (the scale-out issue); a larger axis would
-  # only replicate the model silently.
-  require(model == 1, "mesh.model", model,
-          "1 (parameter sharding over a model axis is not implemented yet; use mesh.data)")
+  if "param_rules" in config.mesh:
+    from jaxgen.parallel.partitioning import validate_rules
+    try:
+      validate_rules(config.mesh.param_rules)
+    except ValueError as err:
+      raise ConfigError("mesh.param_rules", config.mesh.param_rules,
+                        f"a tuple of REGEX=SPEC rules, SPEC replicate / fsdp / e.g. _,model ({err})"
+                        ) from None
   if data == -1:
     return num_devices // model
   require(isinstance(data, int) and data >= 1 and data * model == num_devices, "mesh.data", data,

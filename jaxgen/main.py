@@ -152,7 +152,9 @@ def run(argv: Sequence[str]) -> int:
     initialize_distributed()
     module.validate_config(config, jax.device_count())
     workdir = fv.workdir or os.path.join("workdirs", f"{config.method}-{config.get('preset', 'default')}")
-    module.main(config, workdir, stages=stages, force=fv.force)
+    from jaxgen.parallel.partitioning import use_param_rules
+    with use_param_rules(config.mesh.param_rules):  # every stage's training loop places its state by them
+      module.main(config, workdir, stages=stages, force=fv.force)
     return 0
   except JaxgenError as err:
     if isinstance(err, ConfigError) and err.key.startswith("("):

@@ -29,12 +29,13 @@ def _run(capsys, *args):
     (("--config=configs/nosuch.py",), "existing config file"),
     ((CONFIG, "--stages=train,fly"), "stages among"),
     ((CONFIG, "--config.method=gan9000"), "config.method='gan9000'"),
-    ((CONFIG, "--config.mesh.model=2"), "parameter sharding over a model axis is not implemented"),
+    ((CONFIG, "--config.mesh.model=3"), "config.mesh.model=3: expected a divisor of the 8 available devices"),
+    ((CONFIG, "--config.mesh.param_rules=('kernel=rows',)"), "config.mesh.param_rules"),
     ((CONFIG, "--config.diffusion.sde=vesde", "--config.diffusion.vesde.sigma_max=0.001"),
      "config.diffusion.vesde.sigma_max=0.001: expected a number > sigma_min"),
     ((CONFIG, "--config.diffusion.vpsde.beta_min=-1.0"), "config.diffusion.vpsde.beta_min=-1.0"),
     ((CONFIG, "--config.diffusion.sde_params.beta_min=1.0"), "unknown key 'sde_params'"),
-    (("--config=configs/dimvida.py:tiny", "--config.mesh.model=2"), "config.mesh.model=2"),
+    (("--config=configs/dimvida.py:tiny", "--config.mesh.model=3"), "config.mesh.model=3"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(capsys, tmp_path, args, needle):
   code, err = _run(capsys, *args, f"--workdir={tmp_path}")

@@ -2,7 +2,7 @@
 
 A method supplies a pure `step_fn(state, batch, key) -> (state, metrics)`; the loop owns the rest:
 fusing `steps_per_call` steps into one jitted `lax.scan` with explicit shardings (batch split over
-the mesh's 'data' axis, state replicated), per-step PRNG keys `fold_in(stage_key, step)` (so a
+the mesh's 'data' axis, state replicated or split by the parameter rules), per-step PRNG keys `fold_in(stage_key, step)` (so a
 resumed or re-sharded run draws the same numbers), a NaN/Inf guard, periodic orbax checkpoints
 with the data iterator's position, metric writing and a progress line.
 
@@ -24,6 +24,7 @@ from jax.sharding import Mesh
 
 from jaxgen.errors import TrainingDivergedError
 from jaxgen.parallel.mesh import batch_sharding, is_main_process, replicated, shard_batch
+from jaxgen.parallel.partitioning import state_shardings
 from jaxgen.train.checkpoint import Checkpointer
 from jaxgen.train.progress import Progress
 from jaxgen.train.writers import MetricWriter
@@ -42,12 +43,15 @@ class BatchIterator(Protocol):
   def set_state(self, state: Any) -> None: ...
 
 
-def make_multi_step(step_fn: StepFn, key: jax.Array, mesh: Mesh) -> Callable[[Any, Any], tuple[Any, dict]]:
+def make_multi_step(step_fn: StepFn, key: jax.Array, mesh: Mesh,
+                    state_sharding: Any = None) -> Callable[[Any, Any], tuple[Any, dict]]:
   """jit(scan(step_fn)) over a block of stacked batches [steps, global_batch, ...].
 
-  The state is donated (updated in place on device); the batch block arrives sharded over
-  'data' along its second axis; metrics come back replicated, one value per step.
+  The state is donated (updated in place on device) and keeps `state_sharding` (default:
+  replicated); the batch block arrives sharded over 'data' along its second axis; metrics come
+  back replicated, one value per step.
   """
+  state_sharding = replicated(mesh) if state_sharding is None else state_sharding
 
   def block(state, batches):
     def body(state, batch):
@@ -56,19 +60,21 @@ def make_multi_step(step_fn: StepFn, key: jax.Array, mesh: Mesh) -> Callable[[An
 
     return jax.lax.scan(body, state, batches)
 
-  return jax.jit(block, in_shardings=(replicated(mesh), batch_sharding(mesh, leading_axes=1)),
-                 out_shardings=(replicated(mesh), replicated(mesh)), donate_argnums=(0,),
+  return jax.jit(block, in_shardings=(state_sharding, batch_sharding(mesh, leading_axes=1)),
+                 out_shardings=(state_sharding, replicated(mesh)), donate_argnums=(0,),
                  compiler_options=step_compiler_options())
 
 
-def make_single_step(step_fn: StepFn, key: jax.Array, mesh: Mesh) -> Callable[[Any, Any], tuple[Any, dict]]:
+def make_single_step(step_fn: StepFn, key: jax.Array, mesh: Mesh,
+                     state_sharding: Any = None) -> Callable[[Any, Any], tuple[Any, dict]]:
   """jit(step_fn) for one batch [global_batch, ...], with the same shardings and keys."""
+  state_sharding = replicated(mesh) if state_sharding is None else state_sharding
 
   def single(state, batch):
     return step_fn(state, batch, jax.random.fold_in(key, state.step))
 
-  return jax.jit(single, in_shardings=(replicated(mesh), batch_sharding(mesh)),
-                 out_shardings=(replicated(mesh), replicated(mesh)), donate_argnums=(0,),
+  return jax.jit(single, in_shardings=(state_sharding, batch_sharding(mesh)),
+                 out_shardings=(state_sharding, replicated(mesh)), donate_argnums=(0,),
                  compiler_options=step_compiler_options())
 
 
@@ -116,13 +122,18 @@ def train(*, name: str, state: Any, step_fn: StepFn, batches: BatchIterator, cfg
   """Run (or resume) the training stage `name` until `cfg.num_steps`; returns the final state.
 
   Checkpoints go to `workdir/checkpoints/<name>`; if any exist, training resumes from the newest
-  intact one (state, data position), skipping a corrupt newest checkpoint. A non-finite metric
+  intact one (state, data position), skipping a corrupt newest checkpoint. During training the
+  state is placed by the parameter rules in force; the returned state is replicated. A non-finite metric
   stops training with `TrainingDivergedError` naming the step; the last good checkpoint stays.
   `on_block(state, step)` runs on the host after each block (e.g. to write sample images).
   """
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints", name), max_to_keep=cfg.keep_checkpoints,
                       async_save=cfg.async_checkpoints)
-  state = jax.device_put(state, replicated(mesh))
+  # Parameters, moments and EMA are placed by the parameter rules in force (replicated unless
+  # the mesh has a model axis; jaxgen.parallel.partitioning); a checkpoint written under another
+  # mesh restores onto these shardings.
+  sharding = state_shardings(state, mesh)
+  state = jax.device_put(state, sharding)
   restored = ckpt.restore_latest(state)
   if restored is not None:
     state, data_state, meta = restored
@@ -132,11 +143,11 @@ def train(*, name: str, state: Any, step_fn: StepFn, batches: BatchIterator, cfg
   step = int(jax.device_get(state.step))
   if step >= cfg.num_steps:
     ckpt.close()
-    return state
+    return _for_evaluation(state, mesh)
 
   fused = use_scan(cfg.get("scan_steps", "auto"))
-  multi_step = make_multi_step(step_fn, key, mesh) if fused else None
-  single_step = None if fused else make_single_step(step_fn, key, mesh)
+  multi_step = make_multi_step(step_fn, key, mesh, sharding) if fused else None
+  single_step = None if fused else make_single_step(step_fn, key, mesh, sharding)
   progress = Progress(name, total=cfg.num_steps, start=step, enabled=verbose and is_main_process())
   try:
     while step < cfg.num_steps:
@@ -176,7 +187,16 @@ def train(*, name: str, state: Any, step_fn: StepFn, batches: BatchIterator, cfg
     if writer is not None:
       writer.flush()
   progress.done()
-  return state
+  return _for_evaluation(state, mesh)
+
+
+def _for_evaluation(state: Any, mesh: Mesh) -> Any:
+  """The trained state replicated, as every method's evaluation and sampling code expects (they
+  jit with replicated parameters, as in a data-parallel run); only training holds the state
+  split by the parameter rules, where the optimiser moments and gradients make it largest."""
+  if all(s.is_fully_replicated for s in jax.tree.leaves(state_shardings(state, mesh))):
+    return state
+  return jax.device_put(state, replicated(mesh))
 
 
 def count_params(tree: Any) -> int:
