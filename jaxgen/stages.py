@@ -18,7 +18,7 @@ import numpy as np
 from jaxgen.errors import ConfigError
 from jaxgen.io.files import atomic_write_json
 from jaxgen.io.images import save_png
-from jaxgen.parallel.mesh import is_main_process, make_mesh
+from jaxgen.parallel.mesh import is_main_process, make_mesh, sync_processes
 from jaxgen.train.writers import MetricWriter
 
 
@@ -46,6 +46,8 @@ def run_stages(workdir: str, stages: Sequence[tuple[str, Callable[[], None]]],
       atomic_write_json(os.path.join(workdir, "stages", f"{name}.json"),
                         {"stage": name, "seconds": round(time.time() - start, 2),
                          "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    # Process 0 wrote the stage's files and marker; the others read them in the next stage.
+    sync_processes(f"jaxgen stage {name}")
 
 
 def require_stage(workdir: str, name: str, needed_by: str) -> None:

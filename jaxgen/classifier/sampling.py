@@ -47,12 +47,12 @@ class SyntheticReplacement:
   """Wraps a batch iterator: each example is swapped for a random synthetic one with prob `p`."""
 
   def __init__(self, base: Any, synthetic: Mapping[str, np.ndarray], prob: float, *, seed: int,
-               process_index: int = 0):
+               process_index: int = 0, process_count: int = 1):
     self._base, self._syn, self._prob = base, dict(synthetic), float(prob)
     self._m = len(next(iter(self._syn.values())))
     if self._m == 0:
       raise DataError("synthetic arrays are empty; expected at least one synthetic example")
-    self._seed, self._process = seed, process_index
+    self._seed, self._process, self._processes = seed, process_index, process_count
     self._count = 0
 
   def __iter__(self) -> "SyntheticReplacement":
@@ -60,12 +60,15 @@ class SyntheticReplacement:
 
   def __next__(self) -> dict[str, np.ndarray]:
     batch = dict(next(self._base))
-    rng = np.random.default_rng([self._seed, 0x5E7, self._process, self._count])
+    # Drawn for the whole global batch, then this process's rows: the same swaps on 1 or N hosts.
+    rng = np.random.default_rng([self._seed, 0x5E7, 0, self._count])
     self._count += 1
     b = len(next(iter(batch.values())))
-    swap = np.flatnonzero(rng.random(b) < self._prob)
+    swap = np.flatnonzero(rng.random(b * self._processes) < self._prob)
+    pick = rng.integers(0, self._m, swap.size)
+    mine = (swap >= self._process * b) & (swap < (self._process + 1) * b)
+    swap, pick = swap[mine] - self._process * b, pick[mine]
     if swap.size:
-      pick = rng.integers(0, self._m, swap.size)
       for k in batch:
         batch[k] = batch[k].copy()
         batch[k][swap] = self._syn[k][pick]

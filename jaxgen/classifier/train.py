@@ -243,7 +243,8 @@ def fit_classifier(cfg: ml_collections.ConfigDict, images: np.ndarray | Source,
     if drw is not None:
       syn_arrays["drw_weight"] = drw[syn_ids]
     batches = SyntheticReplacement(batches, syn_arrays, cfg.synthetic_replace_prob, seed=seed,
-                                   process_index=jax.process_index())
+                                   process_index=jax.process_index(),
+                                   process_count=jax.process_count())
   if cfg.cmo:  # real images oversampled class-balanced, to paste onto the batch
     partner_data = source if streamed else {"image": images, "label": data["label"]}
     partner = training_batches(partner_data, global_batch_size=cfg.train.batch_size,

@@ -52,8 +52,11 @@ class ArrayBatches:
     if self._index + self._batch > self._n:  # drop the remainder, start the next epoch
       self._epoch, self._index = self._epoch + 1, 0
       self._order = self._permutation(self._epoch)
-    start = self._index + self._offset
-    idx = np.sort(self._order[start:start + self._local])  # sorted: faster gather, same set
+    # The global batch sorted (a faster gather), then this process's rows of it: every process
+    # count gives the same global batch in the same order, so per-position draws (augmentation
+    # offsets, mixing partners) meet the same examples on 1 or N hosts.
+    batch = np.sort(self._order[self._index:self._index + self._batch])
+    idx = batch[self._offset:self._offset + self._local]
     self._index += self._batch
     return {k: v[idx] for k, v in self._arrays.items()}
 

@@ -5,6 +5,10 @@ is padded (one compiled shape serves every call), batches are sharded over the m
 when a mesh is given (the batch size is rounded up to a multiple of its size), and the outputs,
 any pytree of arrays with a leading batch axis, come back unpadded and concatenated as NumPy.
 Only for functions that treat examples independently (padding rows must not affect the others).
+
+On several hosts every process passes the same inputs (evaluation sets are read on every host);
+each computes the rows of its own devices only, and the outputs are gathered so every process
+returns the whole result (tests/test_multiprocess.py).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from typing import Any, Callable
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from jaxgen.parallel.mesh import batch_sharding, data_parallel_size
@@ -47,7 +52,24 @@ def batched_apply(fn: Callable[..., Any], inputs: np.ndarray | tuple[np.ndarray,
       chunk = [np.concatenate([c, np.zeros((bs - m,) + c.shape[1:], c.dtype) if pad == "zeros"
                                else np.repeat(c[-1:], bs - m, axis=0)]) for c in chunk]
     if mesh is not None:
-      chunk = [jax.device_put(c, batch_sharding(mesh)) for c in chunk]
-    out = jax.device_get(fn(*chunk))
-    outs.append(jax.tree.map(lambda o, m=m: np.asarray(o)[:m], out))
+      chunk = [_place(c, batch_sharding(mesh)) for c in chunk]
+    out = jax.tree.map(_to_host, fn(*chunk))
+    outs.append(jax.tree.map(lambda o, m=m: o[:m], out))
   return jax.tree.map(lambda *xs: np.concatenate(xs), *outs)
+
+
+def _place(x: np.ndarray, sharding: Any) -> jax.Array:
+  """A host array every process holds in full, as a global array: each process puts only the
+  rows of its own devices."""
+  if jax.process_count() == 1:
+    return jax.device_put(x, sharding)
+  return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+
+def _to_host(x: Any) -> np.ndarray:
+  """The whole value of an output on this host (gathered from the other processes if needed)."""
+  if not isinstance(x, jax.Array) or x.is_fully_addressable:
+    return np.asarray(jax.device_get(x))
+  if x.is_fully_replicated:
+    return np.asarray(x.addressable_data(0))
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))

@@ -24,13 +24,20 @@ DATA, MODEL = "data", "model"
 def initialize_distributed() -> None:
   """Start multi-process JAX when launched on several hosts (TPU pod, SLURM, or explicit env).
 
-  Single-process runs (a laptop, one GPU, these tests) skip it, so it is safe to call always.
+  JAX's own runtime finds its peers: a TPU slice's metadata, SLURM's variables, or (the local
+  multi-process launch, `python -m jaxgen.launch local --processes=N`) JAX_COORDINATOR_ADDRESS
+  with JAX_NUM_PROCESSES and JAX_PROCESS_ID. Single-process runs (a laptop, one GPU, these
+  tests) skip it, so it is safe to call always.
   """
   explicit = "JAX_COORDINATOR_ADDRESS" in os.environ or "COORDINATOR_ADDRESS" in os.environ
   slurm = int(os.environ.get("SLURM_NTASKS", "1")) > 1
   tpu_pod = "TPU_WORKER_HOSTNAMES" in os.environ and "," in os.environ["TPU_WORKER_HOSTNAMES"]
   if (explicit or slurm or tpu_pod) and not jax.distributed.is_initialized():
-    jax.distributed.initialize()
+    count, index = os.environ.get("JAX_NUM_PROCESSES"), os.environ.get("JAX_PROCESS_ID")
+    if explicit and count is not None and index is not None:
+      jax.distributed.initialize(num_processes=int(count), process_id=int(index))
+    else:
+      jax.distributed.initialize()
 
 
 def make_mesh(mesh_config: ml_collections.ConfigDict, devices: Any = None) -> Mesh:
@@ -76,6 +83,14 @@ def shard_batch(batch: Any, mesh: Mesh, leading_axes: int = 0) -> Any:
 def replicate(tree: Any, mesh: Mesh) -> Any:
   """Put a pytree on every device of the mesh (parameters, optimiser state)."""
   return jax.device_put(tree, replicated(mesh))
+
+
+def sync_processes(tag: str) -> None:
+  """Wait until every process reaches this point (no-op in a single process): e.g. after process 0
+  wrote a file that the others read next."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(tag)
 
 
 def is_main_process() -> bool:
