@@ -23,7 +23,9 @@ INSTALL_REQUIRES = [
 
 EXTRAS_REQUIRE = {
     # Reference libraries the tests compare against, and the runner.
-    "test": ["pytest>=8", "pytest-xdist>=3.5", "scikit-image>=0.24", "scipy>=1.13"],
+    "test": ["pytest>=8", "pytest-xdist>=3.5", "scikit-image>=0.24", "scipy>=1.13",
+             # executing the Colab notebooks (tests/notebooks.py)
+             "nbclient==0.11.0", "nbformat==5.11.1", "ipykernel==7.4.0"],
     # Opt-in PyTorch parity group (multi-GB): see README "PyTorch parity tests".
     "torch": [
         "torch==2.14.1", "torchvision==0.29.1", "lpips==0.1.4",

@@ -12,6 +12,7 @@ from jaxgen.classifier.transfer import transfer_variables
 from jaxgen.dimvida import evaluate as dv_eval
 from jaxgen.dimvida import generation
 from jaxgen.errors import DataError
+from notebooks import outputs_of, run_notebook
 
 TINY = "--config=configs/dimvida.py:tiny"
 ONE_ARCH = "--config.archs=('resnet18',)"
@@ -203,6 +204,8 @@ def test_tiny_end_to_end_then_reuse_checks(tmp_path, capsys):
   assert manifest["provenance"]["sampler"]["name"] == "euler_maruyama"
   assert len(manifest["provenance"]["score_net_sha256"]) == 16
   assert generation.read_split(str(first / "generated" / "classifier_eval"), 12)["views"].shape[1] == 3
+  nb = run_notebook("dimvida", first, [ONE_ARCH])  # the Colab notebook on this run
+  assert outputs_of(nb, "image/png") and outputs_of(nb, "text/markdown")
 
   second = tmp_path / "seed1"
   reuse = [f"--config.mvld_workdir={first / 'mvld'}", f"--config.finetune.pretrained_workdir={first}",

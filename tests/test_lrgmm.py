@@ -12,6 +12,8 @@ from jaxgen import main as jaxgen_main
 from jaxgen.lrgmm import model as lrgmm
 from test_torch_state_dict import fake_torch  # noqa: F401 (fixture)
 
+from notebooks import outputs_of, run_notebook
+
 TINY = "--config=configs/lrgmm.py:tiny"
 
 
@@ -45,6 +47,10 @@ def test_tiny_preset_end_to_end(tmp_path):
   assert results_page.check_numbers(page + "\n| 123.456789 |", [results, summary]) == ["123.456789"]
   before = (tmp_path / "results.json").read_text()
   assert jaxgen_main.run(["jaxgen.main", TINY, f"--workdir={tmp_path}"]) == 0  # all stages skipped
+  assert (tmp_path / "results.json").read_text() == before
+  # The Colab notebook runs on this workdir in a Jupyter kernel: report and figures render.
+  nb = run_notebook("lrgmm", tmp_path)
+  assert len(outputs_of(nb, "image/png")) == 6 and outputs_of(nb, "text/markdown")
   assert (tmp_path / "results.json").read_text() == before
 
 
@@ -105,6 +111,7 @@ def test_model_fit_sample_refine_decode():
   assert match.all()
 
 
+@pytest.mark.slow  # ~40 s (VQ-GAN import and shapes stay in tests/test_vqgan.py): the default suite's 15-min CI budget
 def test_vqgan_autoencoder_path_runs_on_a_written_checkpoint(tmp_path, fake_torch, monkeypatch):  # noqa: F811
   """The paper's autoencoder path end to end: a taming-style .ckpt (random weights, the tiny
   VQ-GAN architecture) written by the test is loaded and used as E / D for every stage."""

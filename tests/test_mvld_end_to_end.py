@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from jaxgen import main as jaxgen_main
+from notebooks import outputs_of, run_notebook
 
 TINY = "--config=configs/mvld.py:tiny"
 # Longer than the preset so a kill lands mid-stage; checkpoints every 10 steps.
@@ -61,6 +62,10 @@ def test_tiny_preset_writes_table1_transmission_and_report(tmp_path):
   before = (tmp_path / "results.json").read_text()
   assert jaxgen_main.run(["jaxgen.main", TINY, f"--workdir={tmp_path}"]) == 0
   assert (tmp_path / "results.json").read_text() == before
+  # The Colab notebook runs on this workdir in a Jupyter kernel: report, figures and the API's
+  # generation of missing views (asserted inside the notebook) all execute.
+  nb = run_notebook("mvld", tmp_path)
+  assert len(outputs_of(nb, "image/png")) >= 5 and outputs_of(nb, "text/markdown")
 
 
 def _losses(workdir):

@@ -16,6 +16,7 @@ from jaxgen.softlabel_gan import claims as claims_lib
 from jaxgen.softlabel_gan import labels as L
 from jaxgen.softlabel_gan import train as T
 from jaxgen.softlabel_gan.evaluate import TABLE2_METRICS
+from notebooks import outputs_of, run_notebook
 
 
 def test_label_sources_by_hand():
@@ -176,3 +177,6 @@ def test_tiny_end_to_end(tmp_path):
   assert "Table 2" in page and "Softlabel-GAN" in page
   assert results_page.check_numbers(page, [summary, results]) == []
   assert results_page.check_numbers(page + "\n| 123.456 |", [summary, results]) == ["123.456"]
+  # The Colab notebook runs on this workdir in a Jupyter kernel (no figures: log_images=False).
+  nb = run_notebook("softlabel_gan", workdir, ["--config.variants=('soft',)", "--config.log_images=False"])
+  assert outputs_of(nb, "text/markdown") and not outputs_of(nb, "image/png")
