@@ -290,6 +290,7 @@ def test_tiny_fit_separates_a_toy_set(tmp_path):
   assert clf.logits(test_images[:3], batch_size=2).shape == (3, 3)  # padded last batch
 
 
+@pytest.mark.slow  # ~20 s: the default suite's 15-min CI budget
 def test_finetuning_from_a_checkpoint_starts_from_its_predictions(tmp_path):
   images, labels = _toy(64)
   cfg = _cfg("resnet18", 6, width=4, small_input=False)

@@ -76,6 +76,7 @@ def test_mvld_validation_refuses_bfloat16_attention_and_unknown_dtypes():
     mvld_main.validate_config(config, jax.device_count())
 
 
+@pytest.mark.slow  # ~25 s (bfloat16 score nets stay in the default suite): the default suite's 15-min CI budget
 def test_mvld_samples_in_bfloat16_close_to_float32():
   config = _tiny_config()
   spec = mvld_model.build_spec(config)

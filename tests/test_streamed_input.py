@@ -269,6 +269,7 @@ def test_mvld_nmr_path_streams_training_data_end_to_end(tmp_path):
   assert (workdir / "models" / "score_net.msgpack").stat().st_size > 0
 
 
+@pytest.mark.slow  # ~30 s (the classifier's folder streaming and resume stay in the default suite): the default suite's 15-min CI budget
 def test_softlabel_gan_streams_an_image_folder_through_classifier_soft_labels_and_gans(tmp_path):
   """Softlabel-GAN on an on-disk folder: the training split is a Source (never read whole); its
   classifier and soft labels stream through grain, and so do the GAN's real batches, each record
