@@ -44,6 +44,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from jaxgen.errors import ConfigError
 from jaxgen.gmm import linalg
 from jaxgen.gmm.init import INITS, initial_responsibilities
+from jaxgen.parallel.mesh import to_host
 
 FORMS = ("auto", "full", "dual")
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -340,13 +341,18 @@ def fit_gmm(x: Any, num_components: int, *, init: str | tuple = "kmeans++", max_
       form=form, max_iter=max_iter, block=block, from_params=from_params, mesh=mesh,
       active_set=bool(active_set))
   weights, means, extra = params
-  return GaussianMixture(
+  mixture = GaussianMixture(
       weights=weights, means=means,
       full_covariances=extra if form == "full" else None,
       support=xp[:n] if form == "dual" else None,
       support_weights=extra[:, :n] if form == "dual" else None,
       reg_covar=jnp.asarray(reg_covar, dtype), log_likelihood=history, lower_bound=lower_bound,
       converged=converged, num_iters=it, labels=labels[:n])
+  if jax.process_count() > 1:
+    # Rows were sharded over every host's devices: give each host the whole (small) result, so
+    # what follows (sampling, NumPy) runs on it locally.
+    mixture = jax.tree.map(lambda a: jnp.asarray(to_host(a)), mixture)
+  return mixture
 
 
 # --------------------------------------------------------------------------- using a fit

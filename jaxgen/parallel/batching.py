@@ -17,10 +17,9 @@ from typing import Any, Callable
 
 import jax
 import numpy as np
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from jaxgen.parallel.mesh import batch_sharding, data_parallel_size
+from jaxgen.parallel.mesh import batch_sharding, data_parallel_size, to_host
 
 
 def batch_size_for(n: int, batch_size: int, mesh: Mesh | None = None) -> int:
@@ -53,7 +52,7 @@ def batched_apply(fn: Callable[..., Any], inputs: np.ndarray | tuple[np.ndarray,
                                else np.repeat(c[-1:], bs - m, axis=0)]) for c in chunk]
     if mesh is not None:
       chunk = [_place(c, batch_sharding(mesh)) for c in chunk]
-    out = jax.tree.map(_to_host, fn(*chunk))
+    out = jax.tree.map(to_host, fn(*chunk))
     outs.append(jax.tree.map(lambda o, m=m: o[:m], out))
   return jax.tree.map(lambda *xs: np.concatenate(xs), *outs)
 
@@ -64,12 +63,3 @@ def _place(x: np.ndarray, sharding: Any) -> jax.Array:
   if jax.process_count() == 1:
     return jax.device_put(x, sharding)
   return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
-
-
-def _to_host(x: Any) -> np.ndarray:
-  """The whole value of an output on this host (gathered from the other processes if needed)."""
-  if not isinstance(x, jax.Array) or x.is_fully_addressable:
-    return np.asarray(jax.device_get(x))
-  if x.is_fully_replicated:
-    return np.asarray(x.addressable_data(0))
-  return np.asarray(multihost_utils.process_allgather(x, tiled=True))

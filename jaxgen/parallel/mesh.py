@@ -85,6 +85,17 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
   return jax.device_put(tree, replicated(mesh))
 
 
+def to_host(x: Any) -> np.ndarray:
+  """The whole value of an array on this host, gathered from the other processes if it spans
+  devices of several (np.asarray alone refuses those)."""
+  if not isinstance(x, jax.Array) or x.is_fully_addressable:
+    return np.asarray(jax.device_get(x))
+  if x.is_fully_replicated:
+    return np.asarray(x.addressable_data(0))
+  from jax.experimental import multihost_utils
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
 def sync_processes(tag: str) -> None:
   """Wait until every process reaches this point (no-op in a single process): e.g. after process 0
   wrote a file that the others read next."""
