@@ -135,6 +135,7 @@ def test_batchnorm_train_vs_eval():
   assert not np.allclose(first_alone, logits_train[:1], atol=1e-3)
 
 
+@pytest.mark.slow  # ~19 s (MobileNet runs in test_runs_on_small_images): the default suite's 15-min CI budget
 def test_mobilenet_bn_momentum():
   """MobileNetV3 keeps `bn_momentum` of its running mean per train step (torchvision: 0.99 in
   flax terms, the default); the stem BatchNorm's new mean is (1 - m) * the NumPy batch mean of the

@@ -102,6 +102,7 @@ def _count(tree) -> int:
   return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(tree))
 
 
+@pytest.mark.slow  # ~15 s (parameter counts by eval_shape stay in the default suite): the 15-min CI budget
 def test_tiny_shapes_and_parameter_count():
   cfg = VQGANConfig.tiny()
   model = VQGANAutoencoder(cfg)
