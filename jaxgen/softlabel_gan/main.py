@@ -266,9 +266,9 @@ def _stage_classifier(run: Run) -> None:
                        workdir=run.workdir, name="classifier", mesh=run.mesh,
                        key=run.key("train_classifier"), writer=run.writer,
                        image_size=run.config.data.image_size if streamed else None)
+  x, y = run.data["test"]  # every process predicts (a sharded computation); process 0 writes
+  acc = float(np.mean(clf.predict(x, run.config.classifier.eval_batch_size) == y))
   if is_main_process():
-    x, y = run.data["test"]
-    acc = float(np.mean(clf.predict(x, run.config.classifier.eval_batch_size) == y))
     atomic_write_json(run.path("eval", "classifier.json"), {
         "reference_accuracy": acc, "entropy_weight": run.config.classifier.entropy_weight,
         "arch": run.config.classifier.arch, "head": run.config.classifier.arch_kw.get("head")})
@@ -308,9 +308,9 @@ def _stage_judge(run: Run) -> None:
   images, labels = run.data["judge"]
   judge = fit_classifier(run.config.judge, images, labels, run.num_classes, workdir=run.workdir,
                          name="judge", mesh=run.mesh, key=run.key("train_judge"), writer=run.writer)
+  x, y = run.data["test"]  # every process predicts (a sharded computation); process 0 writes
+  acc = float(np.mean(judge.predict(x, run.config.judge.eval_batch_size) == y))
   if is_main_process():
-    x, y = run.data["test"]
-    acc = float(np.mean(judge.predict(x, run.config.judge.eval_batch_size) == y))
     atomic_write_json(run.path("eval", "judge.json"), {"reference_accuracy": acc})
     print(f"[train_judge] judge accuracy on the reference set: {acc:.3f}", flush=True)
 
