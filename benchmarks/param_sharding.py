@@ -5,7 +5,7 @@
 Abstract only (`jax.eval_shape`: nothing is allocated, it runs on a laptop): for each network the
 float32 training state of the one loop (parameters + Adam's two moments + EMA = 4 copies) and the
 bytes the fullest device holds on every data x model mesh of `--devices` simulated devices, by
-`jaxgen.parallel.partitioning.leaf_spec`. Activations and gradients are not counted.
+`jaxgen.parallel.partitioning.state_shardings`. Activations and gradients are not counted.
 """
 
 from __future__ import annotations
@@ -45,18 +45,12 @@ def networks():
 
 
 def per_device_bytes(params, mesh, rules) -> int:
-  """Bytes of the state copies the fullest device holds (every leaf's shard is the same size on
-  every device, so one device's share is the sum of shard sizes)."""
-  import jax
+  """Bytes of the 4 state copies each device holds: the rules' shardings of `params` (placed as
+  the training loop places `TrainState.params`), applied to their abstract shapes."""
+  from jaxgen.parallel.partitioning import bytes_per_device, state_shardings
 
-  from jaxgen.parallel.partitioning import leaf_spec, path_string
-
-  total = 0
-  for path, x in jax.tree_util.tree_flatten_with_path(params)[0]:
-    spec = leaf_spec("params/" + path_string(path), tuple(x.shape), x.dtype, mesh, rules)
-    split = math.prod(mesh.shape[a] for a in spec if a is not None)
-    total += math.prod(x.shape) * x.dtype.itemsize // split
-  return 4 * total
+  tree = {"params": params}
+  return 4 * bytes_per_device(tree, state_shardings(tree, mesh, rules))
 
 
 def main() -> None:

@@ -145,14 +145,14 @@ def state_shardings(state: Any, mesh: Mesh, rules: Sequence[str] | None = None) 
   return jax.tree_util.tree_map_with_path(leaf, state)
 
 
-def bytes_per_device(tree: Any) -> int:
-  """Bytes one device holds of a placed pytree (the largest over devices)."""
-  per_device: dict[Any, int] = {}
-  for x in jax.tree.leaves(tree):
-    for shard in x.addressable_shards:
-      per_device[shard.device] = per_device.get(shard.device, 0) + (
-          math.prod(shard.data.shape) * shard.data.dtype.itemsize)
-  return max(per_device.values()) if per_device else 0
+def bytes_per_device(tree: Any, shardings: Any = None) -> int:
+  """Bytes each device holds of a pytree: placed arrays by their own shardings, or abstract
+  shapes (jax.ShapeDtypeStruct) by `shardings` (e.g. `state_shardings(tree, mesh)`). The rules
+  only split dimensions evenly, so every device holds the same share."""
+  leaves = jax.tree.leaves(tree)
+  placements = [x.sharding for x in leaves] if shardings is None else jax.tree.leaves(shardings)
+  return sum(math.prod(s.shard_shape(x.shape)) * np.dtype(x.dtype).itemsize
+             for x, s in zip(leaves, placements, strict=True))
 
 
 def current_rules() -> tuple[str, ...]:

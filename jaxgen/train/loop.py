@@ -2,8 +2,8 @@
 
 A method supplies a pure `step_fn(state, batch, key) -> (state, metrics)`; the loop owns the rest:
 fusing `steps_per_call` steps into one jitted `lax.scan` with explicit shardings (batch split over
-the mesh's 'data' axis, state replicated or split by the parameter rules), per-step PRNG keys `fold_in(stage_key, step)` (so a
-resumed or re-sharded run draws the same numbers), a NaN/Inf guard, periodic orbax checkpoints
+the mesh's 'data' axis, state replicated or split by the parameter rules), per-step PRNG keys
+`fold_in(stage_key, step)` (so a resumed or re-sharded run draws the same numbers), a NaN/Inf guard, periodic orbax checkpoints
 with the data iterator's position, metric writing and a progress line.
 
 The only host synchronisation is one `device_get` of the block's metrics per call. On CPU the
@@ -123,8 +123,8 @@ def train(*, name: str, state: Any, step_fn: StepFn, batches: BatchIterator, cfg
 
   Checkpoints go to `workdir/checkpoints/<name>`; if any exist, training resumes from the newest
   intact one (state, data position), skipping a corrupt newest checkpoint. During training the
-  state is placed by the parameter rules in force; the returned state is replicated. A non-finite metric
-  stops training with `TrainingDivergedError` naming the step; the last good checkpoint stays.
+  state is placed by the parameter rules in force; the returned state is replicated. A non-finite
+  metric stops training with `TrainingDivergedError` naming the step; the last good checkpoint stays.
   `on_block(state, step)` runs on the host after each block (e.g. to write sample images).
   """
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints", name), max_to_keep=cfg.keep_checkpoints,
@@ -143,7 +143,7 @@ def train(*, name: str, state: Any, step_fn: StepFn, batches: BatchIterator, cfg
   step = int(jax.device_get(state.step))
   if step >= cfg.num_steps:
     ckpt.close()
-    return _for_evaluation(state, mesh)
+    return _for_evaluation(state, sharding, mesh)
 
   fused = use_scan(cfg.get("scan_steps", "auto"))
   multi_step = make_multi_step(step_fn, key, mesh, sharding) if fused else None
@@ -187,14 +187,15 @@ def train(*, name: str, state: Any, step_fn: StepFn, batches: BatchIterator, cfg
     if writer is not None:
       writer.flush()
   progress.done()
-  return _for_evaluation(state, mesh)
+  return _for_evaluation(state, sharding, mesh)
 
 
-def _for_evaluation(state: Any, mesh: Mesh) -> Any:
+def _for_evaluation(state: Any, sharding: Any, mesh: Mesh) -> Any:
   """The trained state replicated, as every method's evaluation and sampling code expects (they
   jit with replicated parameters, as in a data-parallel run); only training holds the state
-  split by the parameter rules, where the optimiser moments and gradients make it largest."""
-  if all(s.is_fully_replicated for s in jax.tree.leaves(state_shardings(state, mesh))):
+  split by the parameter rules (`sharding`), where the optimiser moments and gradients make it
+  largest."""
+  if all(s.is_fully_replicated for s in jax.tree.leaves(sharding)):
     return state
   return jax.device_put(state, replicated(mesh))
 
