@@ -18,6 +18,8 @@ INSTALL_REQUIRES = [
     # is not a dependency: nothing here needs its metrics or periodic actions).
     "tensorboardX==2.6.5",
     "pillow>=10",
+    # The one path layer (jaxgen.io.paths): workdirs, data and weights as fsspec URLs.
+    "fsspec==2026.9.0",
     "absl-py>=2.1",
 ]
 
@@ -32,6 +34,9 @@ EXTRAS_REQUIRE = {
         # Stable Diffusion parity: the diffusers/transformers modules our importers are checked against.
         "diffusers==0.42.1", "transformers==5.24.0", "safetensors>=0.4",
     ],
+    # Workdirs and data on Cloud Storage (gs://) through jaxgen.io.paths; other fsspec protocols
+    # need their own package (s3fs for s3://, adlfs for az://).
+    "gcs": ["gcsfs==2026.10.1"],
     # Accelerators: install the matching jax build instead of the CPU one.
     "cuda": ["jax[cuda12]==0.10.2"],
     "tpu": ["jax[tpu]==0.10.2"],

@@ -20,10 +20,11 @@ from jaxgen.io.files import atomic_write_json
 from jaxgen.io.images import save_png
 from jaxgen.parallel.mesh import is_main_process, make_mesh, sync_processes
 from jaxgen.train.writers import MetricWriter
+from jaxgen.io import paths
 
 
 def stage_done(workdir: str, name: str) -> bool:
-  return os.path.exists(os.path.join(workdir, "stages", f"{name}.json"))
+  return paths.exists(os.path.join(workdir, "stages", f"{name}.json"))
 
 
 def run_stages(workdir: str, stages: Sequence[tuple[str, Callable[[], None]]],

@@ -4,7 +4,6 @@ their validation and the network they build (`jaxgen.nets.classifiers`)."""
 from __future__ import annotations
 
 import math
-import os
 from typing import Any
 
 import flax.linen as nn
@@ -14,6 +13,7 @@ import numpy as np
 from jaxgen import configlib
 from jaxgen.errors import ConfigError
 from jaxgen.nets.classifiers import build_classifier, classifier_names
+from jaxgen.io import paths
 
 SAMPLING = ("uniform", "class_balanced", "reweighted")
 NORMALIZATIONS = ("minus_one_one", "imagenet")
@@ -103,7 +103,7 @@ def validate_classifier_config(config: ml_collections.ConfigDict, prefix: str,
   configlib.require_range(config, f"{p}synthetic_replace_prob", 0.0, 1.0)
   configlib.require_positive_int(config, f"{p}augment.crop_padding", allow_zero=True)
   configlib.require_positive_int(config, f"{p}eval_batch_size")
-  configlib.require(not cfg.pretrained_path or os.path.isfile(cfg.pretrained_path),
+  configlib.require(not cfg.pretrained_path or paths.isfile(cfg.pretrained_path),
                     f"{p}pretrained_path", cfg.pretrained_path,
                     "an existing torchvision weight file, or '' to start from scratch")
   for key, value in cfg.arch_kw.items():

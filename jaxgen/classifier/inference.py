@@ -18,6 +18,7 @@ from jaxgen.classifier.losses import normalize
 from jaxgen.errors import DataError
 from jaxgen.parallel.batching import batched_apply
 from jaxgen.parallel.mesh import replicated
+from jaxgen.io import paths
 
 _FORWARD_CACHE: dict[tuple[nn.Module, str], Callable] = {}
 
@@ -119,8 +120,8 @@ def load_classifier_variables(workdir: str, name: str) -> dict:
   result as `init_variables` (fine-tuning) or in `Classifier(module, variables, K)`.
   """
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
-  directory = os.path.abspath(os.path.join(workdir, "checkpoints", name))
-  if not os.path.isdir(directory):
+  directory = paths.absolute(os.path.join(workdir, "checkpoints", name))
+  if not paths.isdir(directory):
     raise DataError(f"{directory}: no classifier checkpoint directory; expected a finished "
                     f"training stage '{name}' in {workdir}")
   manager = ocp.CheckpointManager(directory, item_names=("state", "data", "meta"))

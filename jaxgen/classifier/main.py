@@ -33,6 +33,7 @@ from jaxgen.io.report import markdown_table, write_report, write_results
 from jaxgen.parallel.mesh import is_main_process, make_mesh
 from jaxgen.stages import require_stage, run_stages
 from jaxgen.train.writers import MetricWriter
+from jaxgen.io import paths
 
 STAGES = ("train", "evaluate", "report")
 DATA_NAMES = ("multiview", "digits", "tfds", "folder")
@@ -113,11 +114,11 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
                       kw.patch_size, f"a divisor of data.image_size={config.data.image_size}")
   init_dir = config.init_from.workdir
   if init_dir:
-    configlib.require(os.path.isdir(os.path.join(init_dir, "checkpoints", config.init_from.name)),
+    configlib.require(paths.isdir(os.path.join(init_dir, "checkpoints", config.init_from.name)),
                       "init_from.workdir", init_dir,
                       f"a jaxgen workdir holding checkpoints/{config.init_from.name}")
   path = config.classifier.pretrained_path
-  if path and not os.path.isfile(path):
+  if path and not paths.isfile(path):
     raise DataError(f"pretrained weight file {path} does not exist (config.classifier."
                     "pretrained_path); expected a torchvision state-dict file")
 
@@ -274,7 +275,7 @@ def report_stage(config: ml_collections.ConfigDict, workdir: str) -> None:
   results = {k: m[k] for k in keys if k in m}
   results["single_view_accuracy"] = m["accuracy"]
   train_stage_file = os.path.join(workdir, "stages", "train.json")
-  if os.path.exists(train_stage_file):
+  if paths.exists(train_stage_file):
     results["train_seconds"] = read_json(train_stage_file)["seconds"]
   if not is_main_process():
     return

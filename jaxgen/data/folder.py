@@ -15,6 +15,7 @@ from PIL import Image, UnidentifiedImageError
 
 from jaxgen.data.sources import Source
 from jaxgen.errors import ConfigError, DataError
+from jaxgen.io import paths
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 
@@ -30,7 +31,7 @@ def decode_image(path: str, *, channels: int = 3, alpha: str = "error") -> np.nd
   if alpha not in ("error", "white", "drop"):
     raise ConfigError("data.alpha", alpha, "'error', 'white' or 'drop'")
   try:
-    with Image.open(path) as img:
+    with paths.open(path, "rb") as f, Image.open(f) as img:
       img.load()  # decode now: a truncated file must fail here, naming its path
       if img.mode == "1":
         img = img.convert("L")
@@ -67,16 +68,16 @@ def list_class_folders(root: str) -> tuple[list[str], list[tuple[str, int]]]:
   Raises DataError for a missing root, a root without class folders, or a class folder that
   holds no image with one of IMAGE_EXTENSIONS.
   """
-  if not os.path.isdir(root):
+  if not paths.isdir(root):
     raise DataError(f"{root}: image folder does not exist")
-  classes = sorted(d for d in os.listdir(root)
-                   if os.path.isdir(os.path.join(root, d)) and not d.startswith("."))
+  classes = sorted(d for d in paths.listdir(root)
+                   if paths.isdir(os.path.join(root, d)) and not d.startswith("."))
   if not classes:
     raise DataError(f"{root}: no class folders found; expected {root}/<class_name>/*.png|jpg")
   files: list[tuple[str, int]] = []
   for label, name in enumerate(classes):
     folder = os.path.join(root, name)
-    images = sorted(f for f in os.listdir(folder)
+    images = sorted(f for f in paths.listdir(folder)
                     if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."))
     if not images:
       raise DataError(f"{folder}: class '{name}' has no images (.png, .jpg, .jpeg)")
@@ -135,7 +136,7 @@ def folder_source(split: str, *, data_dir: str | None = None, image_size: int | 
   if not data_dir:
     raise ConfigError("data.data_dir", data_dir, "the root folder of <class_name>/*.png images")
   split_dir = os.path.join(data_dir, split)
-  if os.path.isdir(split_dir):
+  if paths.isdir(split_dir):
     classes, files = list_class_folders(split_dir)
     root = split_dir
   else:

@@ -30,6 +30,7 @@ import numpy as np
 from jaxgen.data import renderer
 from jaxgen.errors import ConfigError
 from jaxgen.io.files import atomic_save_npz
+from jaxgen.io import paths
 
 SPLITS: tuple[str, ...] = ("train", "classifier_train", "classifier_eval", "test")
 SINGLE_VIEW_SPLITS: tuple[str, ...] = ("classifier_train", "classifier_eval")
@@ -123,7 +124,7 @@ def _render(params: dict) -> dict[str, np.ndarray]:
 
 def _load(path: str, params: dict) -> dict[str, np.ndarray]:
   """Reads a cache file fully (zip CRCs catch corruption) and checks keys, shapes, dtypes."""
-  with np.load(path, allow_pickle=False) as npz:
+  with paths.load_npz(path, allow_pickle=False) as npz:
     meta = json.loads(bytes(npz["__meta__"]).decode())
     if meta != params:
       raise ValueError(f"parameters {meta} differ from the requested {params}")
@@ -182,7 +183,7 @@ def build_multiview_splits(data_dir: str | None, *, seed: int = 0, num_train: in
   if data_dir is None:
     return _unflatten(_render(params))
   path = cache_path(data_dir, params)
-  if os.path.exists(path):
+  if paths.exists(path):
     try:
       return _unflatten(_load(path, params))
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, json.JSONDecodeError,

@@ -23,6 +23,7 @@ import numpy as np
 from jaxgen.data.folder import decode_image
 from jaxgen.data.sources import Source
 from jaxgen.errors import ConfigError, DataError
+from jaxgen.io import paths
 
 # ShapeNet synset id -> class name for the 13 NMR classes.
 SYNSET_NAMES = {
@@ -36,7 +37,7 @@ _SPLITS = ("train", "val", "test")
 
 
 def _read_list(path: str) -> list[str]:
-  with open(path, encoding="utf-8") as f:
+  with paths.open(path, encoding="utf-8") as f:
     return [line.strip() for line in f if line.strip()]
 
 
@@ -44,7 +45,7 @@ def _find_list(synset_dir: str, split: str, list_prefix: str | None) -> str | No
   prefixes = ("", "softras_") if list_prefix is None else (list_prefix,)
   for prefix in prefixes:
     path = os.path.join(synset_dir, f"{prefix}{split}.lst")
-    if os.path.isfile(path):
+    if paths.isfile(path):
       return path
   return None
 
@@ -56,10 +57,10 @@ def list_nmr_objects(root: str, split: str, *, seed: int = 0,
   """Returns (synset ids, [(object folder, label)]) of one split (layout in the module doc)."""
   if split not in _SPLITS:
     raise ConfigError("data.split", split, f"one of {', '.join(_SPLITS)} for source 'nmr'")
-  if not os.path.isdir(root):
+  if not paths.isdir(root):
     raise DataError(f"{root}: NMR root folder does not exist")
-  synsets = sorted(d for d in os.listdir(root)
-                   if os.path.isdir(os.path.join(root, d)) and not d.startswith("."))
+  synsets = sorted(d for d in paths.listdir(root)
+                   if paths.isdir(os.path.join(root, d)) and not d.startswith("."))
   if classes is not None:
     missing = [c for c in classes if c not in synsets]
     if missing:
@@ -81,8 +82,8 @@ def list_nmr_objects(root: str, split: str, *, seed: int = 0,
       others = [sp for sp in _SPLITS if _find_list(sdir, sp, list_prefix) is not None]
       if others:  # a seeded split here could overlap the listed objects of the other splits
         raise DataError(f"{sdir}: has list files for {others} but none for split '{split}'")
-      all_ids = sorted(d for d in os.listdir(sdir)
-                       if os.path.isdir(os.path.join(sdir, d, "image")))
+      all_ids = sorted(d for d in paths.listdir(sdir)
+                       if paths.isdir(os.path.join(sdir, d, "image")))
       # Seed folded with the class index so each synset gets its own permutation.
       perm = np.random.default_rng([seed, label]).permutation(len(all_ids))
       bounds = np.rint(np.cumsum(fractions) * len(all_ids)).astype(int)
@@ -92,7 +93,7 @@ def list_nmr_objects(root: str, split: str, *, seed: int = 0,
       raise DataError(f"{sdir}: class '{synset}' has no objects in split '{split}'")
     for obj in ids:
       odir = os.path.join(sdir, obj)
-      if not os.path.isdir(os.path.join(odir, "image")):
+      if not paths.isdir(os.path.join(odir, "image")):
         raise DataError(f"{odir}: object listed for split '{split}' has no image/ folder")
       objects.append((odir, label))
   return synsets, objects
@@ -127,7 +128,7 @@ class NMRSource(Source):
 
   def _first_size(self) -> tuple[int, int]:
     path = os.path.join(self.objects[0][0], "image", f"{self.views[0]:04d}.png")
-    if not os.path.isfile(path):
+    if not paths.isfile(path):
       raise DataError(f"{path}: view {self.views[0]} of object {self.objects[0][0]} does not exist")
     return tuple(decode_image(path, channels=3, alpha=self.alpha).shape[:2])
 
@@ -140,7 +141,7 @@ class NMRSource(Source):
 
   def _frame(self, odir: str, v: int) -> np.ndarray:
     path = os.path.join(odir, "image", f"{v:04d}.png")
-    if not os.path.isfile(path):
+    if not paths.isfile(path):
       raise DataError(f"{path}: view {v} of object {odir} does not exist")
     frame = decode_image(path, channels=3, alpha=self.alpha)
     if self.size:
@@ -172,7 +173,7 @@ class NMRSource(Source):
   def _cameras(self, odir: str) -> dict[str, np.ndarray]:
     path = os.path.join(odir, "cameras.npz")
     try:
-      with np.load(path) as npz:
+      with paths.load_npz(path) as npz:
         return {key: np.stack([npz[f"{key}_{v}"] for v in self.views]).astype(np.float32)
                 for key in ("world_mat", "camera_mat")}
     except FileNotFoundError:

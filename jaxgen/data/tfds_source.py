@@ -9,13 +9,13 @@ stanford_dogs, celeb_a, celeb_a_hq (the last two have no class label: label 0, o
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
 
 from jaxgen.data.sources import Source
 from jaxgen.errors import ConfigError, DataError
+from jaxgen.io import paths
 
 
 def _prepare_hint(name: str, data_dir: str | None) -> str:
@@ -94,7 +94,7 @@ def tfds_source(split: str, *, data_dir: str | None = None, tfds_name: str = "ci
   DataError (with the prepare command) when the data set is not prepared.
   """
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-  if data_dir is not None and not os.path.isdir(data_dir):
+  if data_dir is not None and not paths.isdir(data_dir):
     raise DataError(f"{data_dir}: TFDS data_dir does not exist; {_prepare_hint(tfds_name, data_dir)}")
   base_name = tfds_name.split("/")[0].split(":")[0]
   if base_name in _UNLABELED and label_key == "label":

@@ -27,6 +27,7 @@ from jaxgen.io.files import atomic_write_json, read_json
 from jaxgen.data import t2i_sets
 from jaxgen.data.imbalance import long_tail_indices
 from jaxgen.io.files import atomic_save_npz
+from jaxgen.io import paths
 
 TARGETS = ("fine_grained", "background_shift", "source")
 SOURCES = ("tfds", "folder")
@@ -61,7 +62,7 @@ def real_training_set(data: dict, shots: int, imbalance_factor: float = 0.0, see
 def _background_shift(config: ml_collections.ConfigDict, per_class: int, workdir: str) -> dict:
   t, d = config.t2i.data, config.data
   path = os.path.join(workdir, "data", "background_shift.npz")
-  if not os.path.exists(path):
+  if not paths.exists(path):
     kw = dict(num_classes=t.target_classes, image_size=t.image_size, metaclass=t.target_metaclass)
     train = t2i_sets.background_shift_set(t.seed, per_class, "train",
                                           minority_fraction=d.minority_fraction, **kw)
@@ -69,7 +70,7 @@ def _background_shift(config: ml_collections.ConfigDict, per_class: int, workdir
     atomic_save_npz(path, real_images=train["images"], real_labels=train["labels"],
                     real_groups=train["groups"], target_test_images=test["images"],
                     target_test_labels=test["labels"], target_test_groups=test["groups"])
-  with np.load(path) as f:
+  with paths.load_npz(path) as f:
     return {k: f[k] for k in f.files}
 
 
@@ -99,7 +100,7 @@ def _source(config: ml_collections.ConfigDict, workdir: str) -> dict:
   d = config.data
   path = os.path.join(workdir, "data", "source.npz")
   meta_path = os.path.join(workdir, "data", "source.json")
-  if not (os.path.exists(path) and os.path.exists(meta_path)):
+  if not (paths.exists(path) and paths.exists(meta_path)):
     train = open_source(config, d.train_split)
     test = open_source(config, d.test_split)
     tr, te = source_arrays(train, d.image_size), source_arrays(test, d.image_size)
@@ -108,7 +109,7 @@ def _source(config: ml_collections.ConfigDict, workdir: str) -> dict:
     atomic_write_json(meta_path, {"class_names": list(train.class_names),
                                   "name": train.name, "data": d.to_dict()})
   meta = read_json(meta_path)
-  with np.load(path) as f:
+  with paths.load_npz(path) as f:
     out = {k: f[k] for k in f.files}
   k = len(meta["class_names"])
   if k != d.num_classes:

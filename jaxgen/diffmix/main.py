@@ -55,6 +55,7 @@ from jaxgen.t2i import finetune as ft
 from jaxgen.t2i import main as t2i_main
 from jaxgen.t2i.sampler_runs import SamplerRuns
 from jaxgen.t2i.train import posterior_moments
+from jaxgen.io import paths
 
 STAGES = ("backbone", "finetune", "synthesize", "baseline", "filter", "train_classifiers",
           "evaluate", "report", "study")
@@ -101,7 +102,7 @@ def _first_difference(theirs, ours, prefix: str, added: list[str]) -> tuple[str,
 def _check_t2i_workdir(config: ml_collections.ConfigDict) -> None:
   path = config.t2i_workdir
   cfg_path = os.path.join(path, "config.json")
-  configlib.require(os.path.exists(cfg_path), "t2i_workdir", path,
+  configlib.require(paths.exists(cfg_path), "t2i_workdir", path,
                     "the workdir of a t2i run (with config.json)")
   for stage in t2i_stages(config):
     configlib.require(stage_done(path, stage), "t2i_workdir", path,
@@ -145,9 +146,9 @@ def _validate_source(config: ml_collections.ConfigDict) -> None:
                     "an integer >= 0 (0 = every training image)")
   configlib.require(d.source != "tfds" or bool(d.tfds_name), "data.tfds_name", d.tfds_name,
                     "a TFDS name such as caltech_birds2011")
-  configlib.require(d.source != "folder" or os.path.isdir(d.data_dir), "data.data_dir",
+  configlib.require(d.source != "folder" or paths.isdir(d.data_dir), "data.data_dir",
                     d.data_dir, "an image folder (<split>/<class_name>/*.png)")
-  configlib.require(not d.data_dir or os.path.isdir(d.data_dir), "data.data_dir", d.data_dir,
+  configlib.require(not d.data_dir or paths.isdir(d.data_dir), "data.data_dir", d.data_dir,
                     "an existing folder, or '' for TFDS's default data directory")
   for key in ("train_split", "test_split", "metaclass"):
     configlib.require(bool(d[key]), f"data.{key}", d[key], "a non-empty string")
@@ -314,7 +315,7 @@ class Run(MethodRun):
     return shard_cache.read_shards(self.synthetic_dir(seed, strategy), self.num_synthetic())
 
   def filtered(self, seed: int, strategy: str) -> dict[str, np.ndarray]:
-    with np.load(os.path.join(self.synthetic_dir(seed, strategy), "filter.npz")) as f:
+    with paths.load_npz(os.path.join(self.synthetic_dir(seed, strategy), "filter.npz")) as f:
       return {k: f[k] for k in f.files}
 
   def classifier_name(self, seed: int, strategy: str) -> str:
@@ -346,7 +347,7 @@ def _settings_current(record: str, settings: dict, key: str, what: str) -> bool:
   """Whether a result recorded at `record` (its settings, JSON) was made with `settings`. A
   result made with others is refused in one line (config key `key`), never silently reused;
   False when there is no record yet."""
-  if not os.path.exists(record):
+  if not paths.exists(record):
     return False
   diff = shard_cache.first_difference(read_json(record), json.loads(json.dumps(settings)))
   if diff:
@@ -359,7 +360,7 @@ def _finetune_current(path: str, settings: dict) -> bool:
   """Whether the fine-tune saved at `path` was made with `settings` (the finetune section and the
   real set); a file without its settings record (made before records existed) is taken as
   current."""
-  if not os.path.exists(path):
+  if not paths.exists(path):
     return False
   _settings_current(path + ".json", settings, "finetune", "fine-tune")
   return True
@@ -397,7 +398,7 @@ def _provenance(run: Run, seed: int, strategy: str, plan: dict) -> dict:
           "real_set": shard_cache.fingerprint(run.data["real_images"], run.data["real_labels"]),
           "sampler": run.t2i.sampler.to_dict(), "guidance_scale": s.guidance_scale,
           "gamma": s.gamma, "backbone_checkpoints": {os.path.basename(p): shard_cache.file_digest(p)
-                                                     for p in files if os.path.isfile(p)}}
+                                                     for p in files if paths.isfile(p)}}
 
 
 def synthesize_set(run: Run, seed: int, strategy: str) -> dict[str, np.ndarray]:
@@ -478,9 +479,9 @@ def _stage_baseline(run: Run) -> None:
 
 def _filter_current(path: str, f: ml_collections.ConfigDict) -> bool:
   """Whether `path` holds the scores and mask of this filter config (else they are redone)."""
-  if not os.path.exists(path):
+  if not paths.exists(path):
     return False
-  with np.load(path) as saved:
+  with paths.load_npz(path) as saved:
     return ("drop_fraction" in saved.files and str(saved["scorer"]) == f.scorer
             and float(saved["drop_fraction"]) == f.drop_fraction
             and (f.scorer != "backbone" or int(saved["num_times"]) == f.num_times))

@@ -43,6 +43,7 @@ from jaxgen.mvld import main as mvld_main
 from jaxgen.mvld import model as mvld_model
 from jaxgen.parallel.mesh import batch_sharding, is_main_process
 from jaxgen.stages import MethodRun, require_stage, run_method
+from jaxgen.io import paths
 
 STAGES = ("data", "train_mvld", "generate_train", "generate_eval", "pretrain", "train_classifiers",
           "evaluate", "report")
@@ -72,10 +73,10 @@ def num_generated(config: ml_collections.ConfigDict) -> int:
 def _check_mvld_workdir(config: ml_collections.ConfigDict) -> None:
   path = config.mvld_workdir
   cfg_path = os.path.join(path, "config.json")
-  configlib.require(os.path.exists(cfg_path), "mvld_workdir", path,
+  configlib.require(paths.exists(cfg_path), "mvld_workdir", path,
                     "the workdir of a finished MVLD run (with config.json)")
   for name in ("autoencoder.msgpack", "score_net.msgpack", "latent_stats.npz"):
-    configlib.require(os.path.exists(os.path.join(path, "models", name)), "mvld_workdir", path,
+    configlib.require(paths.exists(os.path.join(path, "models", name)), "mvld_workdir", path,
                       f"an MVLD workdir whose training finished (models/{name} is missing)")
   try:
     theirs = read_json(cfg_path)
@@ -136,11 +137,11 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
   if ft.enabled:
     for arch in archs:
       path = ft.torchvision_paths[arch]
-      configlib.require(not path or os.path.isfile(path), f"finetune.torchvision_paths.{arch}", path,
+      configlib.require(not path or paths.isfile(path), f"finetune.torchvision_paths.{arch}", path,
                         "an existing torchvision weight file, or '' to pre-train on digits")
       if not path and ft.pretrained_workdir:
         where = os.path.join(ft.pretrained_workdir, "checkpoints", f"pretrain_{arch}")
-        configlib.require(os.path.isdir(where), "finetune.pretrained_workdir", ft.pretrained_workdir,
+        configlib.require(paths.isdir(where), "finetune.pretrained_workdir", ft.pretrained_workdir,
                           f"a DIMVIDA workdir whose pretrain stage finished ({where} is missing)")
       if not path and not ft.pretrained_workdir:
         configlib.require_positive_int(config, "finetune.pretrain_steps")
@@ -222,7 +223,7 @@ def _generator(run: Run):
 
   models = os.path.join(run.mvld_dir, "models")
   provenance = {
-      "mvld_workdir": os.path.abspath(run.mvld_dir),
+      "mvld_workdir": paths.absolute(run.mvld_dir),
       "autoencoder_sha256": shard_cache.file_digest(os.path.join(models, "autoencoder.msgpack")),
       "score_net_sha256": shard_cache.file_digest(os.path.join(models, "score_net.msgpack")),
       "sampler": sampler.to_dict(), "seed": run.config.seed,

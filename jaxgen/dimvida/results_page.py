@@ -12,12 +12,12 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shutil
 import sys
 
 from jaxgen.dimvida.report import ARCH_NAMES, PAPER, claims_text, fmt_stat, markdown_sections
 from jaxgen.io.files import atomic_write_text, read_json
 from jaxgen.io.report import json_numbers, unlisted_numbers
+from jaxgen.io import paths
 
 _CELL_NUMBER = re.compile(r"(?<![\w.])[-+]?\d+\.\d{2}(?![\w.])")
 
@@ -117,8 +117,8 @@ def main(argv: list[str] | None = None) -> int:
   if bad:
     print(f"results_page: numbers not in the JSON files: {bad[:10]}", file=sys.stderr)
     return 1
-  os.makedirs(image_dir, exist_ok=True)
-  shutil.copy(os.path.join(first_dir, "samples", "nmr_ea_examples.png"), image_dir)
+  paths.makedirs(image_dir)
+  paths.copy(os.path.join(first_dir, "samples", "nmr_ea_examples.png"), image_dir)
   atomic_write_text(args.out, markdown)
   print(f"wrote {args.out}", flush=True)
   return 0

@@ -1,8 +1,14 @@
-"""Atomic file writes: a killed run never leaves a half-written file that a later stage trusts."""
+"""Atomic file writes: a killed run never leaves a half-written file that a later stage trusts.
+
+Local paths: a temporary file in the same directory, fsynced, renamed over the target. URLs
+(jaxgen.io.paths): the bytes are buffered and uploaded as one object on a clean exit, since an
+object store shows an object whole or not at all (and has no rename).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import tempfile
@@ -10,11 +16,20 @@ from typing import Any, BinaryIO, Iterator
 
 import numpy as np
 
+from jaxgen.io import paths
+
 
 @contextlib.contextmanager
 def atomic_writer(path: str) -> Iterator[BinaryIO]:
   """A binary file object for `path` that appears there only once the block exits cleanly:
-  written to a temporary file in the same directory, fsynced, then renamed over `path`."""
+  written to a temporary file in the same directory, fsynced, then renamed over `path` (a URL:
+  uploaded in one piece)."""
+  if paths.is_url(path):
+    buffer = io.BytesIO()
+    yield buffer
+    paths.write_bytes(path, buffer.getvalue())
+    return
+  path = paths.local(path)
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".tmp")
@@ -58,12 +73,11 @@ def atomic_write_json(path: str, value: Any) -> None:
 
 
 def atomic_save_npz(path: str, **arrays: np.ndarray) -> None:
-  import io
   buffer = io.BytesIO()
   np.savez(buffer, **arrays)
   atomic_write_bytes(path, buffer.getvalue())
 
 
 def read_json(path: str) -> Any:
-  with open(path, encoding="utf-8") as f:
+  with paths.open(path, encoding="utf-8") as f:
     return json.load(f)

@@ -7,7 +7,6 @@ Python API and users' own code.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import flax.serialization
@@ -16,6 +15,7 @@ import numpy as np
 
 from jaxgen.errors import DataError
 from jaxgen.io.files import atomic_write_bytes
+from jaxgen.io import paths
 
 
 def save_params(path: str, tree: Any) -> None:
@@ -24,9 +24,9 @@ def save_params(path: str, tree: Any) -> None:
 
 def load_params(path: str) -> Any:
   """Load a tree saved by `save_params`; a missing or corrupt file is a one-line DataError."""
-  if not os.path.exists(path):
+  if not paths.exists(path):
     raise DataError(f"{path}: no such parameter file; run the stage that writes it first")
-  with open(path, "rb") as f:
+  with paths.open(path, "rb") as f:
     data = f.read()
   try:
     return flax.serialization.msgpack_restore(data)

@@ -10,7 +10,6 @@ import argparse
 import json
 import os
 import re
-import shutil
 import sys
 from typing import Callable, Sequence
 
@@ -18,6 +17,7 @@ import ml_collections
 
 from jaxgen.io.files import atomic_write_text
 from jaxgen.io.report import json_numbers, markdown_table, unlisted_numbers
+from jaxgen.io import paths
 
 NUMBER = re.compile(r"(?<![\w.<])[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?(?![\w.>])")
 Sections = Callable[[ml_collections.ConfigDict, dict], list[tuple[str, str]]]
@@ -32,8 +32,8 @@ def number_formats(value) -> set[str]:
 
 def stage_seconds(workdir: str) -> dict[str, float]:
   out = {}
-  for name in sorted(os.listdir(os.path.join(workdir, "stages"))):
-    with open(os.path.join(workdir, "stages", name)) as f:
+  for name in sorted(paths.listdir(os.path.join(workdir, "stages"))):
+    with paths.open(os.path.join(workdir, "stages", name)) as f:
       record = json.load(f)
     out[record["stage"]] = record["seconds"]
   return out
@@ -43,7 +43,7 @@ def build(workdir: str, *, module: str, config_file: str, title: str, sections: 
           figures: Sequence[str], image_dir: str, key_pattern: re.Pattern | None = None
           ) -> tuple[str, list[str]]:
   """(page, numbers in its tables that are not in the JSON files: should be empty)."""
-  with open(os.path.join(workdir, "results.json")) as f:
+  with paths.open(os.path.join(workdir, "results.json")) as f:
     results = json.load(f)
   stages = stage_seconds(workdir)
   config = ml_collections.ConfigDict(results["config"])
@@ -60,7 +60,7 @@ def build(workdir: str, *, module: str, config_file: str, title: str, sections: 
             markdown_table(["stage", "seconds"], [[k, v] for k, v in stages.items()]
                            + [["total", total]]), ""]
   lines += ["## Figures", ""] + [f"![{f}]({image_dir}/{f})" for f in figures
-                                  if os.path.exists(os.path.join(workdir, "samples", f))]
+                                  if paths.exists(os.path.join(workdir, "samples", f))]
   page = "\n".join(lines) + "\n"
   known = json_numbers(results, number_formats, key_pattern)
   known |= json_numbers(stages, number_formats) | number_formats(total)
@@ -80,10 +80,10 @@ def main(argv: Sequence[str] | None, *, description: str, default_workdir: str, 
     return 1
   atomic_write_text(args.out, page)
   img = os.path.join(os.path.dirname(args.out), "img", image_subdir)
-  os.makedirs(img, exist_ok=True)
+  paths.makedirs(img)
   for f in figures:
     src = os.path.join(args.workdir, "samples", f)
-    if os.path.exists(src):
-      shutil.copyfile(src, os.path.join(img, f))
+    if paths.exists(src):
+      paths.copy(src, os.path.join(img, f))
   print(f"wrote {args.out}")
   return 0

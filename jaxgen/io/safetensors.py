@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import struct
 from typing import Mapping
 
@@ -26,6 +25,7 @@ import numpy as np
 
 from jaxgen.errors import DataError
 from jaxgen.io.files import atomic_writer
+from jaxgen.io import paths
 
 # safetensors dtype code <-> little-endian NumPy dtype.
 _DTYPES: dict[str, np.dtype] = {
@@ -70,10 +70,10 @@ def read_header(path: str) -> tuple[dict[str, dict], dict[str, str], int]:
   Raises:
     DataError: the file is missing, or its header is malformed or disagrees with the file size.
   """
-  if not os.path.isfile(path):
+  if not paths.isfile(path):
     raise DataError(f"safetensors file {path} does not exist")
-  file_size = os.path.getsize(path)
-  with open(path, "rb") as f:
+  file_size = paths.getsize(path)
+  with paths.open(path, "rb") as f:
     head = f.read(8)
     if len(head) < 8:
       raise _bad(path, f"{file_size} bytes, shorter than the 8-byte header length")
@@ -133,10 +133,10 @@ def load_safetensors(path: str, *, mmap: bool = True) -> dict[str, np.ndarray]:
     DataError: missing file or invalid header (names the file and tensor).
   """
   header, _, start = read_header(path)
-  if mmap and os.path.getsize(path) > start:
-    buf = np.memmap(path, dtype=np.uint8, mode="r")
+  if mmap and not paths.is_url(path) and paths.getsize(path) > start:
+    buf = np.memmap(paths.local(path), dtype=np.uint8, mode="r")
   else:
-    with open(path, "rb") as f:
+    with paths.open(path, "rb") as f:
       buf = np.frombuffer(bytearray(f.read()), dtype=np.uint8)  # writable
   out: dict[str, np.ndarray] = {}
   for name, entry in header.items():

@@ -23,6 +23,7 @@ import numpy as np
 
 from jaxgen.errors import DataError
 from jaxgen.io.files import atomic_save_npz, atomic_write_json, read_json
+from jaxgen.io import paths
 
 _log = logging.getLogger(__name__)
 INDEX = "index"
@@ -43,7 +44,7 @@ def fingerprint(*arrays: np.ndarray) -> str:
 def file_digest(path: str) -> str:
   """A short sha256 digest of a file (a checkpoint the cache was generated with)."""
   h = hashlib.sha256()
-  with open(path, "rb") as f:
+  with paths.open(path, "rb") as f:
     for chunk in iter(lambda: f.read(1 << 20), b""):
       h.update(chunk)
   return h.hexdigest()[:16]
@@ -66,7 +67,7 @@ def check_manifest(cache_dir: str, manifest: Mapping[str, Any], *, write: bool =
   """Write `manifest` into a new cache, or check an existing cache was made with it."""
   manifest = json.loads(json.dumps(manifest))  # tuples / numpy scalars as JSON holds them
   path = os.path.join(cache_dir, "manifest.json")
-  if os.path.exists(path):
+  if paths.exists(path):
     try:
       old = read_json(path)
     except (OSError, ValueError) as err:
@@ -88,7 +89,7 @@ def _read_shard(path: str, expected_index: np.ndarray, shapes: Mapping[str, tupl
                 ) -> dict[str, np.ndarray] | None:
   """The shard's arrays if it is complete and holds exactly `expected_index`, else None."""
   try:
-    with np.load(path, allow_pickle=False) as f:
+    with paths.load_npz(path, allow_pickle=False) as f:
       arrays = {k: f[k] for k in f.files}
   except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
     _log.warning("shard %s is unreadable (%s); generating it again", path, type(err).__name__)
@@ -118,7 +119,7 @@ def build_shards(cache_dir: str, num_items: int, shard_size: int, make_shard: Ma
   for s in range(num_shards):
     index = np.arange(s * shard_size, min(num_items, (s + 1) * shard_size))
     path = shard_path(cache_dir, s)
-    arrays = _read_shard(path, index, shapes) if os.path.exists(path) else None
+    arrays = _read_shard(path, index, shapes) if paths.exists(path) else None
     if arrays is None:
       arrays = {k: np.asarray(v) for k, v in make_shard(s, index).items()}
       arrays[INDEX] = index
@@ -138,13 +139,13 @@ def build_shards(cache_dir: str, num_items: int, shard_size: int, make_shard: Ma
 def read_shards(cache_dir: str, num_items: int) -> dict[str, np.ndarray]:
   """All shards of a finished cache, ordered by item; DataError unless they cover
   0..num_items-1 exactly once."""
-  names = sorted(f for f in os.listdir(cache_dir) if f.startswith("shard_") and f.endswith(".npz")) \
-      if os.path.isdir(cache_dir) else []
+  names = sorted(f for f in paths.listdir(cache_dir) if f.startswith("shard_") and f.endswith(".npz")) \
+      if paths.isdir(cache_dir) else []
   if not names:
     raise DataError(f"{cache_dir}: no generated shards; run the generating stage first")
   parts = []
   for name in names:
-    with np.load(os.path.join(cache_dir, name), allow_pickle=False) as f:
+    with paths.load_npz(os.path.join(cache_dir, name), allow_pickle=False) as f:
       parts.append({k: f[k] for k in f.files})
   out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
   index = out[INDEX]

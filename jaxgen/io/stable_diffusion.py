@@ -42,6 +42,7 @@ from jaxgen.nets.text_encoder import TextEncoderConfig
 from jaxgen.sde.sdes import BETA_SCHEDULES, DiscreteVPSDE
 from jaxgen.t2i.backbone import PREDICTION_TYPES, BackboneConfig
 from jaxgen.text.tokenizers import CLIPTokenizer
+from jaxgen.io import paths
 
 __all__ = ["load_stable_diffusion", "sde_from_scheduler_config", "text_config_from_transformers",
            "vae_config_from_diffusers"]
@@ -184,7 +185,7 @@ def sde_from_scheduler_config(cfg: Mapping[str, Any]) -> tuple[DiscreteVPSDE, st
 
 def _config_file(path: str, what: str) -> dict:
   """A JSON object from `path`, or a one-line DataError naming it and `what` it should hold."""
-  if not os.path.isfile(path):
+  if not paths.isfile(path):
     raise DataError(f"{path} does not exist; expected {what}")
   try:
     data = read_json(path)
@@ -198,7 +199,7 @@ def _config_file(path: str, what: str) -> dict:
 def load_clip_tokenizer(directory: str) -> CLIPTokenizer:
   """`CLIPTokenizer.from_pretrained(directory)` (vocab.json + merges.txt, or tokenizer.json, in
   `directory/tokenizer/` or `directory`), with a one-line error for a missing folder."""
-  if not os.path.isdir(directory):
+  if not paths.isdir(directory):
     raise DataError(f"tokenizer folder {directory} does not exist; expected a folder with "
                     "vocab.json and merges.txt (or a diffusers folder with tokenizer/)")
   return CLIPTokenizer.from_pretrained(directory)
@@ -218,7 +219,7 @@ def _check_tokenizer(tokenizer: CLIPTokenizer, text: TextEncoderConfig, where: s
 def _load_diffusers(folder: str, variant: str | None
                     ) -> tuple[BackboneConfig, dict[str, Any]]:
   for sub, name in _PIPELINE_CONFIGS:
-    if not os.path.isdir(os.path.join(folder, sub)):
+    if not paths.isdir(os.path.join(folder, sub)):
       raise DataError(f"{folder} has no {sub}/ sub-folder; expected a diffusers Stable Diffusion "
                       f"pipeline folder with unet/, vae/, text_encoder/ and scheduler/")
   cfgs = {sub: _config_file(os.path.join(folder, sub, name),
@@ -303,13 +304,13 @@ def load_stable_diffusion(path: str, *, tokenizer_path: str | None = None,
       unexpected / mis-shaped tensor (one line naming it).
     ConfigError: a config.json setting these networks do not implement, or inconsistent sizes.
   """
-  if not os.path.exists(path):
+  if not paths.exists(path):
     raise DataError(f"Stable Diffusion checkpoint {path} does not exist; expected a diffusers "
                     "pipeline folder or a single-file .safetensors/.ckpt (jaxgen never downloads "
                     "weights)")
-  if os.path.isdir(path):
-    if not (os.path.isfile(os.path.join(path, "model_index.json"))
-            or os.path.isdir(os.path.join(path, "unet"))):
+  if paths.isdir(path):
+    if not (paths.isfile(os.path.join(path, "model_index.json"))
+            or paths.isdir(os.path.join(path, "unet"))):
       raise DataError(f"{path} has neither model_index.json nor unet/; expected a diffusers "
                       "Stable Diffusion pipeline folder")
     if config is not None:
@@ -317,7 +318,7 @@ def load_stable_diffusion(path: str, *, tokenizer_path: str | None = None,
                         "None for a diffusers folder (its config.json files give the sizes)")
     config, params = _load_diffusers(path, variant)
     own_tokenizer = os.path.join(path, "tokenizer")
-    tok_dir = tokenizer_path or (path if os.path.isdir(own_tokenizer) else None)
+    tok_dir = tokenizer_path or (path if paths.isdir(own_tokenizer) else None)
   else:
     config, params = _load_single_file(path, config)
     tok_dir = tokenizer_path

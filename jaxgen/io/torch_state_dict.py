@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import collections
 import io
-import os
 import pickle
 import struct
 import tarfile
@@ -29,6 +28,7 @@ import ml_dtypes
 import numpy as np
 
 from jaxgen.errors import DataError
+from jaxgen.io import paths
 
 # Storage class name in the pickle -> element dtype.
 _STORAGE_DTYPES: dict[str, np.dtype] = {
@@ -281,10 +281,10 @@ def load_state_dict(path: str, *, hint: str | None = None) -> dict[str, np.ndarr
   Raises:
     DataError: the file is missing (with `hint`), or is not a readable/complete torch.save file.
   """
-  if not os.path.isfile(path):
+  if not paths.isfile(path):
     raise DataError(f"weight file {path} does not exist; {hint or _DEFAULT_HINT}")
   try:
-    with open(path, "rb") as f:
+    with paths.open(path, "rb") as f:
       if zipfile.is_zipfile(f):
         f.seek(0)
         obj = _load_zip(f)

@@ -24,6 +24,7 @@ import numpy as np
 from jaxgen.errors import DataError
 from jaxgen.io.safetensors import load_safetensors
 from jaxgen.io.torch_state_dict import load_state_dict
+from jaxgen.io import paths
 
 TORCH_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 # Weight files of a model folder, most preferred first (diffusers names, then transformers').
@@ -38,7 +39,7 @@ def _folder_file(folder: str, variant: str | None) -> str:
     for stem in FOLDER_WEIGHT_NAMES:
       candidates += [f"{stem}{tag}{ext}", f"{stem}{tag}{ext}.index.json"]
   for name in candidates:
-    if os.path.isfile(os.path.join(folder, name)):
+    if paths.isfile(os.path.join(folder, name)):
       return os.path.join(folder, name)
   raise DataError(f"model folder {folder} has no weight file (looked for "
                   f"{', '.join(candidates[:4])}, ...; variant={variant!r})")
@@ -47,7 +48,7 @@ def _folder_file(folder: str, variant: str | None) -> str:
 def _load_sharded(index_path: str) -> dict[str, np.ndarray]:
   """Every shard named by a `*.index.json` weight map, merged into one state dict."""
   try:
-    with open(index_path, encoding="utf-8") as f:
+    with paths.open(index_path, encoding="utf-8") as f:
       weight_map = json.load(f)["weight_map"]
     shards = sorted(set(weight_map.values()))
   except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
@@ -73,9 +74,9 @@ def load_weights(path: str, *, variant: str | None = None) -> dict[str, np.ndarr
   Raises:
     DataError: the path does not exist, has an unknown suffix, or the file is unreadable.
   """
-  if os.path.isdir(path):
+  if paths.isdir(path):
     return load_weights(_folder_file(path, variant))
-  if not os.path.exists(path):
+  if not paths.exists(path):
     raise DataError(f"weight path {path} does not exist; jaxgen never downloads weights: fetch "
                     "them yourself and point the config at the file or model folder")
   if path.endswith(".index.json"):

@@ -26,6 +26,7 @@ from jaxgen.gmm import lowrank as lr_lib
 from jaxgen.gmm import pca
 from jaxgen.gmm.nn_projection import NNProjection, nn_project
 from jaxgen.io.files import atomic_save_npz
+from jaxgen.io import paths
 
 LatentFn = Callable[[np.ndarray], np.ndarray]
 
@@ -62,7 +63,7 @@ class FittedModel:
 
   @classmethod
   def load(cls, path: str) -> "FittedModel":
-    with np.load(path) as f:
+    with paths.load_npz(path) as f:
       projector = pca.Projector(mean=jnp.asarray(f["mean"]), components=jnp.asarray(f["components"]),
                                 variances=jnp.asarray(f["variances"]))
       lowrank = lr_lib.LowRankMixture(weights=jnp.asarray(f["weights"]), means=jnp.asarray(f["means"]),

@@ -14,12 +14,12 @@ import argparse
 import json
 import os
 import re
-import shutil
 import sys
 
 from jaxgen.io.files import atomic_write_text
 from jaxgen.io.report import json_numbers, markdown_table, unlisted_numbers
 from jaxgen.lrgmm.report import GEN_KEYS, METHOD_NAMES, TIMING_KEYS
+from jaxgen.io import paths
 
 FIGURES = ("centroids.png", "sweep_lowrank.png", "target.png", "reconstructions.png")
 _NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?:e[-+]?\d+)?(?![\w.])")
@@ -156,11 +156,11 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--claims", default="workdirs/lrgmm-claims/claims.json")
   parser.add_argument("--out", default="docs/results_lrgmm.md")
   args = parser.parse_args(argv)
-  with open(args.results) as f:
+  with paths.open(args.results) as f:
     results = json.load(f)
   claims = None
-  if os.path.exists(args.claims):
-    with open(args.claims) as f:
+  if paths.exists(args.claims):
+    with paths.open(args.claims) as f:
       claims = json.load(f)
   image_dir = os.path.join(os.path.dirname(args.out), "img", "lrgmm")
   page = build(results, claims, image_dir)
@@ -169,15 +169,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"results_page: numbers not found in the JSON files: {sorted(set(bad))[:10]}", file=sys.stderr)
     return 1
   workdir = os.path.dirname(args.results)
-  os.makedirs(image_dir, exist_ok=True)
+  paths.makedirs(image_dir)
   n_sweep, n_first = results["config"]["evaluate"]["sweep_size"], results["config"]["table1"]["sizes"][0]
   for name in FIGURES + (f"N{n_sweep}_methods.png", f"N{n_first}_latent_maps.png"):
     src = os.path.join(workdir, "samples", name)
-    if os.path.exists(src):
-      shutil.copyfile(src, os.path.join(image_dir, name))
+    if paths.exists(src):
+      paths.copy(src, os.path.join(image_dir, name))
   mem = os.path.join(workdir, "eval", "memorisation.png")
-  if os.path.exists(mem):
-    shutil.copyfile(mem, os.path.join(image_dir, "memorisation.png"))
+  if paths.exists(mem):
+    paths.copy(mem, os.path.join(image_dir, "memorisation.png"))
   atomic_write_text(args.out, page + "\n")
   print(f"wrote {args.out}", flush=True)
   return 0

@@ -23,6 +23,7 @@ import numpy as np
 from jaxgen.errors import DataError
 from jaxgen.io.files import atomic_save_npz
 from jaxgen.metrics.dtypes import working_float_dtype
+from jaxgen.io import paths
 
 _HI = jax.lax.Precision.HIGHEST
 
@@ -170,7 +171,7 @@ def save_stats(path: str, mean: jax.Array, cov: jax.Array) -> None:
 def load_stats(path: str) -> tuple[np.ndarray, np.ndarray]:
   """Reads (mean, cov) from an .npz holding `mu` and `sigma`."""
   try:
-    with np.load(path) as f:
+    with paths.load_npz(path) as f:
       mu, sigma = f["mu"], f["sigma"]
   except (OSError, KeyError, ValueError) as e:
     raise DataError(f"{path}: not a statistics .npz with keys 'mu' and 'sigma' ({e})") from e

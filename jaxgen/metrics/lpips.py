@@ -13,7 +13,6 @@ knows which network produced it.
 from __future__ import annotations
 
 import functools
-import os
 import re
 from typing import Any, Callable, Mapping, Sequence
 
@@ -26,6 +25,7 @@ from jaxgen.errors import DataError
 from jaxgen.io.torch_state_dict import load_state_dict, to_flax_variables
 from jaxgen.metrics.image import scale_to_unit_range
 from jaxgen.nets.lpips_backbones import BACKBONES, CHANNELS, MIN_SIZE, torchvision_name
+from jaxgen.io import paths
 
 # lpips v0.1 ScalingLayer: maps [-1, 1] inputs to ImageNet-normalised ones.
 _SHIFT = np.array([-0.030, -0.088, -0.188], np.float32)
@@ -248,7 +248,7 @@ def load_lpips(backbone_path: str, lin_path: str, net: str = "squeeze", *,
                  "jaxgen never downloads weights"),
   }
   for path in (backbone_path, lin_path):  # both files are checked before either is read
-    if not os.path.isfile(path):
+    if not paths.isfile(path):
       raise DataError(f"weight file {path} does not exist; {hints[path]}")
   backbone = load_state_dict(backbone_path, hint=hints[backbone_path])
   lin = load_state_dict(lin_path, hint=hints[lin_path])

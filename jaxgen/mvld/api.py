@@ -18,6 +18,7 @@ from jaxgen.errors import DataError
 from jaxgen.io.files import read_json
 from jaxgen.io.params import load_params
 from jaxgen.mvld import model as mvld_model
+from jaxgen.io import paths
 
 
 class MVLD:
@@ -34,15 +35,15 @@ class MVLD:
   def from_workdir(cls, workdir: str) -> "MVLD":
     """Load what the train stages of `python -m jaxgen.main --config=configs/mvld.py` wrote."""
     path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
+    if not paths.exists(path):
       raise DataError(f"{path}: not found; expected the workdir of an MVLD run")
     config = ml_collections.ConfigDict(read_json(path))
     models = os.path.join(workdir, "models")
     stats_path = os.path.join(models, "latent_stats.npz")
-    if not os.path.exists(stats_path):  # written with the score network by train_diffusion
+    if not paths.exists(stats_path):  # written with the score network by train_diffusion
       raise DataError(f"{stats_path}: not found; expected the workdir of an MVLD run whose "
                       "train_diffusion stage has finished")
-    with np.load(stats_path) as f:
+    with paths.load_npz(stats_path) as f:
       stats = mvld_model.LatentStats(mean=f["mean"], std=f["std"])
     return cls(config, load_params(os.path.join(models, "autoencoder.msgpack")),
                load_params(os.path.join(models, "score_net.msgpack")), stats)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shutil
 import sys
 
 from jaxgen.io.files import atomic_write_text, read_json
@@ -20,6 +19,7 @@ from jaxgen.io.report import json_numbers, markdown_table, unlisted_numbers
 from jaxgen.mvld.evaluate import EXTRA_METRICS, METRICS
 from jaxgen.mvld.report import BASELINES_NOTE, HIGHER_IS_BETTER, PAPER_TABLE1
 from jaxgen.mvld.sampler_study import tolerance_text
+from jaxgen.io import paths
 
 EQUAL_PSNR_NOTE_PAGE = (
     "Each cell: bytes the scheme needs for the PSNR of that point of MVLD's rate-distortion front, "
@@ -201,10 +201,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"results_page: numbers not in the JSON files: {bad[:10]}", file=sys.stderr)
     return 1
   image_dir = os.path.join(os.path.dirname(args.out), "img")
-  os.makedirs(image_dir, exist_ok=True)
+  paths.makedirs(image_dir)
   for src, dst in FIGURES.items():
-    if os.path.exists(os.path.join(first_dir, src)):
-      shutil.copy(os.path.join(first_dir, src), os.path.join(image_dir, dst))
+    if paths.exists(os.path.join(first_dir, src)):
+      paths.copy(os.path.join(first_dir, src), os.path.join(image_dir, dst))
   atomic_write_text(args.out, page)
   print(f"wrote {args.out}", flush=True)
   return 0

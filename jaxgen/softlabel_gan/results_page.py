@@ -15,13 +15,13 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shutil
 import sys
 
 from jaxgen.io.files import atomic_write_text, read_json
 from jaxgen.io.report import json_numbers, markdown_table, unlisted_numbers
 from jaxgen.softlabel_gan.labels import VARIANTS
 from jaxgen.softlabel_gan.report import PAPER_CIFAR10, table1_markdown
+from jaxgen.io import paths
 
 _NUMBER = re.compile(r"(?<![\w.])[-+]?\d+\.\d+(?![\w.])")
 COLUMNS = (("fid", "FID (down)", 2), ("intra_fid_mean", "intra-FID (down)", 2),
@@ -133,12 +133,12 @@ def build(claims: dict, first: dict, image_dir: str, entropy0: dict | None = Non
     lines += [f"- the judge's accuracy on the reference set: {_pm(claims['judge_accuracy'], 3)}"]
   lines += ["", "## Figures (seed 0)", ""]
   for name in FIGURES:
-    if os.path.exists(os.path.join(image_dir, name)):
+    if paths.exists(os.path.join(image_dir, name)):
       lines += [f"![{name}](img/softlabel_gan/{name})", ""]
   grids = ["training_set.png"] + [f"{v}_per_class.png" for v in variants]
   lines += ["Per class (one row each): the imbalanced training set, then each GAN's samples (seed 0):", ""]
   lines += [f"![{name}](img/softlabel_gan/{name})" for name in grids
-            if os.path.exists(os.path.join(image_dir, name))]
+            if paths.exists(os.path.join(image_dir, name))]
   lines += [""]
   return "\n".join(lines)
 
@@ -182,15 +182,15 @@ def main(argv: list[str] | None = None) -> int:
   first_dir = os.path.join(args.root, f"seed{claims['seeds'][0]}")
   first = read_json(os.path.join(first_dir, "results.json"))
   image_dir = os.path.join(os.path.dirname(args.out), "img", "softlabel_gan")
-  os.makedirs(image_dir, exist_ok=True)
+  paths.makedirs(image_dir)
   sources = [os.path.join(first_dir, "eval", name) for name in FIGURES]
   sources += [os.path.join(first_dir, "samples", name) for name in
               ["training_set.png"] + [f"{v}_per_class.png" for v in claims["variants"]]]
   for src in sources:
-    if os.path.exists(src):
-      shutil.copy(src, image_dir)
+    if paths.exists(src):
+      paths.copy(src, image_dir)
   entropy0_path = os.path.join(args.root, "entropy0", "eval", "table1.json")
-  entropy0 = read_json(entropy0_path) if os.path.exists(entropy0_path) else None
+  entropy0 = read_json(entropy0_path) if paths.exists(entropy0_path) else None
   markdown = build(claims, first, image_dir, entropy0)
   bad = check_numbers(markdown, [claims, first, PAPER_CIFAR10] + ([entropy0] if entropy0 else []))
   if bad:

@@ -17,6 +17,7 @@ import numpy as np
 from jaxgen.data import t2i_sets
 from jaxgen.io.files import atomic_save_npz, atomic_write_json, read_json
 from jaxgen.text.tokenizers import WordTokenizer
+from jaxgen.io import paths
 
 DATA_NAMES = ("renders",)
 CACHE_VERSION = 1
@@ -49,13 +50,13 @@ def load(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """The run's arrays and metadata, rendered on first use and cached under WORKDIR/data/."""
   path = os.path.join(workdir, "data", "sets.npz")
   meta_path = os.path.join(workdir, "data", "sets.json")
-  if not (os.path.exists(path) and os.path.exists(meta_path)):
+  if not (paths.exists(path) and paths.exists(meta_path)):
     out = _render(config)
     meta = out.pop("_meta")
     atomic_save_npz(path, **out)
     atomic_write_json(meta_path, {**meta, "data": config.data.to_dict()})
   meta = read_json(meta_path)
-  with np.load(path) as f:
+  with paths.load_npz(path) as f:
     arrays = {k: f[k] for k in f.files}
   return {**arrays, **meta}
 

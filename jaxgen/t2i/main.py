@@ -50,6 +50,7 @@ from jaxgen.t2i import train as train_lib
 from jaxgen.t2i.sampler_runs import SamplerRuns
 from jaxgen.t2i.schedules import SAMPLERS, TIMESTEP_SPACINGS, SamplerSpec
 from jaxgen.text.tokenizers import WordTokenizer
+from jaxgen.io import paths
 
 STAGES = ("data", "train_autoencoder", "train_denoiser", "train_judges", "sample", "finetune",
           "evaluate", "report")
@@ -136,15 +137,15 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int,
                     d.target_metaclass, f"one of {data_lib.t2i_sets.SHAPE_CLASSES}")
   configlib.require_choice(config, "backbone.prediction_type", bb.PREDICTION_TYPES)
   b = config.backbone
-  configlib.require(not b.tokenizer_path or os.path.isdir(b.tokenizer_path), "backbone.tokenizer_path",
+  configlib.require(not b.tokenizer_path or paths.isdir(b.tokenizer_path), "backbone.tokenizer_path",
                     b.tokenizer_path, "'' or an existing CLIP tokenizer folder (vocab.json, merges.txt)")
   configlib.require(bool(b.weights_path) or config.preset != "sd15", "backbone.weights_path",
                     b.weights_path, "a Stable Diffusion 1.x diffusers folder or single file (sd15)")
   if b.weights_path:
-    configlib.require(os.path.exists(b.weights_path), "backbone.weights_path", b.weights_path,
+    configlib.require(paths.exists(b.weights_path), "backbone.weights_path", b.weights_path,
                       "an existing diffusers folder or single-file SD checkpoint")
-    if os.path.isfile(b.weights_path):
-      configlib.require(os.path.isdir(b.tokenizer_path), "backbone.tokenizer_path", b.tokenizer_path,
+    if paths.isfile(b.weights_path):
+      configlib.require(paths.isdir(b.tokenizer_path), "backbone.tokenizer_path", b.tokenizer_path,
                         "the CLIP tokenizer folder (vocab.json, merges.txt) of a single-file "
                         "checkpoint")
   else:
@@ -196,7 +197,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int,
   e = config.evaluate
   for key in ("samples_per_class", "target_samples_per_class", "batch_size", "num_grid"):
     configlib.require_positive_int(config, f"evaluate.{key}")
-  if e.inception_path and not os.path.isfile(e.inception_path):
+  if e.inception_path and not paths.isfile(e.inception_path):
     raise ConfigError("evaluate.inception_path", e.inception_path,
                       "an existing FID Inception weight file, or '' for the in-domain judges")
 
@@ -374,7 +375,7 @@ def _stage_finetune(run: Run) -> None:
   labels = np.repeat(np.arange(k), n)
   for seed in cfg_ft.seeds:
     path = run.path("samples", f"target_seed{seed}.npz")
-    if os.path.exists(path):
+    if paths.exists(path):
       continue
     tok = run.tokenizer()
     tuned = ft.finetune(cfg, params, tok, {"mean": means, "logvar": logvars,

@@ -32,6 +32,7 @@ import numpy as np
 
 from jaxgen.errors import ConfigError, DataError
 from jaxgen.io.files import atomic_write_json, read_json
+from jaxgen.io import paths
 
 __all__ = ["CLIPTokenizer", "WordTokenizer", "bytes_to_unicode", "clip_pretokenize"]
 
@@ -174,7 +175,7 @@ class WordTokenizer:
     Raises:
       DataError: the file is missing, not JSON, or not a WordTokenizer vocabulary.
     """
-    if not os.path.isfile(path):
+    if not paths.isfile(path):
       raise DataError(f"{path}: no such word-tokenizer file (write one with WordTokenizer.save)")
     try:
       data = read_json(path)
@@ -289,11 +290,11 @@ class CLIPTokenizer:
       DataError: a file is missing or malformed (naming it).
     """
     for path in (vocab_path, merges_path):
-      if not os.path.isfile(path):
+      if not paths.isfile(path):
         raise DataError(f"{path}: no such tokenizer file (a model's tokenizer/ folder holds "
                         "vocab.json and merges.txt)")
     vocab = _read_json(vocab_path, dict)
-    with open(merges_path, encoding="utf-8") as f:
+    with paths.open(merges_path, encoding="utf-8") as f:
       lines = [ln.rstrip("\n") for ln in f]
     merges = []
     for n, line in enumerate(lines, 1):
@@ -306,7 +307,7 @@ class CLIPTokenizer:
     kwargs, extra = _tokenizer_config(config_path)
     tok = cls(vocab, merges, source=vocab_path, **kwargs)
     added_path = os.path.join(os.path.dirname(vocab_path), "added_tokens.json")
-    if os.path.isfile(added_path):
+    if paths.isfile(added_path):
       extra.update(_read_json(added_path, dict))
     tok._re_add(extra, f"{os.path.dirname(vocab_path) or '.'}: added token ids",
                 "(added_tokens.json / tokenizer_config.json)")
@@ -321,7 +322,7 @@ class CLIPTokenizer:
     Raises:
       DataError: the file is missing, or holds no BPE model with vocab and merges.
     """
-    if not os.path.isfile(path):
+    if not paths.isfile(path):
       raise DataError(f"{path}: no such tokenizer file (a tokenizers BPE tokenizer.json)")
     data = _read_json(path, dict)
     model = data.get("model")
@@ -343,10 +344,10 @@ class CLIPTokenizer:
     """`from_files` on `directory/tokenizer/` (a diffusers model folder) or `directory` itself,
     or `from_tokenizer_json` when that folder has a tokenizer.json but no vocab.json."""
     sub = os.path.join(directory, "tokenizer")
-    base = sub if os.path.isdir(sub) else directory
+    base = sub if paths.isdir(sub) else directory
     config = os.path.join(base, "tokenizer_config.json")
-    if (not os.path.isfile(os.path.join(base, "vocab.json"))
-        and os.path.isfile(os.path.join(base, "tokenizer.json"))):
+    if (not paths.isfile(os.path.join(base, "vocab.json"))
+        and paths.isfile(os.path.join(base, "tokenizer.json"))):
       return cls.from_tokenizer_json(os.path.join(base, "tokenizer.json"), config)
     return cls.from_files(os.path.join(base, "vocab.json"), os.path.join(base, "merges.txt"),
                           config)
@@ -451,7 +452,7 @@ def _tokenizer_config(path: str | None) -> tuple[dict, dict[str, int]]:
   """(CLIPTokenizer keyword arguments, {added token: id}) from a tokenizer_config.json, if any."""
   kwargs: dict = {}
   extra: dict[str, int] = {}
-  if path is None or not os.path.isfile(path):
+  if path is None or not paths.isfile(path):
     return kwargs, extra
   config = _read_json(path, dict)
   for key in ("bos_token", "eos_token", "pad_token", "unk_token"):

@@ -24,6 +24,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxgen.errors import CheckpointError
+from jaxgen.io import paths
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ class Checkpointer:
   """Periodic, keep-N, optionally asynchronous checkpoints of one training stage."""
 
   def __init__(self, directory: str, *, max_to_keep: int = 2, async_save: bool = True):
-    self.directory = os.path.abspath(directory)
+    self.directory = paths.absolute(directory)
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                            enable_async_checkpointing=async_save)
     self._manager = ocp.CheckpointManager(self.directory, options=options,
@@ -123,8 +124,8 @@ class Checkpointer:
     """Rename a damaged step's directory so orbax no longer lists it (it can be saved again)."""
     source = os.path.join(self.directory, str(step))
     target = os.path.join(self.directory, f"corrupt_{step}_{time.strftime('%Y%m%dT%H%M%S')}")
-    if jax.process_index() == 0 and os.path.isdir(source):
-      os.rename(source, target)
+    if jax.process_index() == 0 and paths.isdir(source):
+      paths.rename(source, target)
     self._manager.reload()
     return target
 

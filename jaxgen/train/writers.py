@@ -15,6 +15,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from jaxgen.io import paths
 from jaxgen.io.images import save_png
 
 
@@ -28,10 +29,12 @@ class MetricWriter:
     self._jsonl = None
     if not enabled:
       return
-    os.makedirs(logdir, exist_ok=True)
-    self._jsonl = open(os.path.join(logdir, "metrics.jsonl"), "a", encoding="utf-8")
+    paths.makedirs(logdir)
+    self._jsonl = paths.open(os.path.join(logdir, "metrics.jsonl"), "a", encoding="utf-8")
     if tensorboard:
       from tensorboardX import SummaryWriter  # imported here: only process 0 needs it
+      if paths.is_url(logdir):
+        _event_files_through_path_layer(logdir)
       self._tb = SummaryWriter(logdir=logdir, flush_secs=30)
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
@@ -68,10 +71,26 @@ class MetricWriter:
       self._tb = None
 
 
+class _PathLayerRecordFiles:
+  """tensorboardX's writer-factory interface over jaxgen.io.paths (its own gs:// writer needs
+  google-cloud-storage; this one works for any fsspec URL)."""
+
+  def open(self, path: str) -> Any:
+    return paths.open(path, "ab")
+
+  def directory_check(self, path: str) -> None:
+    paths.makedirs(path)
+
+
+def _event_files_through_path_layer(logdir: str) -> None:
+  from tensorboardX import record_writer
+  record_writer.register_writer_factory(logdir.partition("://")[0], _PathLayerRecordFiles())
+
+
 def read_metrics(logdir: str) -> list[dict]:
   """All records of `<logdir>/metrics.jsonl`, in order."""
   path = os.path.join(logdir, "metrics.jsonl")
-  if not os.path.exists(path):
+  if not paths.exists(path):
     return []
-  with open(path, encoding="utf-8") as f:
+  with paths.open(path, encoding="utf-8") as f:
     return [json.loads(line) for line in f if line.strip()]

@@ -1,0 +1,221 @@
+"""One path layer for every file jaxgen reads or writes: local paths or fsspec URLs.
+
+A workdir, a data folder or a weight file may be a local path or a URL such as `gs://bucket/run`
+(Cloud Storage, through `gcsfs`: `pip install -e .[gcs]`), `s3://...` (`s3fs`) or any other
+protocol fsspec knows (`memory://` in tests). Local paths go straight to `os` and the builtins,
+so local behaviour is exactly Python's; URLs go through `fsspec`. Orbax checkpoints take the same
+strings (orbax and tensorstore open `gs://` themselves).
+
+Object stores have no rename and no append: `atomic_writer` (jaxgen.io.files) writes an object
+in one upload, which appears whole or not at all, and appending (the metrics log) rewrites the
+object. Joining, `basename` and `dirname` are `posixpath`'s, which already keep `gs://b/x` intact.
+"""
+
+from __future__ import annotations
+
+import builtins
+import glob as _glob
+import io
+import os
+import posixpath
+import shutil
+from typing import IO, Any
+
+import numpy as np
+
+join = posixpath.join
+basename = posixpath.basename
+dirname = posixpath.dirname
+
+
+def is_url(path: str) -> bool:
+  """True for `protocol://...` other than `file://` (which is a local path)."""
+  scheme, sep, _ = str(path).partition("://")
+  return bool(sep) and scheme.isidentifier() and scheme != "file"
+
+
+def local(path: str) -> str:
+  """`file:///x` as `/x`; any other string unchanged."""
+  path = os.fspath(path)
+  return path[len("file://"):] if path.startswith("file://") else path
+
+
+def filesystem(path: str) -> tuple[Any, str]:
+  """(fsspec filesystem, path without its protocol) for a URL."""
+  import fsspec  # only URL paths need it
+  try:
+    return fsspec.core.url_to_fs(path)
+  except (ImportError, ValueError) as e:
+    protocol = path.partition("://")[0]
+    hint = " (pip install -e .[gcs])" if protocol == "gs" else ""
+    raise OSError(f"{path}: no filesystem for '{protocol}://' ({e}){hint}") from None
+
+
+def absolute(path: str) -> str:
+  """An absolute local path; a URL unchanged (it is absolute already)."""
+  return path if is_url(path) else os.path.abspath(local(path))
+
+
+def exists(path: str) -> bool:
+  if not is_url(path):
+    return os.path.exists(local(path))
+  fs, p = filesystem(path)
+  return fs.exists(p)
+
+
+def isdir(path: str) -> bool:
+  if not is_url(path):
+    return os.path.isdir(local(path))
+  fs, p = filesystem(path)
+  return fs.isdir(p)
+
+
+def isfile(path: str) -> bool:
+  if not is_url(path):
+    return os.path.isfile(local(path))
+  fs, p = filesystem(path)
+  return fs.isfile(p)
+
+
+def makedirs(path: str) -> None:
+  """Creates `path` and its parents; existing is fine (object stores have no directories to make,
+  fsspec turns this into a no-op or a marker as the store requires)."""
+  if not is_url(path):
+    os.makedirs(local(path), exist_ok=True)
+    return
+  fs, p = filesystem(path)
+  fs.makedirs(p, exist_ok=True)
+
+
+def listdir(path: str) -> list[str]:
+  """Entry names (not paths) in `path`, like os.listdir."""
+  if not is_url(path):
+    return os.listdir(local(path))
+  fs, p = filesystem(path)
+  return [posixpath.basename(e.rstrip("/")) for e in fs.ls(p, detail=False) if e.rstrip("/") != p.rstrip("/")]
+
+
+def glob(pattern: str) -> list[str]:
+  """Sorted matches; URLs come back as URLs."""
+  if not is_url(pattern):
+    return sorted(_glob.glob(local(pattern)))
+  fs, p = filesystem(pattern)
+  return sorted(fs.unstrip_protocol(m) for m in fs.glob(p))
+
+
+class _ObjectAppender:
+  """Append mode on an object store, which cannot append: the object is rewritten whole at each
+  flush (fine for logs of kilobytes to a few megabytes). Text when `encoding` is given."""
+
+  def __init__(self, path: str, encoding: str | None):
+    self._path, self._encoding = path, encoding
+    self._data = bytearray(read_bytes(path) if exists(path) else b"")
+    self._dirty = False
+    self.closed = False
+
+  def write(self, data: bytes | str) -> int:
+    self._data += data.encode(self._encoding) if isinstance(data, str) else data
+    self._dirty = True
+    return len(data)
+
+  def flush(self) -> None:
+    if self._dirty and not self.closed:
+      write_bytes(self._path, bytes(self._data))
+      self._dirty = False
+
+  def close(self) -> None:
+    if not self.closed:
+      self.flush()
+      self.closed = True
+
+  def __enter__(self) -> "_ObjectAppender":
+    return self
+
+  def __exit__(self, *exc: Any) -> None:
+    self.close()
+
+
+def open(path: str, mode: str = "r", encoding: str | None = None) -> IO[Any]:  # noqa: A001
+  """A file object, like the builtin; text modes default to UTF-8. Append modes on a URL rewrite
+  the object at each flush (object stores cannot append)."""
+  if "b" not in mode and encoding is None:
+    encoding = "utf-8"
+  if not is_url(path):
+    return builtins.open(local(path), mode, encoding=encoding)
+  if mode.startswith("a"):
+    return _ObjectAppender(path, None if "b" in mode else encoding)
+  fs, p = filesystem(path)
+  return fs.open(p, mode, encoding=encoding) if "b" not in mode else fs.open(p, mode)
+
+
+def read_bytes(path: str) -> bytes:
+  with open(path, "rb") as f:
+    return f.read()
+
+
+def read_text(path: str) -> str:
+  with open(path, "r") as f:
+    return f.read()
+
+
+def write_bytes(path: str, data: bytes) -> None:
+  """Writes `data` in one piece (not atomic locally: use jaxgen.io.files.atomic_writer)."""
+  if not is_url(path):
+    with open(path, "wb") as f:
+      f.write(data)
+    return
+  fs, p = filesystem(path)
+  fs.pipe_file(p, data)
+
+
+def load_npz(path: str, **kwargs: Any) -> Any:
+  """`np.load(path, **kwargs)`: an NpzFile (a context manager) or an array; URLs are read whole
+  first."""
+  if not is_url(path):
+    return np.load(local(path), **kwargs)
+  return np.load(io.BytesIO(read_bytes(path)), **kwargs)
+
+
+def getsize(path: str) -> int:
+  if not is_url(path):
+    return os.path.getsize(local(path))
+  fs, p = filesystem(path)
+  return int(fs.size(p))
+
+
+def remove(path: str) -> None:
+  if not is_url(path):
+    os.remove(local(path))
+    return
+  fs, p = filesystem(path)
+  fs.rm(p)
+
+
+def rmtree(path: str) -> None:
+  if not is_url(path):
+    shutil.rmtree(local(path))
+    return
+  fs, p = filesystem(path)
+  fs.rm(p, recursive=True)
+
+
+def rename(source: str, target: str) -> None:
+  """os.replace locally; on an object store a copy then a delete (not atomic: used only to move
+  a damaged checkpoint aside)."""
+  if not is_url(source) and not is_url(target):
+    os.replace(local(source), local(target))
+    return
+  fs, s = filesystem(source)
+  _, t = filesystem(target)
+  fs.mv(s, t, recursive=True)
+
+
+def copy(source: str, target: str) -> None:
+  """Copies one file to a file path or into an existing directory; either side may be a URL."""
+  if isdir(target):
+    target = join(target, basename(source))
+  if not is_url(source) and not is_url(target):
+    shutil.copy(local(source), local(target))
+    return
+  with open(source, "rb") as src, open(target, "wb") as dst:
+    shutil.copyfileobj(src, dst)
