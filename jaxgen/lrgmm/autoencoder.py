@@ -9,7 +9,6 @@ Either way the method sees a `Codec`: uint8 images <-> float latent maps [N, h, 
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any, Callable
 
 import jax
@@ -28,6 +27,8 @@ from jaxgen.train import loop
 from jaxgen.train.init import compiled_init
 from jaxgen.train.optim import make_optimizer
 from jaxgen.train.state import TrainState
+from jaxgen.io import paths
+from jaxgen.parallel.mesh import data_parallel_size, place_full_batch, to_host
 
 KINDS = ("spatial", "vqgan")
 VQGAN_PRESETS = ("ffhq_f16", "tiny")
@@ -40,10 +41,13 @@ class Codec:
   encode_fn: Callable[[jax.Array], jax.Array]  # float [-1, 1] images -> latents
   decode_fn: Callable[[jax.Array], jax.Array]  # latents -> float images
   batch_size: int
+  mesh: Any = None  # batches split over its data axis (every host its rows) when it divides them
 
   def _batched(self, fn, x: np.ndarray) -> np.ndarray:
     # fixed_batches pads the last batch, so one compiled shape serves every call.
-    out = [np.asarray(fn(jnp.asarray(batch)))[:n] for batch, n in fixed_batches(x, self.batch_size)]
+    split = self.mesh is not None and self.batch_size % data_parallel_size(self.mesh) == 0
+    place = (lambda b: place_full_batch(b, self.mesh)) if split else jnp.asarray
+    out = [to_host(fn(place(batch)))[:n] for batch, n in fixed_batches(x, self.batch_size)]
     return np.concatenate(out)
 
   def encode(self, images: np.ndarray) -> np.ndarray:
@@ -103,20 +107,20 @@ def train_spatial(cfg: ml_collections.ConfigDict, images: np.ndarray, *, workdir
   return state.eval_params
 
 
-def make_codec(cfg: ml_collections.ConfigDict, params: Any, batch_size: int) -> Codec:
+def make_codec(cfg: ml_collections.ConfigDict, params: Any, batch_size: int, mesh: Any = None) -> Codec:
   """The Codec for `autoencoder.kind`; `params` are the spatial model's (unused for 'vqgan')."""
   if cfg.kind == "spatial":
     model = spatial_model(cfg)
     variables = {"params": params}
     enc = jax.jit(lambda x: model.apply(variables, x, method="encode"))
     dec = jax.jit(lambda z: model.apply(variables, z, method="decode"))
-    return Codec(enc, dec, batch_size)
+    return Codec(enc, dec, batch_size, mesh)
   from jaxgen.io.vqgan_import import load_vqgan
   from jaxgen.nets.vqgan import vqgan_decode, vqgan_encode
   vq_cfg = vqgan_config(cfg)
   variables = load_vqgan(cfg.checkpoint_path, vq_cfg)
   return Codec(lambda x: vqgan_encode(variables, x, vq_cfg),
-               lambda z: vqgan_decode(variables, z, vq_cfg), batch_size)
+               lambda z: vqgan_decode(variables, z, vq_cfg), batch_size, mesh)
 
 
 def check_checkpoint(cfg: ml_collections.ConfigDict) -> None:
@@ -125,6 +129,6 @@ def check_checkpoint(cfg: ml_collections.ConfigDict) -> None:
   if cfg.kind != "vqgan" and cfg.checkpoint_path:
     raise ConfigError("autoencoder.checkpoint_path", cfg.checkpoint_path,
                       f"'' for autoencoder.kind={cfg.kind!r} (only 'vqgan' loads a checkpoint)")
-  if cfg.kind == "vqgan" and not os.path.isfile(cfg.checkpoint_path):
+  if cfg.kind == "vqgan" and not paths.isfile(cfg.checkpoint_path):
     raise DataError(f"config.autoencoder.checkpoint_path={cfg.checkpoint_path!r}: no such file; "
                     "expected a taming-transformers VQ-GAN .ckpt (e.g. the FFHQ/CelebA-HQ f16 model)")

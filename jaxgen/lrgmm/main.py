@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 import time
 
 import jax
@@ -37,6 +36,7 @@ from jaxgen.lrgmm import report as lrgmm_report
 from jaxgen.lrgmm.data import DATA_NAMES, load_sets
 from jaxgen.parallel.mesh import is_main_process
 from jaxgen.stages import MethodRun, require_stage, run_method
+from jaxgen.io import paths
 
 STAGES = ("data", "train_autoencoder", "train_classifier", "fit", "generate", "evaluate", "report")
 METHODS = ("lr_gmm", "lr_gmm_nn", "nn_only")
@@ -110,7 +110,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
     validate_classifier_config(config, "classifier", dp)
     configlib.require(config.classifier.train.batch_size <= d.num_aux, "classifier.train.batch_size",
                       config.classifier.train.batch_size, f"at most data.num_aux = {d.num_aux}")
-  elif not os.path.isfile(e.inception_path):
+  elif not paths.isfile(e.inception_path):
     raise ConfigError("evaluate.inception_path", e.inception_path, "an existing FID Inception weight file")
   ae_lib.check_checkpoint(cfg_ae)
 
@@ -131,7 +131,7 @@ class Run(MethodRun):
     if self.config.autoencoder.kind == "spatial":
       require_stage(self.workdir, "train_autoencoder", "fit")
       params = load_params(self.path("models", "autoencoder.msgpack"))
-    return ae_lib.make_codec(self.config.autoencoder, params, self.config.evaluate.batch_size)
+    return ae_lib.make_codec(self.config.autoencoder, params, self.config.evaluate.batch_size, self.mesh)
 
   @functools.cached_property
   def features(self):
@@ -139,7 +139,8 @@ class Run(MethodRun):
     cfg = self.config.evaluate
     if cfg.inception_path:
       from jaxgen.metrics.inception import inception_feature_fn, load_fid_inception
-      fn = inception_feature_fn(load_fid_inception(cfg.inception_path), batch_size=cfg.batch_size)
+      fn = inception_feature_fn(load_fid_inception(cfg.inception_path), batch_size=cfg.batch_size,
+                                mesh=self.mesh)
       return (lambda x: fn(x)[0]), f"InceptionV3 pool3 (FID weights {cfg.inception_path})"
     require_stage(self.workdir, "train_classifier", "evaluate")
     clf = load_classifier(self.config.classifier, self.data["num_classes"], self.data["aux"].shape[1:],
@@ -277,7 +278,7 @@ def _stage_evaluate(run: Run) -> None:
   autoencoder = ev.set_metrics(real, feat_fn(run.codec.decode(test_latents)), cfg.evaluate.pr_k)
   table1, memo = {}, {}
   for n, _ in run.columns():
-    with np.load(run.path("samples", f"N{n}.npz")) as f:
+    with paths.load_npz(run.path("samples", f"N{n}.npz")) as f:
       samples = {m: f[m] for m in METHODS}
     table1[str(n)] = {m: ev.set_metrics(real, feat_fn(samples[m]), cfg.evaluate.pr_k) for m in METHODS}
     table1[str(n)]["real_target"] = ev.set_metrics(real, feat_fn(run.data["target"][:max(n, cfg.evaluate.pr_k + 1)]),

@@ -18,10 +18,11 @@ from typing import Any, Callable, Iterator, Protocol, runtime_checkable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
 from jaxgen.errors import ConfigError, DataError
 from jaxgen.metrics.frechet import FeatureStats, init_stats, update_stats
+from jaxgen.parallel.mesh import place_full_batch, to_host
 
 ImageSource = Any  # an (N, H, W, C) array, or an iterable of such arrays / of {'image': array}
 
@@ -87,8 +88,7 @@ def _placer(mesh: Mesh | None, batch_size: int) -> Callable[[np.ndarray], jax.Ar
   n = mesh.shape["data"]
   if batch_size % n:
     raise ConfigError("batch_size", batch_size, f"a multiple of the mesh 'data' axis size {n}")
-  sharding = NamedSharding(mesh, PartitionSpec("data"))
-  return lambda b: jax.device_put(b, sharding)
+  return lambda b: place_full_batch(b, mesh)  # every host its devices' rows
 
 
 def _device_outputs(fn: Callable, source: ImageSource, batch_size: int,
@@ -111,10 +111,10 @@ def iter_features(feature_fn: Callable[[jax.Array], jax.Array], images_or_iterat
   pending = None
   for out, n_valid in _device_outputs(feature_fn, images_or_iterator, batch_size, mesh):
     if pending is not None:
-      yield np.asarray(pending[0])[: pending[1]]
+      yield to_host(pending[0])[: pending[1]]
     pending = (out, n_valid)
   if pending is not None:
-    yield np.asarray(pending[0])[: pending[1]]
+    yield to_host(pending[0])[: pending[1]]
 
 
 def extract_features(feature_fn: Callable[[jax.Array], jax.Array],

@@ -254,20 +254,21 @@ def preprocess(images: jax.Array, value_range: tuple[float, float] | None = None
 
 
 def inception_feature_fn(variables: Any, *, logits_bias: bool = False, batch_size: int = 100,
-                         resize: int | None = INPUT_SIZE,
+                         resize: int | None = INPUT_SIZE, mesh: Any = None,
                          ) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
   """Returns `f(images) -> (pool3 [N, 2048], logits [N, 1008])` as NumPy float32.
 
   `images` are uint8 NHWC (any size, 1 or 3 channels). pool3 is the FID feature (Heusel et al.
   2017). The logits follow the original Inception Score code (Salimans et al. 2016), which
   multiplies pool3 by the softmax weights without the bias; `logits_bias=True` adds it (the
-  full torchvision `fc`). Batches are padded to `batch_size` so one compiled shape is reused.
+  full torchvision `fc`). Batches are padded to `batch_size` so one compiled shape is reused;
+  with a `mesh` they are split over its data axis (every host computes its rows).
   """
   bias = np.asarray(variables["params"]["fc"]["bias"], np.float32)
 
   def features(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     out = batched_apply(lambda chunk: _inception_apply(variables, preprocess(chunk), resize),
-                        np.asarray(images), batch_size, pad="edge")
+                        np.asarray(images), batch_size, pad="edge", mesh=mesh)
     if out is None:
       return np.zeros((0, 2048), np.float32), np.zeros((0, NUM_CLASSES), np.float32)
     pools, logits = out

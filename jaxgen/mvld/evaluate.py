@@ -20,6 +20,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
 from jaxgen.metrics.frechet import fid
 from jaxgen.metrics.image import psnr, ssim
@@ -31,6 +32,7 @@ from jaxgen.metrics.prdc import prdc
 from jaxgen.mvld import masking
 from jaxgen.mvld import model as mvld_model
 from jaxgen.parallel.batching import batched_apply
+from jaxgen.parallel.mesh import data_parallel_size, place_full_batch, to_host
 
 METRICS = ("psnr", "ssim", "lpips", "fid", "coherence")
 HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "coherence": True, "lpips": False, "fid": False}
@@ -61,12 +63,13 @@ def make_generator(spec: mvld_model.MVLDSpec, ae_params: Any, score_params: Any,
                                    sampler=sampler))
 
 
-def _batched(fn: Callable, arrays: tuple[np.ndarray, ...], batch_size: int) -> np.ndarray:
-  return batched_apply(fn, arrays, batch_size, pad="edge")
+def _batched(fn: Callable, arrays: tuple[np.ndarray, ...], batch_size: int,
+             mesh: Mesh | None = None) -> np.ndarray:
+  return batched_apply(fn, arrays, batch_size, pad="edge", mesh=mesh)
 
 
 def per_image_metrics(generated: np.ndarray, true: np.ndarray, labels: np.ndarray, judges: Judges,
-                      batch_size: int) -> dict[str, np.ndarray]:
+                      batch_size: int, mesh: Mesh | None = None) -> dict[str, np.ndarray]:
   """Per uint8 image pair: psnr, mse (float64), ssim, lpips, and correct (1 where the judge's label
   of the generated image is `labels`); `pair_metrics` averages them."""
   psnr_fn = jax.jit(psnr)
@@ -74,37 +77,44 @@ def per_image_metrics(generated: np.ndarray, true: np.ndarray, labels: np.ndarra
   logits = np.asarray(judges.logits(generated))
   diff = generated.astype(np.float64) - true.astype(np.float64)
   return {
-      "psnr": np.asarray(_batched(psnr_fn, (generated, true), batch_size)),
+      "psnr": np.asarray(_batched(psnr_fn, (generated, true), batch_size, mesh)),
       "mse": np.mean(diff.reshape((len(diff), -1)) ** 2, axis=1),
-      "ssim": np.asarray(_batched(ssim_fn, (generated, true), batch_size)),
+      "ssim": np.asarray(_batched(ssim_fn, (generated, true), batch_size, mesh)),
       "lpips": np.asarray(judges.lpips(generated, true)),
       "correct": (np.argmax(logits, axis=-1) == np.asarray(labels)).astype(np.float32),
   }
 
 
 def pair_metrics(generated: np.ndarray, true: np.ndarray, labels: np.ndarray, judges: Judges,
-                 batch_size: int) -> dict[str, float]:
+                 batch_size: int, mesh: Mesh | None = None) -> dict[str, float]:
   """Mean PSNR/SSIM/LPIPS of image pairs and coherence (paper 000 eq. 7) of `generated` with `labels`."""
-  m = per_image_metrics(generated, true, labels, judges, batch_size)
+  m = per_image_metrics(generated, true, labels, judges, batch_size, mesh)
   return {"psnr": float(np.mean(m["psnr"])), "ssim": float(np.mean(m["ssim"])),
           "lpips": float(np.mean(m["lpips"])), "coherence": float(np.mean(m["correct"]))}
 
 
 def generate_missing(generate: Callable, key: jax.Array, images: np.ndarray, subset: tuple[int, ...],
-                     batch_size: int) -> np.ndarray:
-  """All V views generated from the views in `subset`, for every object: [N, V, H, W, 3]."""
+                     batch_size: int, mesh: Mesh | None = None) -> np.ndarray:
+  """All V views generated from the views in `subset`, for every object: [N, V, H, W, 3].
+
+  With a mesh, each batch whose size the data axis divides is split over it (every host its
+  rows); a batch it does not divide (the last one) runs whole on one device per host. Batches are
+  never padded: the sampler's noise has the batch's shape, so padding would change the samples.
+  """
   num_views = images.shape[1]
   observed = np.asarray(masking.observed_mask_for(subset, num_views))
   out = []
   for i in range(0, len(images), batch_size):
     chunk = images[i:i + batch_size]
     obs = np.broadcast_to(observed, (len(chunk), num_views))
-    out.append(np.asarray(generate(jax.random.fold_in(key, i), chunk, obs)))
+    if mesh is not None and len(chunk) % data_parallel_size(mesh) == 0:
+      chunk, obs = place_full_batch((chunk, np.ascontiguousarray(obs)), mesh)
+    out.append(to_host(generate(jax.random.fold_in(key, i), chunk, obs)))
   return np.concatenate(out)
 
 
 def generated_pools(generate: Callable, images: np.ndarray, labels: np.ndarray, observed_counts, *,
-                    key: jax.Array, batch_size: int) -> tuple[dict, dict]:
+                    key: jax.Array, batch_size: int, mesh: Mesh | None = None) -> tuple[dict, dict]:
   """For each k: (generated missing views, true missing views, their labels) over every subset of
   k observed views, and examples[k] = (first subset, its generated views of every object)."""
   num_views = images.shape[1]
@@ -112,7 +122,8 @@ def generated_pools(generate: Callable, images: np.ndarray, labels: np.ndarray, 
   for k in observed_counts:
     gen_views, true_views, view_labels = [], [], []
     for j, subset in enumerate(masking.subsets_of_size(num_views, k)):
-      out = generate_missing(generate, jax.random.fold_in(key, 1000 * k + j), images, subset, batch_size)
+      out = generate_missing(generate, jax.random.fold_in(key, 1000 * k + j), images, subset, batch_size,
+                             mesh)
       if j == 0:
         examples[k] = (subset, out)
       missing = [v for v in range(num_views) if v not in subset]
@@ -132,28 +143,29 @@ def fid_subsamples(pools: dict, seed: int) -> tuple[int, dict]:
 
 def evaluate_table1(generate: Callable, reconstruct: Callable, images: np.ndarray, labels: np.ndarray,
                     judges: Judges, *, observed_counts, key: jax.Array, batch_size: int,
-                    seed: int) -> tuple[dict, dict]:
+                    seed: int, mesh: Mesh | None = None) -> tuple[dict, dict]:
   """Returns (table1, examples): table1[str(k)][metric] and table1['autoencoder'] (the ceiling).
 
   `examples[k]` keeps the generated views of the first objects for the first subset of size k.
+  With a mesh, generation and the per-image metrics are split over its data axis.
   """
   num_views = images.shape[1]
   pools, examples = generated_pools(generate, images, labels, observed_counts, key=key,
-                                    batch_size=batch_size)
+                                    batch_size=batch_size, mesh=mesh)
   table: dict[str, Any] = {}
   for k, (gen, true, lab) in pools.items():
-    table[str(k)] = pair_metrics(gen, true, lab, judges, batch_size)
+    table[str(k)] = pair_metrics(gen, true, lab, judges, batch_size, mesh)
     table[str(k)]["num_generated_views"] = int(len(gen))
   n_fid, subsamples = fid_subsamples(pools, seed)
   for k, (gen, true, lab) in pools.items():
     idx = subsamples[k]
     table[str(k)].update(set_metrics(gen[idx], true[idx], lab[idx], judges, seed))
     table[str(k)]["fid_num_images"] = int(n_fid)
-  recon = _batched(reconstruct, (images,), batch_size)
+  recon = _batched(reconstruct, (images,), batch_size, mesh)
   flat_recon = recon.reshape((-1,) + images.shape[2:])
   flat_true = images.reshape((-1,) + images.shape[2:])
   table["autoencoder"] = pair_metrics(flat_recon, flat_true, np.repeat(labels, num_views), judges,
-                                      batch_size)
+                                      batch_size, mesh)
   flat_labels = np.repeat(labels, num_views)
   idx = np.random.default_rng(seed).choice(len(flat_recon), min(n_fid, len(flat_recon)), replace=False)
   table["autoencoder"].update(set_metrics(flat_recon[idx], flat_true[idx], flat_labels[idx],

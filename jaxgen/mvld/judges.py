@@ -23,8 +23,8 @@ from jaxgen.parallel.batching import batched_apply
 LPIPS_LAYERS = ("stage1", "stage2", "stage3", "stage4")
 
 
-def _batched_pairs(fn, x: np.ndarray, y: np.ndarray, batch_size: int) -> np.ndarray:
-  out = batched_apply(fn, (x, y), batch_size, pad="edge")
+def _batched_pairs(fn, x: np.ndarray, y: np.ndarray, batch_size: int, mesh=None) -> np.ndarray:
+  out = batched_apply(fn, (x, y), batch_size, pad="edge", mesh=mesh)
   return np.zeros((0,), np.float32) if out is None else out
 
 
@@ -54,15 +54,15 @@ def check_judge_architecture(config: ml_collections.ConfigDict, section: str) ->
 def build_judges(config: ml_collections.ConfigDict, classifier, mesh,
                  section: str = "classifier") -> Judges:
   """Judges from the trained in-domain classifier (config section `section`) and any standard
-  weight files configured in `config.evaluate`."""
-  del mesh
+  weight files configured in `config.evaluate`. Every judge splits its batches over the mesh's
+  data axis (the classifier carries its own mesh)."""
   cfg = config.evaluate
   arch = config[section].arch
   bs = config[section].eval_batch_size  # every judge here runs the classifier's network
 
   if cfg.inception_path:
     from jaxgen.metrics.inception import inception_feature_fn, load_fid_inception
-    inception = inception_feature_fn(load_fid_inception(cfg.inception_path))
+    inception = inception_feature_fn(load_fid_inception(cfg.inception_path), mesh=mesh)
     features = lambda images: inception(images)[0]  # noqa: E731
     feature_network = f"InceptionV3 pool3 (FID weights {cfg.inception_path})"
   else:
@@ -86,5 +86,5 @@ def build_judges(config: ml_collections.ConfigDict, classifier, mesh,
 
   return Judges(logits=lambda images: classifier.logits(images, batch_size=bs),
                 features=features,
-                lpips=lambda x, y: _batched_pairs(pair_fn, x, y, bs),
+                lpips=lambda x, y: _batched_pairs(pair_fn, x, y, bs, mesh),
                 feature_network=feature_network, lpips_network=lpips_network)

@@ -9,7 +9,6 @@ pieces to the Python API (`jaxgen.mvld.api.MVLD`).
 from __future__ import annotations
 
 import functools
-import os
 from typing import Any
 
 import jax
@@ -43,6 +42,7 @@ from jaxgen.nets.mld_autoencoder import num_levels as mld_num_levels
 from jaxgen.parallel.mesh import is_main_process
 from jaxgen.sde.samplers import ODE_METHODS, PREDICTORS
 from jaxgen.stages import MethodRun, require_stage, run_method
+from jaxgen.io import paths
 
 # Each stage's random key is folded from its index here: new stages go at the end.
 STAGES = ("data", "train_autoencoder", "train_diffusion", "train_classifier", "sample", "evaluate",
@@ -152,7 +152,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
   configlib.require_positive_int(config, "evaluate.num_grid_objects", allow_zero=True)
   for key in ("inception_path", "lpips_backbone_path", "lpips_linear_path"):
     path = config.evaluate[key]
-    configlib.require(not path or os.path.isfile(path), f"evaluate.{key}", path,
+    configlib.require(not path or paths.isfile(path), f"evaluate.{key}", path,
                       "'' or an existing weight file")
   _validate_baselines(config)
   _validate_sampler_study(config)
@@ -272,11 +272,11 @@ class Run(MethodRun):
     return load_params(self.path("models", "score_net.msgpack"))
 
   def latent_stats(self) -> mvld_model.LatentStats:
-    with np.load(self.path("models", "latent_stats.npz")) as f:
+    with paths.load_npz(self.path("models", "latent_stats.npz")) as f:
       return mvld_model.LatentStats(mean=f["mean"], std=f["std"])
 
   def latent_range(self) -> tuple[np.ndarray, np.ndarray]:
-    with np.load(self.path("models", "latent_stats.npz")) as f:
+    with paths.load_npz(self.path("models", "latent_stats.npz")) as f:
       return f["lo"], f["hi"]
 
   def classifier(self):
@@ -364,7 +364,7 @@ def _stage_evaluate(run: Run) -> None:
   reconstruct = mvld_eval.reconstruct_fn(run.spec, run.autoencoder_params())
   table, examples = mvld_eval.evaluate_table1(
       generate, reconstruct, images, labels, judges, observed_counts=list(cfg.observed_counts),
-      key=run.key("evaluate"), batch_size=cfg.batch_size, seed=run.config.seed)
+      key=run.key("evaluate"), batch_size=cfg.batch_size, seed=run.config.seed, mesh=run.mesh)
   if is_main_process():
     atomic_write_json(run.path("eval", "table1.json"),
                       {"table1": table, "feature_network": judges.feature_network,
@@ -396,7 +396,8 @@ def _stage_transmission(run: Run) -> None:
     return np.asarray(stats.standardize(run.encode(ae, x)))
 
   def judge(generated, true, labels):
-    metrics = mvld_eval.pair_metrics(generated, true, labels, judges, run.config.evaluate.batch_size)
+    metrics = mvld_eval.pair_metrics(generated, true, labels, judges, run.config.evaluate.batch_size,
+                                     run.mesh)
     # PSNR per object over all its views: finite when the sent views arrive losslessly.
     return {**metrics, "psnr": transmission.object_psnr(generated, true, run.config.data.num_views)}
 
@@ -454,7 +455,7 @@ def _stage_sampler_study(run: Run) -> None:
       make_generate, images, labels, judges, base_sampler=run.config.sampler,
       samplers=list(cfg.samplers), nfes=list(cfg.nfe), repaint=cfg.repaint,
       observed_counts=list(run.config.evaluate.observed_counts), key=run.key("sampler_study"),
-      batch_size=run.config.evaluate.batch_size, seed=run.config.seed,
+      batch_size=run.config.evaluate.batch_size, seed=run.config.seed, mesh=run.mesh,
       log=lambda line: print(line, flush=True) if is_main_process() else None)
   reference = list(cfg.reference)
   record = {"study": study, "reference": reference, "max_nfe": cfg.reach_max_nfe,
@@ -488,7 +489,7 @@ def _stage_report(run: Run) -> None:
   optional = {}
   for name in ("transmission", "sampler_study"):
     path = run.path("eval", f"{name}.json")
-    optional[name] = read_json(path) if os.path.exists(path) else None
+    optional[name] = read_json(path) if paths.exists(path) else None
   if is_main_process():
     mvld_report.write(run.config, run.workdir, run.data, table, optional["transmission"],
                       optional["sampler_study"])

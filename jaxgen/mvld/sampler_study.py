@@ -23,6 +23,7 @@ from typing import Callable, Sequence
 import jax
 import ml_collections
 import numpy as np
+from jax.sharding import Mesh
 
 from jaxgen.metrics.frechet import fid
 from jaxgen.mvld.evaluate import (HIGHER_IS_BETTER, METRICS, Judges, fid_subsamples, generated_pools,
@@ -80,13 +81,15 @@ def authors_repaint(base: ml_collections.ConfigDict) -> ml_collections.ConfigDic
 
 
 def table1_quality(generate: Callable, images: np.ndarray, labels: np.ndarray, judges: Judges, *,
-                   observed_counts: Sequence[int], key: jax.Array, batch_size: int, seed: int) -> dict:
+                   observed_counts: Sequence[int], key: jax.Array, batch_size: int, seed: int,
+                   mesh: Mesh | None = None) -> dict:
   """{str(k): {metric}} for the five Table I metrics, plus their mean over k at the top level."""
-  pools, _ = generated_pools(generate, images, labels, observed_counts, key=key, batch_size=batch_size)
+  pools, _ = generated_pools(generate, images, labels, observed_counts, key=key, batch_size=batch_size,
+                             mesh=mesh)
   _, subsamples = fid_subsamples(pools, seed)
   by_count = {}
   for k, (gen, true, lab) in pools.items():
-    row = pair_metrics(gen, true, lab, judges, batch_size)
+    row = pair_metrics(gen, true, lab, judges, batch_size, mesh)
     idx = subsamples[k]
     row["fid"] = float(fid(judges.features(gen[idx]), judges.features(true[idx])))
     by_count[str(k)] = {m: row[m] for m in METRICS}
@@ -98,7 +101,7 @@ def run_study(make_generate: Callable[[ml_collections.ConfigDict], Callable], im
               labels: np.ndarray, judges: Judges, *, base_sampler: ml_collections.ConfigDict,
               samplers: Sequence[str], nfes: Sequence[int], repaint: bool,
               observed_counts: Sequence[int], key: jax.Array, batch_size: int, seed: int,
-              log: Callable[[str], None] = print) -> dict:
+              mesh: Mesh | None = None, log: Callable[[str], None] = print) -> dict:
   """results[sampler][str(nfe)] = {metric: mean over k, 'by_count': ..., 'nfe': actual NFE}.
 
   `make_generate(sampler_section)` returns generate(key, images, observed) -> uint8 views; every
@@ -112,7 +115,7 @@ def run_study(make_generate: Callable[[ml_collections.ConfigDict], Callable], im
   for name, nfe, cfg in runs:
     quality = table1_quality(make_generate(cfg), images, labels, judges,
                              observed_counts=observed_counts, key=key, batch_size=batch_size,
-                             seed=seed)
+                             seed=seed, mesh=mesh)
     quality["nfe"] = network_evaluations(cfg)
     quality["num_steps"] = int(cfg.num_steps)
     results.setdefault(name, {})[str(nfe)] = quality

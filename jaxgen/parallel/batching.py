@@ -19,7 +19,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from jaxgen.parallel.mesh import batch_sharding, data_parallel_size, to_host
+from jaxgen.parallel.mesh import data_parallel_size, place_full_batch, to_host
 
 
 def batch_size_for(n: int, batch_size: int, mesh: Mesh | None = None) -> int:
@@ -51,15 +51,7 @@ def batched_apply(fn: Callable[..., Any], inputs: np.ndarray | tuple[np.ndarray,
       chunk = [np.concatenate([c, np.zeros((bs - m,) + c.shape[1:], c.dtype) if pad == "zeros"
                                else np.repeat(c[-1:], bs - m, axis=0)]) for c in chunk]
     if mesh is not None:
-      chunk = [_place(c, batch_sharding(mesh)) for c in chunk]
+      chunk = place_full_batch(chunk, mesh)
     out = jax.tree.map(to_host, fn(*chunk))
     outs.append(jax.tree.map(lambda o, m=m: o[:m], out))
   return jax.tree.map(lambda *xs: np.concatenate(xs), *outs)
-
-
-def _place(x: np.ndarray, sharding: Any) -> jax.Array:
-  """A host array every process holds in full, as a global array: each process puts only the
-  rows of its own devices."""
-  if jax.process_count() == 1:
-    return jax.device_put(x, sharding)
-  return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])

@@ -80,6 +80,20 @@ def shard_batch(batch: Any, mesh: Mesh, leading_axes: int = 0) -> Any:
   return jax.tree.map(place, batch)
 
 
+def place_full_batch(batch: Any, mesh: Mesh) -> Any:
+  """A batch that every process holds in full, as global arrays split over the data axis: each
+  process puts only the rows of its own devices (evaluation inputs, which every host has)."""
+  sharding = batch_sharding(mesh)
+
+  def place(x):
+    x = np.asarray(x)
+    if jax.process_count() == 1:
+      return jax.device_put(x, sharding)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+  return jax.tree.map(place, batch)
+
+
 def replicate(tree: Any, mesh: Mesh) -> Any:
   """Put a pytree on every device of the mesh (parameters, optimiser state)."""
   return jax.device_put(tree, replicated(mesh))

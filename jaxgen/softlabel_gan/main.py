@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import os
 
 import jax
 import ml_collections
@@ -44,6 +43,7 @@ from jaxgen.softlabel_gan import labels as labels_lib
 from jaxgen.softlabel_gan import report as report_lib
 from jaxgen.softlabel_gan import train as gan_train
 from jaxgen.stages import MethodRun, require_stage, run_method
+from jaxgen.io import paths
 
 STAGES = ("data", "train_classifier", "soft_labels", "train_judge", "train_gans", "generate",
           "evaluate", "report")
@@ -103,7 +103,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
   configlib.require(e.lpips_per_class >= 2 and e.lpips_per_class <= e.samples_per_class,
                     "evaluate.lpips_per_class", e.lpips_per_class,
                     f"in [2, evaluate.samples_per_class = {e.samples_per_class}]")
-  if e.inception_path and not os.path.isfile(e.inception_path):
+  if e.inception_path and not paths.isfile(e.inception_path):
     raise ConfigError("evaluate.inception_path", e.inception_path, "an existing FID Inception weight file")
   if needs_judge(config):
     key = "evaluate.lpips_backbone_path" if e.inception_path else "evaluate.inception_path"
@@ -115,7 +115,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
                          functools.partial(check_judge_architecture, config, "judge"))
   for key in ("evaluate.lpips_backbone_path", "evaluate.lpips_linear_path"):
     path = configlib.get_path(config, key)
-    configlib.require(not path or os.path.isfile(path), key, path, "an existing LPIPS weight file or ''")
+    configlib.require(not path or paths.isfile(path), key, path, "an existing LPIPS weight file or ''")
   # The networks at the configured sizes, shapes only: a bad architecture fails here, not after
   # the classifier has trained.
   k = 12 if d.name == "multiview" else 2
@@ -182,7 +182,7 @@ class Run(MethodRun):
     if not labels_lib.needs_classifier(self.config.variants):
       return None
     require_stage(self.workdir, "soft_labels", "train_gans")
-    with np.load(self.path("labels", "soft_labels.npz")) as f:
+    with paths.load_npz(self.path("labels", "soft_labels.npz")) as f:
       if str(f["fingerprint"]) != self.fingerprint():
         raise DataError(f"{self.path('labels', 'soft_labels.npz')} was computed on other training "
                         "images than this config's; expected a matching cache (rerun with "
@@ -207,7 +207,7 @@ class Run(MethodRun):
                                                      "set of the renders")
     if cfg.evaluate.inception_path:
       from jaxgen.metrics.inception import inception_feature_fn, load_fid_inception
-      fn = inception_feature_fn(load_fid_inception(cfg.evaluate.inception_path))
+      fn = inception_feature_fn(load_fid_inception(cfg.evaluate.inception_path), mesh=self.mesh)
       features, logits = (lambda x: fn(x)[0]), (lambda x: fn(x)[1])
       logits_network = "InceptionV3 logits (Inception Score convention)"
     else:
@@ -321,7 +321,7 @@ def _stage_gans(run: Run) -> None:
   g, d = run.networks
   for i, name in enumerate(run.config.variants):
     path = run.path("models", f"gan_{name}.msgpack")
-    if os.path.exists(path):
+    if paths.exists(path):
       continue
     variant = labels_lib.VARIANTS[name]
     vectors = labels_lib.real_label_vectors(variant.label_source, labels, run.num_classes, probs=probs,
@@ -364,7 +364,7 @@ def _stage_evaluate(run: Run) -> None:
   real_feats = evaluator.features(real)
   results = {}
   for name in run.config.variants:
-    with np.load(run.path("samples", f"{name}.npz")) as f:
+    with paths.load_npz(run.path("samples", f"{name}.npz")) as f:
       images, classes = f["images"], f["labels"]
     results[name] = ev.evaluate_samples(
         evaluator, images, classes, real_feats, real_labels, k=e.prdc_k,
@@ -390,12 +390,12 @@ def _stage_report(run: Run) -> None:
   if is_main_process():
     table1_path = run.path("eval", "table1.json")
     extra = {name: read_json(run.path("eval", f"{name}.json"))
-             for name in ("classifier", "judge") if os.path.exists(run.path("eval", f"{name}.json"))}
+             for name in ("classifier", "judge") if paths.exists(run.path("eval", f"{name}.json"))}
     report_lib.write(run.config, run.workdir, read_json(run.path("eval", "data.json")),
-                     read_json(table1_path) if os.path.exists(table1_path) else None,
+                     read_json(table1_path) if paths.exists(table1_path) else None,
                      read_json(run.path("eval", "evaluation.json")), extra,
                      {s: read_json(run.path("stages", f"{s}.json"))["seconds"] for s in STAGES
-                      if os.path.exists(run.path("stages", f"{s}.json"))})
+                      if paths.exists(run.path("stages", f"{s}.json"))})
 
 
 def main(config: ml_collections.ConfigDict, workdir: str, stages=None, force: bool = False) -> None:

@@ -27,6 +27,7 @@ from jaxgen.nets.common import to_model_range, to_uint8
 from jaxgen.io.images import image_grid
 from jaxgen.t2i import backbone as bb
 from jaxgen.t2i import data as data_lib
+from jaxgen.io import paths
 
 SDEDIT_STRENGTHS = (0.3, 0.5, 0.7, 0.9)
 
@@ -59,10 +60,12 @@ def sdedit_figure(d: dict, edited: np.ndarray, refs: np.ndarray) -> np.ndarray:
 def fid_features(inception_path: str, judge, judge_name: str, config_key: str
                  ) -> tuple[Callable[[np.ndarray], np.ndarray], str]:
   """(features(uint8 images) -> [N, D], what they are): InceptionV3 pool3 when `inception_path`
-  is given (the file named by `config_key`), else the in-domain judge's penultimate layer."""
+  is given (the file named by `config_key`; split over the judge's mesh), else the in-domain
+  judge's penultimate layer."""
   if inception_path:
     from jaxgen.metrics.inception import inception_feature_fn, load_fid_inception
-    fn = inception_feature_fn(load_fid_inception(inception_path, config_key))
+    fn = inception_feature_fn(load_fid_inception(inception_path, config_key),
+                              mesh=getattr(judge, "mesh", None))
     return (lambda x: fn(x)[0]), "InceptionV3 pool3 (FID weights from " + inception_path + ")"
   return judge.features, judge_name
 
@@ -102,7 +105,7 @@ def evaluate(config, d: dict, cfg: bb.BackboneConfig, params: dict, judge_pre, j
   out["real_test"] = {"class_accuracy": _accuracy(real_pred, labels),
                       "solid_accuracy": _accuracy(real_pred // n_col, labels // n_col),
                       "colour_accuracy": _accuracy(real_pred % n_col, labels % n_col)}
-  with np.load(f"{sample_dir}/vanilla.npz") as f:
+  with paths.load_npz(f"{sample_dir}/vanilla.npz") as f:
     van = {k: f[k] for k in f.files}
   out["vanilla"] = {}
   for name in ("guided", "unguided"):
@@ -133,7 +136,7 @@ def evaluate(config, d: dict, cfg: bb.BackboneConfig, params: dict, judge_pre, j
                                                          d["target_test_labels"])}
   per_seed = {"diff_gen": {"accuracy": [], "fid": []}, "real_gen": {"accuracy": [], "fid": []}}
   for seed in config.finetune.seeds:
-    with np.load(f"{sample_dir}/target_seed{seed}.npz") as f:
+    with paths.load_npz(f"{sample_dir}/target_seed{seed}.npz") as f:
       for name in per_seed:
         per_seed[name]["accuracy"].append(_accuracy(judge_tgt.predict(f[name]), f["labels"]))
         per_seed[name]["fid"].append(float(fid(tgt_feats, tgt_features(f[name]))))

@@ -3,9 +3,11 @@
 Prompts are tokenised on the host, cut into fixed-size batches (the last one padded, so one
 compiled shape serves every call) and sampled with a per-batch key `fold_in(key, batch index)`;
 outputs come back as uint8. The guidance scale and strengths are traced: one compilation per
-(backbone, sampler, batch size). With a `mesh` (one process, a batch size that is a multiple of
-its data axis), each batch is split over that axis and the parameters replicated, so the devices sample in parallel; the images do not depend
-on the device count (per-example math; JAX's partitionable random bits).
+(backbone, sampler, batch size). With a `mesh` whose data axis divides the batch size, each batch
+is split over that axis (over every host's devices, each host computing its rows; the outputs
+are gathered so every host holds all images) and the parameters replicated, so the devices
+sample in parallel; the images do not depend on the device or process count (per-example math;
+JAX's partitionable random bits).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxgen.nets.common import to_model_range, to_uint8
-from jaxgen.parallel.mesh import batch_sharding, data_parallel_size, replicate
+from jaxgen.parallel.mesh import data_parallel_size, place_full_batch, replicate, to_host
 from jaxgen.t2i import backbone as bb
 from jaxgen.t2i.sampling import image_to_image, text_to_image
 from jaxgen.t2i.schedules import SamplerSpec
@@ -40,19 +42,18 @@ class SamplerRuns:
   params: dict
   spec: SamplerSpec
   batch_size: int
-  mesh: Any = None  # a jax Mesh: batches split over its data axis (single process)
+  mesh: Any = None  # a jax Mesh: batches split over its data axis
 
   @functools.cached_property
   def _sharded(self) -> bool:
-    return (self.mesh is not None and jax.process_count() == 1
-            and self.batch_size % data_parallel_size(self.mesh) == 0)
+    return self.mesh is not None and self.batch_size % data_parallel_size(self.mesh) == 0
 
   @functools.cached_property
   def _params(self) -> dict:
     return replicate(self.params, self.mesh) if self._sharded else self.params
 
   def _place(self, x: np.ndarray) -> jax.Array:
-    return jax.device_put(x, batch_sharding(self.mesh)) if self._sharded else jnp.asarray(x)
+    return place_full_batch(np.asarray(x), self.mesh) if self._sharded else jnp.asarray(x)
 
   def _ids(self, tokenizer, prompts: Sequence[str]) -> np.ndarray:
     return tokenizer.encode(list(prompts), self.config.text.max_length)
@@ -67,7 +68,7 @@ class SamplerRuns:
     for i, (n, (batch,)) in enumerate(padded_batches(ids, batch_size=self.batch_size)):
       images = text_to_image(self._params, self.config, self.spec, jax.random.fold_in(key, i),
                              self._place(batch), self._place(empty), scale)
-      out.append(np.asarray(to_uint8(images))[:n])
+      out.append(to_host(to_uint8(images))[:n])
     return np.concatenate(out) if out else np.zeros((0,) + (self.config.image_size,) * 2 + (3,),
                                                     np.uint8)
 
@@ -84,5 +85,5 @@ class SamplerRuns:
       edited = image_to_image(self._params, self.config, self.spec, jax.random.fold_in(key, i),
                               self._place(np.asarray(to_model_range(x))), self._place(s),
                               self._place(tok), self._place(empty), scale)
-      out.append(np.asarray(to_uint8(edited))[:n])
+      out.append(to_host(to_uint8(edited))[:n])
     return np.concatenate(out)
