@@ -17,6 +17,7 @@ import numpy as np
 
 from jaxgen.io import shard_cache
 from jaxgen.io.shard_cache import fingerprint
+from jaxgen.parallel.mesh import to_host
 
 GenerateFn = Callable[[jax.Array, np.ndarray, np.ndarray], Any]  # (key, images, observed) -> views
 
@@ -55,7 +56,8 @@ def generate_split(cache_dir: str, image: np.ndarray, view: np.ndarray, *, gener
   def make_shard(s: int, index: np.ndarray) -> dict[str, np.ndarray]:
     pad = np.concatenate([index, np.full(shard_size - len(index), index[-1])])
     images, observed = conditioning_inputs(image[pad], view[pad], num_views)
-    full = np.asarray(generate(jax.random.fold_in(key, s), images, observed))
+    # to_host: with several processes the views span every host's devices
+    full = to_host(generate(jax.random.fold_in(key, s), images, observed))
     return {"views": full[np.arange(shard_size)[:, None], targets[pad]][:len(index)],
             "real_view": view[index], "generated_view": targets[index]}
 

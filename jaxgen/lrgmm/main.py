@@ -300,9 +300,10 @@ def _stage_evaluate(run: Run) -> None:
   fits = {str(n): read_json(run.path("eval", f"fit_N{n}.json")) for n, _ in run.columns()}
   gens = {str(n): read_json(run.path("eval", f"generate_N{n}.json")) for n, _ in run.columns()}
   model = run.model(cfg.evaluate.sweep_size)
+  # Every process decodes: the codec is split over all hosts' devices (a collective).
+  centroids = lrgmm.decode_codes(run.codec.decode, model.projector,
+                                 np.asarray(model.lowrank.means).reshape((-1,) + model.latent_shape))
   if is_main_process():
-    centroids = lrgmm.decode_codes(run.codec.decode, model.projector,
-                                   np.asarray(model.lowrank.means).reshape((-1,) + model.latent_shape))
     save_png(run.path("samples", "centroids.png"), image_grid(centroids))
     atomic_write_json(run.path("eval", "evaluation.json"), {
         "table1": table1, "sweep": sweep, "memorisation": memo, "fits": fits, "generation": gens,
