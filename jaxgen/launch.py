@@ -72,11 +72,19 @@ def local_plan(run_args: Sequence[str], processes: int = 1, devices_per_process:
   return Plan(hosts, total_devices=processes * max(devices_per_process, 1))
 
 
+def install_extras(accelerator: str, run_args: Sequence[str]) -> str:
+  """The setup.py extras a cluster host installs: its accelerator's jax, plus gcsfs when any path
+  of the run is a gs:// URL."""
+  return accelerator + (",gcs" if any("gs://" in a for a in run_args) else "")
+
+
 def tpu_plan(run_args: Sequence[str], name: str, zone: str, workers: int, devices_per_worker: int = 4,
              project: str | None = None, repo_dir: str = "~/jaxgen") -> Plan:
   """The same command on every worker of a TPU VM / pod slice through `gcloud ... ssh --worker=all`;
-  JAX reads the slice's topology from the TPU metadata server."""
-  remote = f"cd {repo_dir} && bash launch/run.sh {shlex.join(run_args)}"
+  JAX reads the slice's topology from the TPU metadata server. launch/run.sh installs jaxgen with
+  jax[tpu] into the worker's .venv on the first launch."""
+  remote = (f"cd {repo_dir} && JAXGEN_EXTRAS={install_extras('tpu', run_args)} "
+            f"bash launch/run.sh {shlex.join(run_args)}")
   submit = ["gcloud", "compute", "tpus", "tpu-vm", "ssh", name, f"--zone={zone}", "--worker=all",
             f"--command={remote}"]
   if project:
@@ -96,7 +104,7 @@ SBATCH_TEMPLATE = """#!/bin/bash
 {partition_line}#SBATCH --output={log_dir}/%x-%j.out
 set -euo pipefail
 cd {repo_dir}
-. launch/env.sh ""
+. launch/env.sh "{extras}"
 srun --kill-on-bad-exit=1 python -m jaxgen.main {run_args}
 """
 
@@ -115,7 +123,8 @@ def slurm_plan(run_args: Sequence[str], nodes: int, gpus_per_node: int, per: str
       job_name=job_name, nodes=nodes, ntasks_per_node=ntasks_per_node, gpus_per_node=gpus_per_node,
       gpus_per_task=gpus_per_node // ntasks_per_node, time=time, log_dir=log_dir,
       partition_line=f"#SBATCH --partition={partition}\n" if partition else "",
-      repo_dir=shlex.quote(repo_dir), run_args=shlex.join(run_args))
+      repo_dir=shlex.quote(repo_dir), run_args=shlex.join(run_args),
+      extras=install_extras("cuda", run_args))
   hosts = []
   for node in range(nodes):
     for task in range(ntasks_per_node):
@@ -201,6 +210,20 @@ def execute(plan: Plan) -> int:
   return next((c for c in codes if c), 0)
 
 
+def shared_workdir_note(target: str, hosts: int, run_args: Sequence[str]) -> str | None:
+  """A one-line reminder when several TPU workers would write a workdir that is a path on each
+  worker's own disk unless it is a shared mount (process 0 writes stage markers the others read)."""
+  if target != "tpu" or hosts < 2:
+    return None
+  workdir = next((a.split("=", 1)[1] for a in run_args if a.startswith("--workdir=")), None)
+  from jaxgen.io.paths import is_url  # pylint: disable=import-outside-toplevel
+  if workdir is not None and is_url(workdir):
+    return None
+  return (f"jaxgen.launch: note: --workdir={workdir or '(default: workdirs/...)'} is a path on each "
+          "worker; it must be the same shared mount on every worker (NFS, gcsfuse), or use "
+          "--workdir=gs://bucket/... (pip install -e .[tpu,gcs])")
+
+
 def run(argv: Sequence[str]) -> int:
   argv = list(argv)
   split = argv.index("--") if "--" in argv else len(argv)
@@ -219,6 +242,9 @@ def run(argv: Sequence[str]) -> int:
   except JaxgenError as err:
     print(f"jaxgen.launch: error: {err}", file=sys.stderr)
     return err.exit_code
+  note = shared_workdir_note(args.target, len(plan.hosts), run_args)
+  if note:
+    print(note, file=sys.stderr)
   if args.dry_run:
     print(f"# {args.target}: {len(plan.hosts)} process(es), {plan.total_devices} device(s)")
     for path, text in plan.files.items():

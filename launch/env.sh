@@ -1,10 +1,13 @@
 # Sourced by launch/*.sh: creates .venv (once) and installs jaxgen with the given extras.
 # Usage: . launch/env.sh [extras]   e.g. ". launch/env.sh test"
+# JAXGEN_EXTRAS adds extras from outside (e.g. JAXGEN_EXTRAS=tpu,gcs bash launch/run.sh ... on a
+# TPU worker: jax for the TPU and gs:// workdirs).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-python3}"
 VENV="${JAXGEN_VENV:-$ROOT/.venv}"
 EXTRAS="${1:-}"
+if [ -n "${JAXGEN_EXTRAS:-}" ]; then EXTRAS="${EXTRAS:+$EXTRAS,}$JAXGEN_EXTRAS"; fi
 if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
   "$VENV/bin/python" -m pip install -q --upgrade pip

@@ -28,10 +28,20 @@ def test_tpu_dry_run_prints_one_gcloud_command_and_every_worker(capsys):
   assert argv[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "--project=proj"]
   assert "--worker=all" in argv and "--zone=us-central2-b" in argv
   remote = next(a for a in argv if a.startswith("--command="))[len("--command="):]
-  assert remote == f"cd ~/jaxgen && bash launch/run.sh {TINY} --workdir=/shared/w"
+  assert remote == f"cd ~/jaxgen && JAXGEN_EXTRAS=tpu bash launch/run.sh {TINY} --workdir=/shared/w"
   workers = [line for line in lines if line.startswith("pod worker ")]
   assert [w.split(":")[0] for w in workers] == [f"pod worker {i}" for i in range(4)]
   assert all(w.endswith(shlex.join(["bash", "-c", remote])) for w in workers)
+  assert "--workdir=/shared/w is a path on each worker; it must be the same shared mount" in err
+
+
+def test_a_bucket_workdir_needs_no_shared_mount_note(capsys):
+  code = launch.run(["tpu", "--name=pod", "--zone=z", "--workers=4", "--dry-run", "--", TINY,
+                     "--workdir=gs://bucket/run"])
+  out, err = capsys.readouterr()
+  assert code == 0 and "shared mount" not in err
+  assert "JAXGEN_EXTRAS=tpu,gcs bash launch/run.sh" in out  # gcsfs on every worker
+  assert launch.shared_workdir_note("tpu", 1, ["--workdir=/local"]) is None  # one worker: its disk is fine
 
 
 def test_slurm_dry_run_writes_the_sbatch_script_and_one_process_per_gpu(capsys, tmp_path):
@@ -43,6 +53,7 @@ def test_slurm_dry_run_writes_the_sbatch_script_and_one_process_per_gpu(capsys, 
   assert "#SBATCH --gpus-per-node=4" in out and "#SBATCH --partition=gpu" in out
   assert f"srun --kill-on-bad-exit=1 python -m jaxgen.main {TINY} --workdir=/shared/w" in out
   assert "cd /shared/jaxgen" in out
+  assert '. launch/env.sh "cuda"' in out  # jax with CUDA in the job's .venv
   assert not script.exists()  # a dry run writes nothing
   tasks = [line for line in out.splitlines() if line.startswith("node ")]
   assert len(tasks) == 8
