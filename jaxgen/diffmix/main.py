@@ -376,7 +376,7 @@ def _stage_finetune(run: Run) -> None:
       continue
     if moments is None:
       moments = posterior_moments(cfg, params["vae"], d["real_images"],
-                                  run.config.evaluate.batch_size)
+                                  run.config.evaluate.batch_size, run.mesh)
     tuned = ft.finetune(cfg, params, run.tokenizer(), {"mean": moments[0], "logvar": moments[1],
                                                        "labels": d["real_labels"]},
                         run.num_classes, d["metaclass_word"], run.config.finetune,

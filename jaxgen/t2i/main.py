@@ -301,7 +301,7 @@ def _stage_autoencoder(run: Run) -> None:
                                     mesh=run.mesh, key=run.key("train_autoencoder"),
                                     writer=run.writer, seed=run.config.seed)
   means, _ = train_lib.posterior_moments(cfg, vae, run.data["pretrain_images"],
-                                         run.config.evaluate.batch_size)
+                                         run.config.evaluate.batch_size, run.mesh)
   if is_main_process():
     save_params(run.path("models", "autoencoder.msgpack"), vae)
     atomic_write_json(run.path("models", "latent_scale.json"),
@@ -320,7 +320,7 @@ def _stage_denoiser(run: Run) -> None:
   vae = load_params(run.path("models", "autoencoder.msgpack"))
   d = run.data
   means, logvars = train_lib.posterior_moments(cfg, vae, d["pretrain_images"],
-                                               run.config.evaluate.batch_size)
+                                               run.config.evaluate.batch_size, run.mesh)
   prompts = [data_lib.prompt(d["class_names"][c]) for c in d["pretrain_labels"]]
   ids = tok.encode(prompts, cfg.text.max_length)
   init = bb.init_backbone(cfg, jax.random.fold_in(run.key("train_denoiser"), 0))
@@ -369,7 +369,7 @@ def _stage_finetune(run: Run) -> None:
   d, cfg_ft = run.data, run.config.finetune
   cfg, params = run.backbone()
   means, logvars = train_lib.posterior_moments(cfg, params["vae"], d["shot_images"],
-                                               run.config.evaluate.batch_size)
+                                               run.config.evaluate.batch_size, run.mesh)
   k, word = d["num_target_classes"], d["metaclass_word"]
   n = run.config.evaluate.target_samples_per_class
   labels = np.repeat(np.arange(k), n)
