@@ -24,6 +24,7 @@ import time
 from typing import Sequence
 
 from jaxgen.errors import ConfigError, JaxgenError
+from jaxgen.io.paths import is_url
 
 DEFAULT_PORT = 8476
 
@@ -216,7 +217,6 @@ def shared_workdir_note(target: str, hosts: int, run_args: Sequence[str]) -> str
   if target != "tpu" or hosts < 2:
     return None
   workdir = next((a.split("=", 1)[1] for a in run_args if a.startswith("--workdir=")), None)
-  from jaxgen.io.paths import is_url  # pylint: disable=import-outside-toplevel
   if workdir is not None and is_url(workdir):
     return None
   return (f"jaxgen.launch: note: --workdir={workdir or '(default: workdirs/...)'} is a path on each "

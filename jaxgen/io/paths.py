@@ -8,24 +8,25 @@ strings (orbax and tensorstore open `gs://` themselves).
 
 Object stores have no rename and no append: `atomic_writer` (jaxgen.io.files) writes an object
 in one upload, which appears whole or not at all, and appending (the metrics log) rewrites the
-object. Joining, `basename` and `dirname` are `posixpath`'s, which already keep `gs://b/x` intact.
+object. Joining and `basename` are `posixpath`'s (as `os.path`'s on POSIX), which keep
+`gs://b/x` intact, so callers join paths with `os.path.join` whatever the path.
 """
 
 from __future__ import annotations
 
 import builtins
+import functools
 import glob as _glob
 import io
 import os
 import posixpath
 import shutil
-from typing import IO, Any
+from typing import IO, Any, Callable
 
 import numpy as np
 
 join = posixpath.join
 basename = posixpath.basename
-dirname = posixpath.dirname
 
 
 def is_url(path: str) -> bool:
@@ -56,35 +57,30 @@ def absolute(path: str) -> str:
   return path if is_url(path) else os.path.abspath(local(path))
 
 
-def exists(path: str) -> bool:
+def _dispatch(path: str, local_fn: Callable[..., Any], fs_method: str, **fs_kwargs: Any) -> Any:
+  """`local_fn(path)` for a local path, else the fsspec filesystem's `fs_method` on the URL."""
   if not is_url(path):
-    return os.path.exists(local(path))
+    return local_fn(local(path))
   fs, p = filesystem(path)
-  return fs.exists(p)
+  return getattr(fs, fs_method)(p, **fs_kwargs)
+
+
+def exists(path: str) -> bool:
+  return _dispatch(path, os.path.exists, "exists")
 
 
 def isdir(path: str) -> bool:
-  if not is_url(path):
-    return os.path.isdir(local(path))
-  fs, p = filesystem(path)
-  return fs.isdir(p)
+  return _dispatch(path, os.path.isdir, "isdir")
 
 
 def isfile(path: str) -> bool:
-  if not is_url(path):
-    return os.path.isfile(local(path))
-  fs, p = filesystem(path)
-  return fs.isfile(p)
+  return _dispatch(path, os.path.isfile, "isfile")
 
 
 def makedirs(path: str) -> None:
   """Creates `path` and its parents; existing is fine (object stores have no directories to make,
   fsspec turns this into a no-op or a marker as the store requires)."""
-  if not is_url(path):
-    os.makedirs(local(path), exist_ok=True)
-    return
-  fs, p = filesystem(path)
-  fs.makedirs(p, exist_ok=True)
+  _dispatch(path, functools.partial(os.makedirs, exist_ok=True), "makedirs", exist_ok=True)
 
 
 def listdir(path: str) -> list[str]:
@@ -177,26 +173,15 @@ def load_npz(path: str, **kwargs: Any) -> Any:
 
 
 def getsize(path: str) -> int:
-  if not is_url(path):
-    return os.path.getsize(local(path))
-  fs, p = filesystem(path)
-  return int(fs.size(p))
+  return int(_dispatch(path, os.path.getsize, "size"))
 
 
 def remove(path: str) -> None:
-  if not is_url(path):
-    os.remove(local(path))
-    return
-  fs, p = filesystem(path)
-  fs.rm(p)
+  _dispatch(path, os.remove, "rm")
 
 
 def rmtree(path: str) -> None:
-  if not is_url(path):
-    shutil.rmtree(local(path))
-    return
-  fs, p = filesystem(path)
-  fs.rm(p, recursive=True)
+  _dispatch(path, shutil.rmtree, "rm", recursive=True)
 
 
 def rename(source: str, target: str) -> None:

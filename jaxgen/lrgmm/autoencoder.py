@@ -28,7 +28,7 @@ from jaxgen.train.init import compiled_init
 from jaxgen.train.optim import make_optimizer
 from jaxgen.train.state import TrainState
 from jaxgen.io import paths
-from jaxgen.parallel.mesh import data_parallel_size, place_full_batch, to_host
+from jaxgen.parallel.mesh import place_if_divisible, to_host
 
 KINDS = ("spatial", "vqgan")
 VQGAN_PRESETS = ("ffhq_f16", "tiny")
@@ -45,9 +45,8 @@ class Codec:
 
   def _batched(self, fn, x: np.ndarray) -> np.ndarray:
     # fixed_batches pads the last batch, so one compiled shape serves every call.
-    split = self.mesh is not None and self.batch_size % data_parallel_size(self.mesh) == 0
-    place = (lambda b: place_full_batch(b, self.mesh)) if split else jnp.asarray
-    out = [to_host(fn(place(batch)))[:n] for batch, n in fixed_batches(x, self.batch_size)]
+    out = [to_host(fn(place_if_divisible(batch, self.mesh)))[:n]
+           for batch, n in fixed_batches(x, self.batch_size)]
     return np.concatenate(out)
 
   def encode(self, images: np.ndarray) -> np.ndarray:

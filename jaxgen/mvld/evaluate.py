@@ -32,7 +32,7 @@ from jaxgen.metrics.prdc import prdc
 from jaxgen.mvld import masking
 from jaxgen.mvld import model as mvld_model
 from jaxgen.parallel.batching import batched_apply
-from jaxgen.parallel.mesh import data_parallel_size, place_full_batch, to_host
+from jaxgen.parallel.mesh import place_if_divisible, to_host
 
 METRICS = ("psnr", "ssim", "lpips", "fid", "coherence")
 HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "coherence": True, "lpips": False, "fid": False}
@@ -107,8 +107,7 @@ def generate_missing(generate: Callable, key: jax.Array, images: np.ndarray, sub
   for i in range(0, len(images), batch_size):
     chunk = images[i:i + batch_size]
     obs = np.broadcast_to(observed, (len(chunk), num_views))
-    if mesh is not None and len(chunk) % data_parallel_size(mesh) == 0:
-      chunk, obs = place_full_batch((chunk, np.ascontiguousarray(obs)), mesh)
+    chunk, obs = place_if_divisible((chunk, np.ascontiguousarray(obs)), mesh)
     out.append(to_host(generate(jax.random.fold_in(key, i), chunk, obs)))
   return np.concatenate(out)
 

@@ -39,7 +39,7 @@ from jaxgen.mvld.judges import build_judges, check_judge_architecture
 from jaxgen.mvld.train import train_autoencoder, train_diffusion
 from jaxgen.nets.mixed_precision import COMPUTE_DTYPES
 from jaxgen.nets.mld_autoencoder import num_levels as mld_num_levels
-from jaxgen.parallel.mesh import data_parallel_size, is_main_process, place_full_batch, to_host
+from jaxgen.parallel.mesh import is_main_process, place_if_divisible, to_host
 from jaxgen.sde.samplers import ODE_METHODS, PREDICTORS
 from jaxgen.stages import MethodRun, require_stage, run_method
 from jaxgen.io import paths
@@ -289,14 +289,10 @@ class Run(MethodRun):
     order), in batches."""
     fn = jax.jit(functools.partial(mvld_model.encode_views, self.spec, ae_params))
     bs = max(1, self.config.evaluate.batch_size)
-    dp = data_parallel_size(self.mesh)
-
-    def encode_batch(batch: np.ndarray) -> np.ndarray:
-      # Split over every host's devices when the data axis divides the batch (the last, short
-      # batch runs whole): the same latents, each host computing its rows.
-      return to_host(fn(place_full_batch(batch, self.mesh) if len(batch) % dp == 0 else batch))
-
-    return np.concatenate([encode_batch(batch) for batch in ordered_batches(images, bs)])
+    # Each batch the data axis divides is split over every host's devices (the last, short one
+    # runs whole): the same latents, each host computing its rows.
+    return np.concatenate([to_host(fn(place_if_divisible(batch, self.mesh)))
+                           for batch in ordered_batches(images, bs)])
 
 
 def _stage_data(run: Run) -> None:

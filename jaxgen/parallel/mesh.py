@@ -94,6 +94,16 @@ def place_full_batch(batch: Any, mesh: Mesh) -> Any:
   return jax.tree.map(place, batch)
 
 
+def place_if_divisible(batch: Any, mesh: Mesh | None) -> Any:
+  """`place_full_batch` when a mesh is given and its data axis divides the batch's rows; else the
+  batch unchanged (it then runs whole on one device per host). For batches that must not be
+  padded (a sampler's noise has the batch's shape) or that already have a fixed size."""
+  rows = len(jax.tree.leaves(batch)[0])
+  if mesh is None or rows % data_parallel_size(mesh):
+    return batch
+  return place_full_batch(batch, mesh)
+
+
 def replicate(tree: Any, mesh: Mesh) -> Any:
   """Put a pytree on every device of the mesh (parameters, optimiser state)."""
   return jax.device_put(tree, replicated(mesh))

@@ -30,7 +30,7 @@ from jaxgen.data.batches import training_batches
 from jaxgen.metrics.features import fixed_batches
 from jaxgen.nets.common import to_model_range
 from jaxgen.nets.kl_autoencoder import KLAutoencoder, kl_divergence, sample_posterior
-from jaxgen.parallel.mesh import data_parallel_size, place_full_batch, to_host
+from jaxgen.parallel.mesh import place_if_divisible, to_host
 from jaxgen.t2i import backbone as bb
 from jaxgen.train import loop
 from jaxgen.train.init import compiled_init
@@ -74,10 +74,9 @@ def posterior_moments(config: bb.BackboneConfig, vae: dict, images: np.ndarray,
   the mesh's data axis, every host its rows, when that axis divides `batch_size`)."""
   encode = jax.jit(lambda x: KLAutoencoder(config.vae).apply(vae, to_model_range(x),
                                                              method="encode"))
-  split = mesh is not None and batch_size % data_parallel_size(mesh) == 0
   means, logvars = [], []
   for batch, n in fixed_batches(np.asarray(images), batch_size):
-    m, lv = encode(place_full_batch(batch, mesh) if split else jnp.asarray(batch))
+    m, lv = encode(place_if_divisible(batch, mesh))
     means.append(to_host(m)[:n])
     logvars.append(to_host(lv)[:n])
   return np.concatenate(means), np.concatenate(logvars)
