@@ -125,6 +125,10 @@ def test_every_preset_validates(tmp_path):
     "--config.data.imbalance=uniform",
     "--config.data.name=tfds",
     "--config.data.variant=background_shift",
+    "--config.diffusion.channels=(8,10)",  # 10 channels in 4 GroupNorm groups
+    "--config.diffusion.sampler=euler",
+    "--config.diffusion.attention_levels=(True,)",
+    "--config.diffusion.p_uncond=0.0",
 ])
 def test_bad_values_exit_2_before_anything_runs(tmp_path, capsys, override):
   code = jaxgen_main.run(["jaxgen.main", "--config=configs/softlabel_gan.py:tiny",
@@ -148,6 +152,62 @@ def test_claims_summary_over_seeds():
   assert diff["values"] == [-2.0, 1.0, -3.0]
   assert diff["seeds_where_softlabel_better"] == 2
   assert summary["judge_accuracy"]["mean"] == pytest.approx(0.9)
+
+
+def test_label_unet_embeds_soft_labels_linearly_and_inits_like_flax():
+  from jaxgen.nets import label_unet as LU
+  from jaxgen.softlabel_gan import diffusion as D
+  net_cfg = D.network_config(get_config("tiny").diffusion, 5)
+  params = LU.init_params(net_cfg, jax.random.key(0))
+  x, t, y = jnp.zeros((2, 8, 8, 3)), jnp.ones(2), LU.null_labels(2, 5)
+  flax_params = jax.eval_shape(lambda k: LU.LabelUNet(net_cfg).init(k, x, t, y)["params"],
+                               jax.random.key(0))
+  assert jax.tree.map(lambda a: a.shape, params) == jax.tree.map(lambda a: a.shape, flax_params)
+  # A soft label's token is the probability-weighted mean of the class tokens; the null label has
+  # its own; the U-Net sees the token (its output moves with it).
+  emb = np.asarray(params["label_embedding"]["kernel"])
+  p = np.array([[0.7, 0.2, 0.1, 0.0, 0.0]], np.float32)
+  np.testing.assert_allclose(np.asarray(LU.with_null_slot(jnp.asarray(p))) @ emb, p @ emb[:5])
+  np.testing.assert_array_equal(np.asarray(LU.null_labels(1, 5))[0], np.eye(6)[5])
+  apply = jax.jit(lambda labels: LU.LabelUNet(net_cfg).apply({"params": params}, x[:1] + 0.3,
+                                                               0.5 * t[:1], labels))
+  onehot = LU.with_null_slot(jnp.asarray(np.eye(5, dtype=np.float32)[[0]]))
+  assert not np.allclose(apply(onehot), apply(LU.null_labels(1, 5)))
+  with pytest.raises(ValueError, match="K \\+ 1 = 6"):
+    LU.LabelUNet(net_cfg).apply({"params": params}, x, t, jnp.zeros((2, 5)))
+
+
+def test_diffusion_trains_and_guidance_scale_one_is_the_conditional_model():
+  """Two training steps move the label embedding; guidance scale 1 samples the conditional model
+  alone (the DPM-Solver++ sample of eps(x, t, y)), and a larger scale changes the samples."""
+  from jaxgen.nets import label_unet as LU
+  from jaxgen.sde.fast_samplers import sample_dpmpp_2m
+  from jaxgen.softlabel_gan import diffusion as D
+  cfg = get_config("tiny").diffusion
+  net_cfg = D.network_config(cfg, 3)
+  state = D.init_state(net_cfg, cfg, jax.random.key(0))
+  step = jax.jit(D.make_step_fn(net_cfg, cfg))
+  batch = {"image": np.random.default_rng(0).integers(0, 256, (4, 8, 8, 3), np.uint8),
+           "label": np.eye(3, dtype=np.float32)[[0, 1, 2, 0]]}
+  new, metrics = step(state, batch, jax.random.key(1))
+  assert np.isfinite(float(metrics["loss"])) and int(new.step) == 1
+  kernel = lambda s: np.asarray(s.params["label_embedding"]["kernel"])  # noqa: E731
+  assert not np.allclose(kernel(new), kernel(state))
+  classes = np.array([0, 1, 2, 2, 1])
+  cfg.guidance_scale = 1.0
+  ours = D.sample(net_cfg, cfg, new.params, jax.random.key(2), classes, 8, batch_size=5)
+  assert ours.dtype == np.uint8 and ours.shape == (5, 8, 8, 3)
+  noise = jax.random.normal(jax.random.key(2), (5, 8, 8, 3))
+  sde, net = D.build_sde(cfg), LU.LabelUNet(net_cfg)
+  y = LU.with_null_slot(jnp.asarray(np.eye(3, dtype=np.float32)[classes]))
+  score = lambda x, t: -net.apply({"params": new.params}, x, t, y) / sde.marginal_std(t)[:, None, None, None]  # noqa: E731,E501
+  x = jax.jit(lambda n: sample_dpmpp_2m(jax.random.key(0), score, sde, n.shape, cfg.num_steps,
+                                        t_eps=cfg.t_eps, x_init=n))(noise)
+  np.testing.assert_allclose(ours.astype(int), np.asarray(to_uint8(jnp.clip(x, -1, 1))).astype(int),
+                             atol=1)
+  cfg.guidance_scale = 4.0  # traced: the same compiled sampler
+  guided = D.sample(net_cfg, cfg, new.params, jax.random.key(2), classes, 8, batch_size=5)
+  assert np.abs(guided.astype(int) - ours.astype(int)).max() > 1
 
 
 @pytest.mark.slow  # ~90 s: the suite stays under 15 min on 2 cores; run with -m slow
@@ -180,3 +240,33 @@ def test_tiny_end_to_end(tmp_path):
   # The Colab notebook runs on this workdir in a Jupyter kernel (no figures: log_images=False).
   nb = run_notebook("softlabel_gan", workdir, ["--config.variants=('soft',)", "--config.log_images=False"])
   assert outputs_of(nb, "text/markdown") and not outputs_of(nb, "image/png")
+
+
+def test_comparisons_pair_each_label_augmented_variant_with_its_own_model_family():
+  assert L.comparisons(["onehot", "smooth", "soft", "cfg", "cfg_soft"]) == [
+      ("soft", "onehot"), ("soft", "smooth"), ("cfg_soft", "cfg")]
+  assert L.comparisons(["onehot", "cfg"]) == []
+  assert L.of_model(["cfg", "soft", "cfg_soft"], "diffusion") == ["cfg", "cfg_soft"]
+
+
+@pytest.mark.slow  # ~2 min: Table 7's two diffusion models end to end at the tiny sizes
+def test_tiny_table7_end_to_end(tmp_path):
+  workdir = str(tmp_path / "run")
+  argv = ["jaxgen.main", "--config=configs/softlabel_gan.py:tiny", f"--workdir={workdir}",
+          "--config.variants=('cfg','cfg_soft')", "--config.log_images=False"]
+  assert jaxgen_main.run(argv) == 0
+  results = json.load(open(os.path.join(workdir, "results.json")))
+  assert set(results["table2"]) == {"cfg", "cfg_soft"}
+  for metric in ("fid", "intra_kid", "intra_lpips_mean", "intra_precision", "intra_coverage"):
+    assert np.isfinite(results["table2"]["cfg_soft"][metric])
+  assert os.path.exists(os.path.join(workdir, "models", "diffusion_cfg_soft.msgpack"))
+  assert not os.path.exists(os.path.join(workdir, "models", "gan_cfg.msgpack"))
+  report = open(os.path.join(workdir, "report.md")).read()
+  assert "Table 7" in report and "intra-KID: CFG w/ label augmentation" in report
+  from jaxgen.softlabel_gan import results_page
+  summary = claims_lib.summarise({0: results})
+  assert summary["against"] == {"cfg": "cfg_soft"}
+  page = results_page.build_table7(summary, results, str(tmp_path / "img"))
+  assert "Table 7" in page and "21.92" in page
+  from jaxgen.softlabel_gan.report import PAPER_TABLE7
+  assert results_page.check_numbers(page, [summary, results, PAPER_TABLE7]) == []

@@ -40,6 +40,9 @@ def environment() -> dict:
       "process_count": jax.process_count(),
       "jax": jax.__version__,
       "python": platform.python_version(),
+      # XLA:CPU's convolution route of the training steps (jaxgen.train.xla_cpu); float rounding
+      # differs between routes, so a page is reproduced bit for bit only on its own route.
+      "cpu_conv_route": os.environ.get("JAXGEN_XLA_CPU_CONV", "xla"),
       "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
   }
 

@@ -25,6 +25,7 @@ class Variant:
   label_source: str  # one of LABEL_SOURCES
   augment: bool = True  # DiffAugment on real and fake images before D
   sampling: str = "uniform"  # 'uniform' or 'class_balanced' (the Oversample baseline)
+  model: str = "gan"  # 'gan' (BigGAN + projection D) or 'diffusion' (CFG, Table 7)
 
 
 VARIANTS: dict[str, Variant] = {
@@ -39,7 +40,29 @@ VARIANTS: dict[str, Variant] = {
     "onehot_noaug": Variant("Softlabel-GAN-- (BigGAN)", "onehot", augment=False),  # Table 3
     "soft_noaug": Variant("Softlabel-GAN- (no DiffAugment)", "soft", augment=False),
     "smooth_noaug": Variant("Smooth-GAN- (no DiffAugment)", "smooth", augment=False),
+    # Table 7: a class-conditional diffusion model with classifier-free guidance, conditioned on
+    # one-hot labels (CFG) or on the classifier's softmax (CFG w/ our label augmentation).
+    "cfg": Variant("CFG (diffusion)", "onehot", augment=False, model="diffusion"),
+    "cfg_soft": Variant("CFG w/ label augmentation (diffusion)", "soft", augment=False,
+                        model="diffusion"),
 }
+
+
+def of_model(variant_names, model: str) -> list[str]:
+  """The variants (in order) trained as `model` ('gan' or 'diffusion')."""
+  return [v for v in variant_names if VARIANTS[v].model == model]
+
+
+def comparisons(variant_names) -> list[tuple[str, str]]:
+  """(label-augmented variant, baseline) pairs a run's claims compare: Softlabel-GAN ('soft')
+  against every other GAN variant of the run, CFG w/ label augmentation ('cfg_soft') against
+  every other diffusion variant."""
+  names = list(variant_names)
+  out = []
+  for mine in ("soft", "cfg_soft"):
+    if mine in names:
+      out += [(mine, v) for v in names if v != mine and VARIANTS[v].model == VARIANTS[mine].model]
+  return out
 
 
 def needs_classifier(variant_names) -> bool:

@@ -6,8 +6,11 @@ samples -> evaluation -> report.
                     per-class counts before / after label augmentation
   train_judge       the in-domain feature network (balanced, disjoint images) unless InceptionV3
                     weights are given
-  train_gans        one BigGAN + DiffAugment per variant (DiffAug-GAN, Smooth-GAN, Softlabel-GAN, ...)
-  generate          `samples_per_class` images per class from each EMA generator, eval mode
+  train_gans        one BigGAN + DiffAugment per GAN variant (DiffAug-GAN, Smooth-GAN, Softlabel-GAN, ...)
+  train_diffusion   one class-conditional diffusion model per diffusion variant (Table 7: CFG with
+                    one-hot or soft labels)
+  generate          `samples_per_class` images per class from each EMA generator (eval mode) or
+                    guided diffusion model
   evaluate          Table 2's overall and intra-class metrics, Figs. 6 and 8
   report            report.md, results.json (`table2[variant][metric]`, `table1`)
 """
@@ -37,6 +40,7 @@ from jaxgen.io.params import load_params, save_params
 from jaxgen.mvld.judges import build_judges, check_judge_architecture
 from jaxgen.parallel.mesh import is_main_process
 from jaxgen.softlabel_gan import data as data_lib
+from jaxgen.softlabel_gan import diffusion as diffusion_lib
 from jaxgen.softlabel_gan import evaluate as ev
 from jaxgen.softlabel_gan import figures
 from jaxgen.softlabel_gan import labels as labels_lib
@@ -45,8 +49,8 @@ from jaxgen.softlabel_gan import train as gan_train
 from jaxgen.stages import MethodRun, require_stage, run_method
 from jaxgen.io import paths
 
-STAGES = ("data", "train_classifier", "soft_labels", "train_judge", "train_gans", "generate",
-          "evaluate", "report")
+STAGES = ("data", "train_classifier", "soft_labels", "train_judge", "train_gans",
+          "train_diffusion", "generate", "evaluate", "report")
 
 
 def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
@@ -119,6 +123,10 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
   # The networks at the configured sizes, shapes only: a bad architecture fails here, not after
   # the classifier has trained.
   k = 12 if d.name == "multiview" else 2
+  # Table 7's diffusion section: its values always, the U-Net traced only when a variant uses it.
+  diffusion_lib.validate(config, k, d.image_size,
+                         trace=bool(labels_lib.of_model(variants, "diffusion")))
+  configlib.validate_train(config, "diffusion.train", dp)
   try:
     gen, disc = gan_train.build_networks(g, k, d.image_size)
     jax.eval_shape(lambda key: gan_train.init_state(gen, disc, g, key), jax.random.key(0))
@@ -145,6 +153,10 @@ class Run(MethodRun):
   @functools.cached_property
   def networks(self):
     return gan_train.build_networks(self.config.gan, self.num_classes, self.config.data.image_size)
+
+  @functools.cached_property
+  def diffusion_network(self):
+    return diffusion_lib.network_config(self.config.diffusion, self.num_classes)
 
   @property
   def image_shape(self) -> tuple[int, int, int]:
@@ -321,7 +333,7 @@ def _stage_gans(run: Run) -> None:
   g, d = run.networks
   for i, name in enumerate(run.config.variants):
     path = run.path("models", f"gan_{name}.msgpack")
-    if paths.exists(path):
+    if labels_lib.VARIANTS[name].model != "gan" or paths.exists(path):
       continue
     variant = labels_lib.VARIANTS[name]
     vectors = labels_lib.real_label_vectors(variant.label_source, labels, run.num_classes, probs=probs,
@@ -338,19 +350,49 @@ def _stage_gans(run: Run) -> None:
                          "stats": jax.device_get(state.ema_stats)})
 
 
+def _stage_diffusion(run: Run) -> None:
+  images, labels = run.data["train"]
+  names = labels_lib.of_model(run.config.variants, "diffusion")
+  probs = run.soft_labels() if names else None
+  cfg = run.config.diffusion
+  for name in names:
+    path = run.path("models", f"diffusion_{name}.msgpack")
+    if paths.exists(path):
+      continue
+    variant = labels_lib.VARIANTS[name]
+    vectors = labels_lib.real_label_vectors(variant.label_source, labels, run.num_classes, probs=probs,
+                                            smooth_alpha=run.config.labels.smooth_alpha)
+    if is_main_process():
+      print(f"[train_diffusion] {name} ({variant.title}): labels {variant.label_source}, "
+            f"p_uncond {cfg.p_uncond}", flush=True)
+    state = diffusion_lib.train_diffusion(
+        f"diffusion_{name}", run.diffusion_network, cfg, variant, images, vectors, labels,
+        workdir=run.workdir, mesh=run.mesh, key=run.key("train_diffusion", run.config.variants.index(name)),
+        writer=run.writer, image_size=run.config.data.image_size if run.streamed else None)
+    if is_main_process():
+      save_params(path, {"params": jax.device_get(state.eval_params)})
+
+
 def _eval_classes(run: Run) -> np.ndarray:
   return np.repeat(np.arange(run.num_classes), run.config.evaluate.samples_per_class).astype(np.int32)
 
 
 def _stage_generate(run: Run) -> None:
   require_stage(run.workdir, "train_gans", "generate")
+  require_stage(run.workdir, "train_diffusion", "generate")
   g, _ = run.networks
   classes = _eval_classes(run)
   e = run.config.evaluate
   for i, name in enumerate(run.config.variants):
-    gen = load_params(run.path("models", f"gan_{name}.msgpack"))
-    images = gan_train.sample(g, gen["params"], gen["stats"], run.key("generate", i), classes,
-                              e.batch_size, mesh=run.mesh)
+    if labels_lib.VARIANTS[name].model == "diffusion":
+      params = load_params(run.path("models", f"diffusion_{name}.msgpack"))["params"]
+      images = diffusion_lib.sample(run.diffusion_network, run.config.diffusion, params,
+                                    run.key("generate", i), classes, run.config.data.image_size,
+                                    e.batch_size, mesh=run.mesh)
+    else:
+      gen = load_params(run.path("models", f"gan_{name}.msgpack"))
+      images = gan_train.sample(g, gen["params"], gen["stats"], run.key("generate", i), classes,
+                                e.batch_size, mesh=run.mesh)
     if is_main_process():
       atomic_save_npz(run.path("samples", f"{name}.npz"), images=images, labels=classes)
       rows = [images[classes == c][:e.grid_per_class] for c in range(run.num_classes)]
@@ -402,6 +444,8 @@ def main(config: ml_collections.ConfigDict, workdir: str, stages=None, force: bo
   run = Run(config, workdir)
   plan = [("data", lambda: _stage_data(run)), ("train_classifier", lambda: _stage_classifier(run)),
           ("soft_labels", lambda: _stage_soft_labels(run)), ("train_judge", lambda: _stage_judge(run)),
-          ("train_gans", lambda: _stage_gans(run)), ("generate", lambda: _stage_generate(run)),
+          ("train_gans", lambda: _stage_gans(run)),
+          ("train_diffusion", lambda: _stage_diffusion(run)),
+          ("generate", lambda: _stage_generate(run)),
           ("evaluate", lambda: _stage_evaluate(run)), ("report", lambda: _stage_report(run))]
   run_method(run, plan, "softlabel_gan", stages, force)

@@ -6,12 +6,19 @@ from __future__ import annotations
 import ml_collections
 
 from jaxgen.io.report import markdown_table, write_report, write_results
-from jaxgen.softlabel_gan.labels import VARIANTS
+from jaxgen.softlabel_gan.labels import VARIANTS, comparisons
 
 # Paper 003 Table 2, imbalanced CIFAR-10 (InceptionV3 features), for side-by-side reading.
 PAPER_CIFAR10 = {"onehot": {"fid": 57.24, "intra_fid_mean": 112.96, "lpips": 0.2090},
                  "smooth": {"fid": 66.75, "intra_fid_mean": 125.31, "lpips": 0.2017},
                  "soft": {"fid": 54.59, "intra_fid_mean": 109.79, "lpips": 0.2058}}
+# Paper 003 Table 7, imbalanced Tiny ImageNet (InceptionV3 features): diffusion with CFG.
+PAPER_TABLE7 = {"cfg": {"fid": 21.92, "intra_kid": 0.065, "intra_lpips_mean": 0.271,
+                        "intra_precision": 0.783, "intra_recall": 0.419, "intra_density": 0.732,
+                        "intra_coverage": 0.867},
+                "cfg_soft": {"fid": 22.04, "intra_kid": 0.064, "intra_lpips_mean": 0.268,
+                             "intra_precision": 0.795, "intra_recall": 0.426, "intra_density": 0.773,
+                             "intra_coverage": 0.880}}
 COLUMNS = (("fid", "FID (down)"), ("intra_fid", "intra-FID (down)"), ("kid", "KID (down)"),
            ("intra_kid", "intra-KID (down)"), ("lpips", "LPIPS (up)"), ("intra_lpips", "intra-LPIPS (up)"),
            ("precision", "P"), ("recall", "R"), ("density", "D"), ("coverage", "C"),
@@ -42,16 +49,13 @@ def table1_markdown(table1: dict, class_names: list[str]) -> str:
 
 
 def verdict(table2: dict) -> list[str]:
-  """Sentences comparing Softlabel-GAN with DiffAug-GAN and Smooth-GAN on FID and intra-FID."""
-  if "soft" not in table2:
-    return []
+  """Sentences comparing each label-augmented variant (Softlabel-GAN; CFG with soft labels) with
+  its baselines (`labels.comparisons`) on FID, intra-FID and intra-KID."""
   out = []
-  for other in ("onehot", "smooth"):
-    if other not in table2:
-      continue
-    for key, label in (("fid", "FID"), ("intra_fid_mean", "intra-FID")):
-      a, b = table2["soft"][key], table2[other][key]
-      out.append(f"- {label}: Softlabel-GAN {a:.2f} vs {VARIANTS[other].title} {b:.2f}: "
+  for mine, other in comparisons(table2):
+    for key, label in (("fid", "FID"), ("intra_fid_mean", "intra-FID"), ("intra_kid", "intra-KID")):
+      a, b = table2[mine][key], table2[other][key]
+      out.append(f"- {label}: {VARIANTS[mine].title} {a:.4g} vs {VARIANTS[other].title} {b:.4g}: "
                  f"{'lower (better)' if a < b else 'not lower'}")
   return out
 
@@ -66,10 +70,17 @@ def write(config: ml_collections.ConfigDict, workdir: str, data: dict, table1: d
             "variants": {n: VARIANTS[n].title for n in table2}, "paper_table2_cifar10": PAPER_CIFAR10}
   write_results(workdir, config, record, data=data["description"], feature_network=nets["features"])
   ref = evaluation["real_reference"]
+  diffusion = [n for n in table2 if VARIANTS[n].model == "diffusion"]
+  d = config.diffusion
+  sources = (["each EMA generator in eval mode"] if len(diffusion) < len(table2) else []) + (
+      [f"each diffusion model's EMA ({d.sampler}, {d.num_steps} steps, guidance scale "
+       f"{d.guidance_scale})"] if diffusion else [])
+  sampled = f"{config.evaluate.samples_per_class} samples per class from " + " and ".join(sources)
+  title = "Table 2" + (" / Table 7 (diffusion with CFG)" if diffusion else "")
   sections = [
-      ("Table 2: generated vs real reference images",
+      (f"{title}: generated vs real reference images",
        table2_markdown(table2) + "\n\n" + "\n".join(verdict(table2)) + "\n\n"
-       f"{config.evaluate.samples_per_class} samples per class from each EMA generator in eval mode; "
+       f"{sampled}; "
        f"intra metrics are mean (+- std) over the {len(data['train_counts'])} classes; LPIPS "
        f"diversity on {config.evaluate.lpips_pairs} sampled pairs per class of "
        f"{config.evaluate.lpips_per_class} samples. Real reference images: IS "
@@ -78,7 +89,10 @@ def write(config: ml_collections.ConfigDict, workdir: str, data: dict, table1: d
        f"- features (FID, KID, PRDC): {nets['features']}\n- LPIPS: {nets['lpips']}\n"
        f"- IS: {nets['logits']}\n- class consistency: {nets.get('classify', 'the judge')}\n\n"
        "Paper (imbalanced CIFAR-10, InceptionV3): FID 57.24 / 66.75 / 54.59 and intra-FID "
-       "112.96 / 125.31 / 109.79 for DiffAug-GAN / Smooth-GAN / Softlabel-GAN."),
+       "112.96 / 125.31 / 109.79 for DiffAug-GAN / Smooth-GAN / Softlabel-GAN. Paper Table 7 "
+       f"(imbalanced Tiny ImageNet, diffusion with CFG): FID {PAPER_TABLE7['cfg']['fid']} / "
+       f"{PAPER_TABLE7['cfg_soft']['fid']}, intra-KID {PAPER_TABLE7['cfg']['intra_kid']} / "
+       f"{PAPER_TABLE7['cfg_soft']['intra_kid']} without / with the label augmentation."),
   ]
   if table1 is not None:
     sections.append(("Table 1: label augmentation per class", table1_markdown(table1, data["class_names"])

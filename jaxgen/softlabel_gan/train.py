@@ -178,19 +178,18 @@ def make_step_fn(g: Generator, d: Discriminator, cfg: ml_collections.ConfigDict,
 
 
 def real_batches(images: np.ndarray | Source, label_vectors: np.ndarray, classes: np.ndarray,
-                 cfg: ml_collections.ConfigDict, variant: Variant, seed: int,
-                 image_size: int | None = None):
-  """Endless real batches of `d_steps * batch_size` rows {'image', 'label' (T_y vectors)}: shuffled
-  epochs, or class-balanced draws for the Oversample baseline; checkpointable positions. A Source
-  is streamed through grain (decoded and resized to `image_size`), each record carrying its vector."""
-  size = cfg.train.batch_size * cfg.d_steps
+                 batch_size: int, sampling: str, seed: int, image_size: int | None = None):
+  """Endless real batches of `batch_size` rows {'image', 'label' (T_y vectors)}: shuffled epochs
+  (`sampling='uniform'`), or class-balanced draws (the Oversample baseline); checkpointable
+  positions. A Source is streamed through grain (decoded and resized to `image_size`), each
+  record carrying its vector."""
   vectors = label_vectors.astype(np.float32)
   if is_streamed(images):
-    return training_batches(with_fields(images, label=vectors), global_batch_size=size, seed=seed,
-                            sampling=variant.sampling, class_ids=classes, image_size=image_size,
+    return training_batches(with_fields(images, label=vectors), global_batch_size=batch_size,
+                            seed=seed, sampling=sampling, class_ids=classes, image_size=image_size,
                             record_fn=functools.partial(select_keys, keys=("image", "label")))
   arrays = {"image": images, "label": vectors}
-  return training_batches(arrays, global_batch_size=size, seed=seed, sampling=variant.sampling,
+  return training_batches(arrays, global_batch_size=batch_size, seed=seed, sampling=sampling,
                           class_ids=classes)
 
 
@@ -203,7 +202,9 @@ def train_gan(name: str, g: Generator, d: Discriminator, cfg: ml_collections.Con
   k_init, k_data, k_train = jax.random.split(key, 3)
   state = init_state(g, d, cfg, k_init)
   seed = int(jax.random.randint(k_data, (), 0, 2**31 - 1))
-  batches = real_batches(images, label_vectors, classes, cfg, variant, seed, image_size)
+  # One D step per real batch of `batch_size`: a training step reads d_steps of them.
+  batches = real_batches(images, label_vectors, classes, cfg.train.batch_size * cfg.d_steps,
+                         variant.sampling, seed, image_size)
   step_fn = make_step_fn(g, d, cfg, variant, mixup_alpha)
   return loop.train(name=name, state=state, step_fn=step_fn, batches=batches, cfg=cfg.train,
                     workdir=workdir, mesh=mesh, key=k_train, writer=writer)
