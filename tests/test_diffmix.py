@@ -15,6 +15,7 @@ from jaxgen import main as jaxgen_main
 from jaxgen.diffmix import filtering, synthesis
 from jaxgen.diffmix import data as dm_data
 from jaxgen.diffmix import main as dm_main
+from jaxgen.diffmix import validation as dm_validation
 from jaxgen.diffmix import report as dm_report
 from jaxgen.errors import ConfigError, DataError
 from jaxgen.io import shard_cache
@@ -275,7 +276,7 @@ def test_reused_t2i_workdir_must_match_the_t2i_section(tmp_path, capsys):
   config = dm_config.get_config("tiny")
   work = tmp_path / "t2i"
   (work / "stages").mkdir(parents=True)
-  for stage in dm_main.T2I_STAGES:
+  for stage in dm_validation.T2I_STAGES:
     (work / "stages" / f"{stage}.json").write_text("{}")
   theirs = config.t2i.to_dict()
   theirs["method"] = "t2i"
@@ -341,7 +342,7 @@ def test_tiny_preset_trains_its_own_backbone(tmp_path):
   work = tmp_path / "dm"
   assert jaxgen_main.run(["jaxgen.main", "--config=configs/diffmix.py:tiny",
                           f"--workdir={work}"]) == 0
-  for stage in dm_main.T2I_STAGES:
+  for stage in dm_validation.T2I_STAGES:
     assert (work / "t2i" / "stages" / f"{stage}.json").exists()
   results = json.loads((work / "results.json").read_text())
   assert set(results["comparison"]) == {"none", "real_mix", "diff_gen", "diff_aug", "diff_mix"}
