@@ -100,12 +100,13 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
       "beta_min": 0.1,  # VP SDE (score_sde's CIFAR-10 values)
       "beta_max": 20.0,
       "t_eps": 1e-3,
+      "prediction": "v",  # 'v' (a eps - s x0) or 'eps'; see jaxgen/softlabel_gan/diffusion.py
       "p_uncond": 0.1,  # labels dropped to the null label (Ho & Salimans 2022)
       "guidance_scale": 2.0,  # eps_u + w (eps_c - eps_u); 1 = no guidance
       "sampler": "dpmpp_2m",  # 'dpmpp_2m' or 'ddim' (eta 0)
       "num_steps": 20,
       # ~0.28 s per step at batch 32 on the 2-core CPU
-      "train": configlib.train_config(1500, 32, lr=5e-4, optimizer="adam", ema_decay=0.998,
+      "train": configlib.train_config(1500, 32, lr=5e-4, optimizer="adam", ema_decay=0.995,
                                       steps_per_call=50, log_every=250, checkpoint_every=500),
   })
   c.diffusion.train.optim.update(schedule="warmup_cosine", warmup_steps=100, end_lr_factor=0.1)

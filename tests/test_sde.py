@@ -260,3 +260,26 @@ def test_dsm_loss_jit_grad_and_errors():
     dsm_loss(jax.random.key(0), lambda x, t: x, VPSDE(), x0, importance_sampling=True)
   with pytest.raises(ConfigError, match="loss_reduce"):
     dsm_loss(jax.random.key(0), lambda x, t: x, VPSDE(), x0, reduce="sum")
+
+
+def test_v_prediction_loss_and_score_match_the_eps_forms():
+  """v = a eps - s x0: the exact v predictor is (eps* - s x_t) / a, its expected loss at time t is
+  the eps loss / a^2 (given x_t, v is an affine map of eps), and v_to_score_fn of it is the exact
+  score; v needs a VP SDE."""
+  from jaxgen.sde import eps_to_score_fn, v_to_score_fn
+  sde, n, t = VPSDE(), 20000, 0.3
+  x0, eps_fn = _data(n), _exact_eps_fn(sde)
+
+  def v_fn(x, tt):
+    a, s = sde.mean_coeff(tt)[:, None], sde.marginal_std(tt)[:, None]
+    return (eps_fn(x, tt) - s * x) / a
+
+  loss, aux = dsm_loss(jax.random.key(4), v_fn, sde, x0, t=jnp.full((n,), t), prediction="v")
+  _check_mc(loss, aux, _expected_loss(sde, t) / float(sde.mean_coeff(t)) ** 2, n)
+  x, tt = x0[:8] * 0.7 + 0.1, jnp.linspace(0.05, 1.0, 8)
+  np.testing.assert_allclose(np.asarray(v_to_score_fn(v_fn, sde)(x, tt)),
+                             np.asarray(eps_to_score_fn(eps_fn, sde)(x, tt)), rtol=2e-4, atol=1e-5)
+  with pytest.raises(ConfigError, match="sde.prediction"):
+    dsm_loss(jax.random.key(0), v_fn, VESDE(), x0[:4], prediction="v")
+  with pytest.raises(ConfigError, match="sde.prediction"):
+    dsm_loss(jax.random.key(0), v_fn, sde, x0[:4], prediction="x0")

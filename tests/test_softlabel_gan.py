@@ -200,7 +200,11 @@ def test_diffusion_trains_and_guidance_scale_one_is_the_conditional_model():
   noise = jax.random.normal(jax.random.key(2), (5, 8, 8, 3))
   sde, net = D.build_sde(cfg), LU.LabelUNet(net_cfg)
   y = LU.with_null_slot(jnp.asarray(np.eye(3, dtype=np.float32)[classes]))
-  score = lambda x, t: -net.apply({"params": new.params}, x, t, y) / sde.marginal_std(t)[:, None, None, None]  # noqa: E731,E501
+  assert cfg.prediction == "v"
+
+  def score(x, t):
+    return D.score_from_output(net.apply({"params": new.params}, x, t, y), x, t, sde, "v")
+
   x = jax.jit(lambda n: sample_dpmpp_2m(jax.random.key(0), score, sde, n.shape, cfg.num_steps,
                                         t_eps=cfg.t_eps, x_init=n))(noise)
   np.testing.assert_allclose(ours.astype(int), np.asarray(to_uint8(jnp.clip(x, -1, 1))).astype(int),

@@ -1,9 +1,11 @@
 """Denoising score matching for the SDEs of `jaxgen.sde.sdes`, with masks for conditioning.
 
 The model predicts the noise: `model_fn(x_t, t) -> eps_hat` with the shape of x_t and t of shape
-[B], so score = -eps_hat / s(t) (Ho et al. 2020; Song et al. 2021 eq. 7 in the eps form). With a
-mask (paper 000 eqs. 4 and 6) only the coordinates with mask == 1 are diffused and scored; the
-others stay at x_0 in the model input and do not enter the loss.
+[B], so score = -eps_hat / s(t) (Ho et al. 2020; Song et al. 2021 eq. 7 in the eps form), or, with
+`prediction='v'` on a VP SDE, the velocity v = a(t) eps - s(t) x_0 (Salimans & Ho 2022), so
+eps = a v + s x_t (`samplers.v_to_score_fn`). With a mask (paper 000 eqs. 4 and 6) only the
+coordinates with mask == 1 are diffused and scored; the others stay at x_0 in the model input
+and do not enter the loss.
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ import jax
 import jax.numpy as jnp
 
 from jaxgen.errors import ConfigError
-from jaxgen.sde.sdes import SDE, VPSDE, bcast
+from jaxgen.sde.sdes import SDE, VPSDE, DiscreteVPSDE, bcast
 
 Array = jax.Array
 ModelFn = Callable[[Array, Array], Array]
 
 REDUCTIONS = ("diffused", "all")
+PREDICTIONS = ("eps", "v")
 
 
 def _log_expm1(u: float) -> float:
@@ -56,7 +59,8 @@ def dsm_loss(key: Array, model_fn: ModelFn, sde: SDE, x0: Array, *,
              likelihood_weighting: bool = False,
              importance_sampling: bool = False,
              t_eps: float = 1e-3,
-             reduce: str = "diffused") -> tuple[Array, dict[str, Any]]:
+             reduce: str = "diffused",
+             prediction: str = "eps") -> tuple[Array, dict[str, Any]]:
   """Eps-parameterised denoising score-matching loss with an optional diffusion mask.
 
   Implements paper 000 eq. 6 in the eps form: with t ~ U(t_eps, T) (or the caller's `t`, shape [B]),
@@ -78,6 +82,12 @@ def dsm_loss(key: Array, model_fn: ModelFn, sde: SDE, x0: Array, *,
   expectation as uniform t with likelihood weighting, with a constant per-sample weight, so lower
   variance. With a caller-given `t` the plain weight w(t) is used instead.
 
+  `prediction='v'` (VP SDE only, where a^2 + s^2 = 1) regresses the model on
+  v = a(t) eps - s(t) x_0 instead of eps, the same sum with v in place of eps. An eps model's
+  data prediction x0_hat = (x_t - s eps_hat) / a multiplies its error by s / a, about 150 at t = T
+  of the default VP SDE, so a pixel model that is not yet accurate to ~1e-3 at high noise starts
+  its samplers from garbage; with v, x0_hat = a x_t - s v_hat is never amplified.
+
   Returns (loss, aux) with aux = {'loss_per_example': l ([B]), 't': t ([B]),
   'mse': unweighted mean over diffused coordinates ([B])}.
   """
@@ -89,6 +99,11 @@ def dsm_loss(key: Array, model_fn: ModelFn, sde: SDE, x0: Array, *,
   if importance_sampling and not likelihood_weighting:
     raise ConfigError("sde.importance_sampling", importance_sampling,
                       "False unless likelihood_weighting=True")
+  if prediction not in PREDICTIONS:
+    raise ConfigError("sde.prediction", prediction, f"one of {PREDICTIONS}")
+  if prediction == "v" and not isinstance(sde, (VPSDE, DiscreteVPSDE)):
+    raise ConfigError("sde.prediction", prediction,
+                      f"'eps' for {type(sde).__name__} (v-prediction needs a VP SDE)")
   if not 0.0 <= t_eps < sde.T:
     raise ConfigError("sde.t_eps", t_eps, f"a number in [0, T={sde.T})")
   batch = x0.shape[0]
@@ -106,9 +121,10 @@ def dsm_loss(key: Array, model_fn: ModelFn, sde: SDE, x0: Array, *,
   mean, std = sde.marginal(x0, t)
   x_t = mean + bcast(std, x0) * eps
   x_t = m * x_t + (1.0 - m) * x0  # frozen coordinates stay at their time-0 value
-  eps_hat = model_fn(x_t, t)
+  target = eps if prediction == "eps" else bcast(sde.mean_coeff(t), x0) * eps - bcast(std, x0) * x0
+  out = model_fn(x_t, t)
 
-  sq = (m * (eps_hat - eps) ** 2).reshape(batch, -1)
+  sq = (m * (out - target) ** 2).reshape(batch, -1)
   m_flat = m.reshape(batch, -1)
   n_diffused = jnp.sum(m_flat, axis=-1)
   mse = jnp.sum(sq, axis=-1) / jnp.maximum(n_diffused, 1.0)

@@ -41,6 +41,17 @@ def eps_to_score_fn(eps_fn: ScoreFn, sde: SDE) -> ScoreFn:
   return score_fn
 
 
+def v_to_score_fn(v_fn: ScoreFn, sde: SDE) -> ScoreFn:
+  """Turn a velocity predictor v_fn(x, t) (v = a eps - s x_0, VP SDEs: a^2 + s^2 = 1) into
+  score_fn(x, t) = -(a v + s x) / s, since eps = a v + s x_t."""
+
+  def score_fn(x: Array, t: Array) -> Array:
+    a, s = bcast(sde.mean_coeff(t), x), bcast(sde.marginal_std(t), x)
+    return -(a * v_fn(x, t) + s * x) / s
+
+  return score_fn
+
+
 def clamp(x: Array, observed: Optional[Array], mask: Optional[Array]) -> Array:
   """Keep mask == 0 coordinates at `observed` (paper 000 eq. 5); identity without a mask."""
   if mask is None:

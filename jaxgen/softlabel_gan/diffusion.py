@@ -1,9 +1,12 @@
 """Paper 003 Table 7: the label augmentation in a class-conditional diffusion model with
 classifier-free guidance (CFG), beside the GANs.
 
-Model: eps(x_t, t, y), the label-conditioned pixel U-Net of `jaxgen.nets.label_unet`, on the VP
-SDE of `jaxgen.sde` (x_t = a(t) x_0 + s(t) eps), trained with the shared denoising score-matching
-loss (`jaxgen.sde.losses.dsm_loss`, t ~ U(t_eps, 1)). The label y of each real image is the
+Model: the label-conditioned pixel U-Net of `jaxgen.nets.label_unet` on the VP SDE of
+`jaxgen.sde` (x_t = a(t) x_0 + s(t) eps), trained with the shared denoising score-matching loss
+(`jaxgen.sde.losses.dsm_loss`, t ~ U(t_eps, 1)) to predict v = a eps - s x_0 (default) or eps.
+Why v: an eps model's data prediction (x_t - s eps_hat) / a multiplies its error by ~150 near
+t = 1, and a small pixel model trained for minutes is nowhere near accurate enough there; its
+few-step samples diverged to noise (checked), while v keeps x0_hat = a x_t - s v_hat bounded. The label y of each real image is the
 variant's label vector, as in the GAN's discriminator: one-hot for plain CFG, the classifier's
 softmax C(x) for "CFG w/ our label augmentation" (paper sec. 5.4). With probability `p_uncond`
 (Ho & Salimans 2022: 0.1 to 0.2) y is replaced by the null label, which trains the unconditional
@@ -34,7 +37,8 @@ from jaxgen.nets.cond_unet import CondUNetConfig
 from jaxgen.nets.label_unet import LabelUNet, LabelUNetConfig
 from jaxgen.parallel.batching import batched_apply
 from jaxgen.sde.fast_samplers import batched_guided_score_fn, sample_ddim, sample_dpmpp_2m
-from jaxgen.sde.losses import dsm_loss
+from jaxgen.sde.losses import PREDICTIONS, dsm_loss
+from jaxgen.sde.samplers import eps_to_score_fn, v_to_score_fn
 from jaxgen.sde.sdes import VPSDE
 from jaxgen.softlabel_gan.labels import Variant
 from jaxgen.softlabel_gan.train import real_batches
@@ -98,7 +102,7 @@ def make_step_fn(net_cfg: LabelUNetConfig, cfg: ml_collections.ConfigDict):
 
     def loss_fn(params):
       model = lambda x, t: net.apply({"params": params}, x, t, y)  # noqa: E731
-      loss, aux = dsm_loss(k_loss, model, sde, x0, t_eps=cfg.t_eps)
+      loss, aux = dsm_loss(k_loss, model, sde, x0, t_eps=cfg.t_eps, prediction=cfg.prediction)
       return loss, aux
 
     (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -122,16 +126,23 @@ def train_diffusion(name: str, net_cfg: LabelUNetConfig, cfg: ml_collections.Con
                     cfg=cfg.train, workdir=workdir, mesh=mesh, key=k_train, writer=writer)
 
 
+def score_from_output(out: Array, x: Array, t: Array, sde: VPSDE, prediction: str) -> Array:
+  """The score from the network's output: eps (score = -eps / s) or v (eps = a v + s x)."""
+  fn = eps_to_score_fn if prediction == "eps" else v_to_score_fn
+  return fn(lambda *_: out, sde)(x, t)
+
+
 @functools.lru_cache(maxsize=8)
 def _sampler(net_cfg: LabelUNetConfig, sampler: str, num_steps: int, t_eps: float,
-             beta_min: float, beta_max: float):
+             beta_min: float, beta_max: float, prediction: str):
   net, sde = LabelUNet(net_cfg), VPSDE(beta_min=beta_min, beta_max=beta_max)
 
   def run(params, noise, y, scale):
-    model = lambda x, t, c: -net.apply({"params": params}, x, t, c) / sde.marginal_std(t)[:, None, None, None]  # noqa: E731,E501
-    cond = label_unet.with_null_slot(y)
-    score = batched_guided_score_fn(model, cond, label_unet.null_labels(y.shape[0], y.shape[1]),
-                                    scale)
+    def score_model(x, t, labels):
+      return score_from_output(net.apply({"params": params}, x, t, labels), x, t, sde, prediction)
+
+    null = label_unet.null_labels(y.shape[0], y.shape[1])
+    score = batched_guided_score_fn(score_model, label_unet.with_null_slot(y), null, scale)
     solve = sample_ddim if sampler == "ddim" else sample_dpmpp_2m
     x = solve(jax.random.key(0), score, sde, noise.shape, num_steps, t_eps=t_eps, x_init=noise)
     return to_uint8(jnp.clip(x, -1.0, 1.0))
@@ -147,7 +158,8 @@ def sample(net_cfg: LabelUNetConfig, cfg: ml_collections.ConfigDict, params: Any
   classes = np.asarray(classes, np.int32)
   noise = np.asarray(jax.random.normal(key, (len(classes), image_size, image_size, 3)), np.float32)
   y = np.eye(net_cfg.num_classes, dtype=np.float32)[classes]
-  fn = _sampler(net_cfg, cfg.sampler, cfg.num_steps, cfg.t_eps, cfg.beta_min, cfg.beta_max)
+  fn = _sampler(net_cfg, cfg.sampler, cfg.num_steps, cfg.t_eps, cfg.beta_min, cfg.beta_max,
+                cfg.prediction)
   scale = jnp.float32(cfg.guidance_scale)
   return batched_apply(lambda xb, yb: fn(params, xb, yb, scale), (noise, y), batch_size, mesh=mesh)
 
@@ -165,6 +177,7 @@ def validate(config: ml_collections.ConfigDict, num_classes: int, image_size: in
   configlib.require(image_size % 2 ** (len(d.channels) - 1) == 0, "diffusion.channels",
                     tuple(d.channels), f"at most log2 levels that halve {image_size} evenly")
   configlib.require_choice(config, "diffusion.sampler", SAMPLERS)
+  configlib.require_choice(config, "diffusion.prediction", PREDICTIONS)
   configlib.require(bool(np.isfinite(d.beta_max) and d.beta_max > 0), "diffusion.beta_max",
                     d.beta_max, "a finite positive number")
   configlib.require(0.0 < d.beta_min < d.beta_max, "diffusion.beta_min", d.beta_min,
