@@ -1,7 +1,8 @@
 """The Colab notebooks: one per method, each the output of colabs/build.py (never edited by hand),
-every code cell valid Python. The MVLD and LR-GMM-NN notebooks are executed in a Jupyter kernel by
-their end-to-end tests (tests/test_mvld_end_to_end.py, tests/test_lrgmm.py); the Softlabel-GAN,
-DIMVIDA and Diff-Mix ones by theirs in the slow group (their tiny runs exceed the suite's budget)."""
+every code cell valid Python. Each notebook is executed in a Jupyter kernel on a tiny run's workdir
+by a test of its method in the slow group (`pytest -m slow`; tests/test_mvld_end_to_end.py,
+tests/test_lrgmm.py, tests/test_softlabel_gan.py, tests/test_dimvida.py, tests/test_t2i.py): a
+tiny run and a kernel start each do not fit the default suite's 15 minutes on 2 cores."""
 
 import ast
 import json

@@ -48,7 +48,14 @@ def test_tiny_preset_end_to_end(tmp_path):
   before = (tmp_path / "results.json").read_text()
   assert jaxgen_main.run(["jaxgen.main", TINY, f"--workdir={tmp_path}"]) == 0  # all stages skipped
   assert (tmp_path / "results.json").read_text() == before
-  # The Colab notebook runs on this workdir in a Jupyter kernel: report and figures render.
+
+
+@pytest.mark.slow  # a tiny run plus a kernel: kept out of the default suite's 15 minutes
+def test_colab_notebook_runs_on_a_tiny_run(tmp_path):
+  """The Colab notebook on a tiny run's workdir in a Jupyter kernel: report and figures render,
+  and the notebook's own run call finds every stage done (results.json unchanged)."""
+  assert jaxgen_main.run(["jaxgen.main", TINY, f"--workdir={tmp_path}"]) == 0
+  before = (tmp_path / "results.json").read_text()
   nb = run_notebook("lrgmm", tmp_path)
   assert len(outputs_of(nb, "image/png")) == 6 and outputs_of(nb, "text/markdown")
   assert (tmp_path / "results.json").read_text() == before

@@ -62,8 +62,13 @@ def test_tiny_preset_writes_table1_transmission_and_report(tmp_path):
   before = (tmp_path / "results.json").read_text()
   assert jaxgen_main.run(["jaxgen.main", TINY, f"--workdir={tmp_path}"]) == 0
   assert (tmp_path / "results.json").read_text() == before
-  # The Colab notebook runs on this workdir in a Jupyter kernel: report, figures and the API's
-  # generation of missing views (asserted inside the notebook) all execute.
+
+
+@pytest.mark.slow  # a tiny run plus a kernel: kept out of the default suite's 15 minutes
+def test_colab_notebook_runs_on_a_tiny_run(tmp_path):
+  """The Colab notebook on a tiny run's workdir in a Jupyter kernel: report, figures and the API's
+  generation of missing views (asserted inside the notebook) all execute."""
+  assert jaxgen_main.run(["jaxgen.main", TINY, f"--workdir={tmp_path}"]) == 0
   nb = run_notebook("mvld", tmp_path)
   assert len(outputs_of(nb, "image/png")) >= 5 and outputs_of(nb, "text/markdown")
 

@@ -173,6 +173,12 @@ class Run(MethodRun):
     return ordered_batches(self.data["train"][0], batch_size, key="image",
                            image_size=self.config.data.image_size)
 
+  def label_vectors(self, variant: labels_lib.Variant, probs: np.ndarray | None) -> np.ndarray:
+    """T_y of every training image for the variant's label source (`probs`: C's softmax)."""
+    return labels_lib.real_label_vectors(variant.label_source, self.data["train"][1],
+                                         self.num_classes, probs=probs,
+                                         smooth_alpha=self.config.labels.smooth_alpha)
+
   def classifier(self):
     require_stage(self.workdir, "train_classifier", "soft_labels")
     return load_classifier(self.config.classifier, self.num_classes, self.image_shape,
@@ -336,8 +342,7 @@ def _stage_gans(run: Run) -> None:
     if labels_lib.VARIANTS[name].model != "gan" or paths.exists(path):
       continue
     variant = labels_lib.VARIANTS[name]
-    vectors = labels_lib.real_label_vectors(variant.label_source, labels, run.num_classes, probs=probs,
-                                            smooth_alpha=run.config.labels.smooth_alpha)
+    vectors = run.label_vectors(variant, probs)
     if is_main_process():
       print(f"[train_gans] {name} ({variant.title}): labels {variant.label_source}, DiffAugment "
             f"{'on' if variant.augment else 'off'}, sampling {variant.sampling}", flush=True)
@@ -360,8 +365,7 @@ def _stage_diffusion(run: Run) -> None:
     if paths.exists(path):
       continue
     variant = labels_lib.VARIANTS[name]
-    vectors = labels_lib.real_label_vectors(variant.label_source, labels, run.num_classes, probs=probs,
-                                            smooth_alpha=run.config.labels.smooth_alpha)
+    vectors = run.label_vectors(variant, probs)
     if is_main_process():
       print(f"[train_diffusion] {name} ({variant.title}): labels {variant.label_source}, "
             f"p_uncond {cfg.p_uncond}", flush=True)
