@@ -14,7 +14,7 @@ Presets:
   table4        the Mixup and Oversample baselines of Table 4 on the default data.
   table7        Table 7 on the default data: a class-conditional pixel diffusion model with
                 classifier-free guidance, with one-hot labels (CFG) and with the classifier's
-                soft labels (CFG w/ label augmentation).
+                soft labels (CFG w/ label augmentation); ~24 min on 2 CPU cores.
   fig5_120, fig5_90, fig5_65
                 the minority-size sweep of Fig. 5: the default data with its smallest class
                 scaled to 120 / 90 / 65 images.
