@@ -177,6 +177,7 @@ def test_label_unet_embeds_soft_labels_linearly_and_inits_like_flax():
     LU.LabelUNet(net_cfg).apply({"params": params}, x, t, jnp.zeros((2, 5)))
 
 
+@pytest.mark.slow  # ~25-45 s of U-Net compiles: the default suite stays under 15 min on 2 cores
 def test_diffusion_trains_and_guidance_scale_one_is_the_conditional_model():
   """Two training steps move the label embedding; guidance scale 1 samples the conditional model
   alone (the DPM-Solver++ sample of eps(x, t, y)), and a larger scale changes the samples."""
