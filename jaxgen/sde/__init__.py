@@ -11,10 +11,10 @@ from jaxgen.sde.fast_samplers import (batched_guided_score_fn, guided_score_fn, 
                                       sample_dpmpp_2m)
 from jaxgen.sde.losses import dsm_loss, sample_importance_t
 from jaxgen.sde.repaint import repaint_schedule, sample_repaint
-from jaxgen.sde.samplers import (clamp, eps_to_score_fn, v_to_score_fn, euler_maruyama_step, langevin_step,
+from jaxgen.sde.samplers import (clamp, eps_to_score_fn, euler_maruyama_step, langevin_step,
                                  ode_euler_step, ode_heun_step, reverse_diffusion_step,
                                  sample_euler_maruyama, sample_ode, sample_pc, time_grid,
-                                 tweedie_denoise)
+                                 tweedie_denoise, v_to_score_fn)
 from jaxgen.sde.sdes import SDE, VESDE, VPSDE, SubVPSDE, bcast, get_sde
 
 _SAMPLERS: dict[str, Callable] = {
@@ -43,7 +43,8 @@ def get_sampler(name: str) -> Callable:
 __all__ = [
     "SDE", "VPSDE", "SubVPSDE", "VESDE", "bcast", "get_sde", "dsm_loss", "sample_importance_t",
     "sample_euler_maruyama", "sample_pc", "sample_ode", "sample_repaint", "repaint_schedule",
-    "eps_to_score_fn", "v_to_score_fn", "clamp", "tweedie_denoise", "time_grid", "euler_maruyama_step",
+    "eps_to_score_fn", "v_to_score_fn", "clamp", "tweedie_denoise", "time_grid",
+    "euler_maruyama_step",
     "reverse_diffusion_step", "langevin_step", "ode_euler_step", "ode_heun_step", "get_sampler",
     "sample_ddim", "sample_dpmpp_2m", "guided_score_fn", "batched_guided_score_fn",
 ]

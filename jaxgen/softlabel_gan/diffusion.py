@@ -6,8 +6,8 @@ Model: the label-conditioned pixel U-Net of `jaxgen.nets.label_unet` on the VP S
 (`jaxgen.sde.losses.dsm_loss`, t ~ U(t_eps, 1)) to predict v = a eps - s x_0 (default) or eps.
 Why v: an eps model's data prediction (x_t - s eps_hat) / a multiplies its error by ~150 near
 t = 1, and a small pixel model trained for minutes is nowhere near accurate enough there; its
-few-step samples diverged to noise (checked), while v keeps x0_hat = a x_t - s v_hat bounded. The label y of each real image is the
-variant's label vector, as in the GAN's discriminator: one-hot for plain CFG, the classifier's
+few-step samples diverged to noise (checked), while v keeps x0_hat = a x_t - s v_hat bounded.
+The label y of each real image is the variant's label vector, as in the GAN's discriminator: one-hot for plain CFG, the classifier's
 softmax C(x) for "CFG w/ our label augmentation" (paper sec. 5.4). With probability `p_uncond`
 (Ho & Salimans 2022: 0.1 to 0.2) y is replaced by the null label, which trains the unconditional
 branch. Sampling conditions on one-hot labels only, like the GAN's generator, and guides as
@@ -133,9 +133,9 @@ def score_from_output(out: Array, x: Array, t: Array, sde: VPSDE, prediction: st
 
 
 @functools.lru_cache(maxsize=8)
-def _sampler(net_cfg: LabelUNetConfig, sampler: str, num_steps: int, t_eps: float,
-             beta_min: float, beta_max: float, prediction: str):
-  net, sde = LabelUNet(net_cfg), VPSDE(beta_min=beta_min, beta_max=beta_max)
+def _sampler(net_cfg: LabelUNetConfig, sde: VPSDE, sampler: str, num_steps: int, t_eps: float,
+             prediction: str):
+  net = LabelUNet(net_cfg)
 
   def run(params, noise, y, scale):
     def score_model(x, t, labels):
@@ -158,8 +158,7 @@ def sample(net_cfg: LabelUNetConfig, cfg: ml_collections.ConfigDict, params: Any
   classes = np.asarray(classes, np.int32)
   noise = np.asarray(jax.random.normal(key, (len(classes), image_size, image_size, 3)), np.float32)
   y = np.eye(net_cfg.num_classes, dtype=np.float32)[classes]
-  fn = _sampler(net_cfg, cfg.sampler, cfg.num_steps, cfg.t_eps, cfg.beta_min, cfg.beta_max,
-                cfg.prediction)
+  fn = _sampler(net_cfg, build_sde(cfg), cfg.sampler, cfg.num_steps, cfg.t_eps, cfg.prediction)
   scale = jnp.float32(cfg.guidance_scale)
   return batched_apply(lambda xb, yb: fn(params, xb, yb, scale), (noise, y), batch_size, mesh=mesh)
 

@@ -6,7 +6,8 @@ samples -> evaluation -> report.
                     per-class counts before / after label augmentation
   train_judge       the in-domain feature network (balanced, disjoint images) unless InceptionV3
                     weights are given
-  train_gans        one BigGAN + DiffAugment per GAN variant (DiffAug-GAN, Smooth-GAN, Softlabel-GAN, ...)
+  train_gans        one BigGAN + DiffAugment per GAN variant (DiffAug-GAN, Smooth-GAN,
+                    Softlabel-GAN, ...)
   train_diffusion   one class-conditional diffusion model per diffusion variant (Table 7: CFG with
                     one-hot or soft labels)
   generate          `samples_per_class` images per class from each EMA generator (eval mode) or
@@ -371,8 +372,8 @@ def _stage_diffusion(run: Run) -> None:
             f"p_uncond {cfg.p_uncond}", flush=True)
     state = diffusion_lib.train_diffusion(
         f"diffusion_{name}", run.diffusion_network, cfg, variant, images, vectors, labels,
-        workdir=run.workdir, mesh=run.mesh, key=run.key("train_diffusion", run.config.variants.index(name)),
-        writer=run.writer, image_size=run.config.data.image_size if run.streamed else None)
+        workdir=run.workdir, mesh=run.mesh,
+        key=run.key("train_diffusion", run.config.variants.index(name)), writer=run.writer, image_size=run.config.data.image_size if run.streamed else None)
     if is_main_process():
       save_params(path, {"params": jax.device_get(state.eval_params)})
 
