@@ -85,6 +85,10 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
       "shard_size": 50,  # images per cached shard and sampler call (split over the devices when
                          # a multiple of the data-parallel size)
       "referable_classes": 0,  # > 0: each target takes references from only this many classes
+      # True: the synthetic sets stay in their shard caches on disk (memory-mapped; filtering and
+      # evaluation one batch at a time, training reads each step's picks); same numbers as False,
+      # which loads each set whole (fine for the embedded sets; 5x CUB at 448 px is ~18 GB)
+      "stream": False,
   })
   c.filter = ml_collections.ConfigDict({
       "scorer": "classifier",  # 'classifier' (trained on the real set), 'backbone' or 'none'
@@ -128,7 +132,7 @@ def _paper(c: ml_collections.ConfigDict, preset: str) -> None:
   c.data.update(target="source", source=source, tfds_name=tfds_name, image_size=size,
                 num_classes=num_classes, metaclass=word, shots=0)
   c.strategies = ("none", "diff_mix")
-  c.synthesis.update(shard_size=16)
+  c.synthesis.update(shard_size=16, stream=True)
   arch = dict(arch="vit_b16") if vit else dict(arch="resnet50", small_input=False)
   c.classifier = classifier_config(arch.pop("arch"), num_steps=6000, batch_size=32,
                                    lr=0.01 if vit else 0.02, optimizer="sgd",

@@ -7,6 +7,7 @@ strengths) is in the torch group: tests/test_parity_t2i.py.
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -180,6 +181,22 @@ def test_diffmix_tiny_run_on_this_backbone(tiny_run, tmp_path):
     assert f["keep"].sum() == 18 - 4 and np.all((f["score"] >= 0) & (f["score"] <= 1))
   manifest = json.loads((cache / "manifest.json").read_text())
   assert "finetune_seed0.msgpack" in manifest["backbone_checkpoints"]
+  # synthesis.stream: the sets stay in the cache on disk (scored and featurised 16 at a time,
+  # the classifier's picks read per step); the scores, weights and numbers are the same
+  stream = tmp_path / "dm_stream"
+  shutil.copytree(work, stream)
+  shutil.rmtree(stream / "checkpoints" / "classifier_seed0_diff_mix")
+  (stream / "models" / "classifier_seed0_diff_mix.json").unlink()
+  (stream / "synthetic" / "seed0" / "diff_mix" / "filter.npz").unlink()
+  assert jaxgen_main.run([*args[:2], f"--workdir={stream}", *args[3:],
+                          "--config.synthesis.stream=true", "--force",
+                          "--stages=filter,train_classifiers,evaluate,report"]) == 0
+  with np.load(cache / "filter.npz") as f, \
+      np.load(stream / "synthetic" / "seed0" / "diff_mix" / "filter.npz") as g:
+    np.testing.assert_array_equal(f["score"], g["score"])
+  streamed = json.loads((stream / "results.json").read_text())
+  assert streamed["comparison"] == results["comparison"]
+  assert streamed["synthetic"] == results["synthetic"]
   with np.load(cache / "shard_00001.npz") as f:
     before = f["images"].copy()
   # the run above split each shard over 8 devices; regenerate a lost shard on 1 device

@@ -16,10 +16,11 @@ Every draw is a function of (seed, position) alone, so a resumed run sees the sa
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from jaxgen.data.sources import Source
 from jaxgen.errors import DataError
 
 
@@ -44,16 +45,36 @@ def effective_number_weights(labels: np.ndarray, num_classes: int, beta: float) 
 
 
 class SyntheticReplacement:
-  """Wraps a batch iterator: each example is swapped for a random synthetic one with prob `p`."""
+  """Wraps a batch iterator: each example is swapped for a random synthetic one with prob `p`.
 
-  def __init__(self, base: Any, synthetic: Mapping[str, np.ndarray], prob: float, *, seed: int,
-               process_index: int = 0, process_count: int = 1):
-    self._base, self._syn, self._prob = base, dict(synthetic), float(prob)
-    self._m = len(next(iter(self._syn.values())))
+  The synthetic pool is in-memory arrays keyed like the batch, or a `Source` (e.g. a
+  `jaxgen.data.cached.CachedSource` too large for memory) whose picked records `record_fn` maps
+  to the batch's keys; both draw the same swaps and picks from (seed, step), so the same pool
+  gives the same batches either way.
+  """
+
+  def __init__(self, base: Any, synthetic: Mapping[str, np.ndarray] | Source, prob: float, *,
+               seed: int, process_index: int = 0, process_count: int = 1,
+               record_fn: Callable[[dict], dict] | None = None):
+    self._base, self._prob = base, float(prob)
+    if isinstance(synthetic, Source):
+      if record_fn is None:
+        raise DataError("a synthetic Source needs a record_fn mapping its records to the batch")
+      self._source, self._record_fn, self._syn = synthetic, record_fn, None
+      self._m = len(synthetic)
+    else:
+      self._source, self._syn = None, dict(synthetic)
+      self._m = len(next(iter(self._syn.values())))
     if self._m == 0:
       raise DataError("synthetic arrays are empty; expected at least one synthetic example")
     self._seed, self._process, self._processes = seed, process_index, process_count
     self._count = 0
+
+  def _take(self, pick: np.ndarray) -> dict[str, np.ndarray]:
+    if self._source is None:
+      return {k: v[pick] for k, v in self._syn.items()}
+    records = [self._record_fn(self._source[int(i)]) for i in pick]
+    return {k: np.stack([r[k] for r in records]) for k in records[0]}
 
   def __iter__(self) -> "SyntheticReplacement":
     return self
@@ -69,9 +90,10 @@ class SyntheticReplacement:
     mine = (swap >= self._process * b) & (swap < (self._process + 1) * b)
     swap, pick = swap[mine] - self._process * b, pick[mine]
     if swap.size:
+      picked = self._take(pick)
       for k in batch:
         batch[k] = batch[k].copy()
-        batch[k][swap] = self._syn[k][pick]
+        batch[k][swap] = picked[k]
     return batch
 
   def get_state(self) -> dict:

@@ -119,10 +119,12 @@ def streamed_record(record: dict[str, np.ndarray], *, num_classes: int, soft: bo
   if image.shape[-1] == 1:  # every classifier takes RGB
     image = np.repeat(image, 3, axis=-1)
   label = int(record["label"])
-  out = {"image": image,
-         "label": (np.eye(num_classes, dtype=np.float32)[label] if soft
-                   else np.asarray(label, np.int32)),
-         "weight": weights[label]}
+  if soft:  # a record's own soft label (a synthetic cache's), else its class as one-hot
+    target = (np.asarray(record["soft_label"], np.float32) if "soft_label" in record
+              else np.eye(num_classes, dtype=np.float32)[label])
+  else:
+    target = np.asarray(label, np.int32)
+  out = {"image": image, "label": target, "weight": weights[label]}
   if drw is not None:
     out["drw_weight"] = drw[label]
   return out
@@ -164,7 +166,7 @@ def initial_variables(model: nn.Module, cfg: ml_collections.ConfigDict, num_clas
 def fit_classifier(cfg: ml_collections.ConfigDict, images: np.ndarray | Source,
                    labels: np.ndarray | None, num_classes: int, *, workdir: str, name: str,
                    mesh: Mesh, key: jax.Array, writer: Any = None,
-                   synthetic: tuple[np.ndarray, np.ndarray] | None = None,
+                   synthetic: tuple[np.ndarray, np.ndarray] | Source | None = None,
                    init_variables: dict | None = None, verbose: bool = True,
                    image_size: int | None = None, stream_augment: str | None = None,
                    input_workers: int = 0) -> Classifier:
@@ -182,6 +184,9 @@ def fit_classifier(cfg: ml_collections.ConfigDict, images: np.ndarray | Source,
     mesh, key, writer: as for `jaxgen.train.loop.train`.
     synthetic: optional (images, labels) pool; with `cfg.synthetic_replace_prob = p` each real
       example of a batch is replaced by a random synthetic one with probability p (paper 001).
+      Or a `Source` of the pool (records 'image', 'label' and optionally 'soft_label', e.g. a
+      `jaxgen.data.cached.CachedSource`): the picked records are read from it per step, never
+      all at once; the batches equal those of the same pool given as arrays.
     init_variables: start from these ({'params', 'batch_stats'?}, e.g. from
       `load_classifier_variables`) instead of a fresh init / `cfg.pretrained_path`.
   Returns:
@@ -201,13 +206,25 @@ def fit_classifier(cfg: ml_collections.ConfigDict, images: np.ndarray | Source,
     _check_inputs(images, labels, num_classes, "training")
     image_shape = tuple(images.shape[1:])
   soft = labels.ndim == 2
-  if synthetic is not None:
+  syn_source = synthetic if is_streamed(synthetic) else None
+  if syn_source is not None:
+    if len(syn_source) == 0 or syn_source.num_classes != num_classes:
+      raise DataError(f"synthetic source {syn_source.name}: {len(syn_source)} records of "
+                      f"{syn_source.num_classes} classes; expected at least one of {num_classes}")
+    syn_shape = tuple(syn_source.image_shape)
+    syn_shape = syn_shape[:-1] + (3,) if syn_shape[-1:] == (1,) else syn_shape  # made RGB per read
+    if syn_shape != image_shape:
+      raise DataError(f"synthetic images have shape {syn_shape}; the real ones {image_shape}")
+    syn_ids = np.asarray(syn_source.labels(), np.int32)
+    soft = soft or "soft_label" in syn_source[0]
+  elif synthetic is not None:
     syn_images, syn_labels = np.asarray(synthetic[0]), np.asarray(synthetic[1])
     _check_inputs(syn_images, syn_labels, num_classes, "synthetic")
     if syn_images.shape[1:] != image_shape:
       raise DataError(f"synthetic images have shape {syn_images.shape[1:]}; the real ones "
                       f"{image_shape}")
     soft = soft or syn_labels.ndim == 2
+    syn_ids = _class_ids(syn_labels)
   model = build_model(cfg, num_classes, image_size=image_shape[0])
   k_init, k_train = jax.random.split(key)
   variables = initial_variables(model, cfg, num_classes, image_shape, k_init, init_variables)
@@ -237,14 +254,19 @@ def fit_classifier(cfg: ml_collections.ConfigDict, images: np.ndarray | Source,
   batches = training_batches(data, global_batch_size=cfg.train.batch_size, seed=seed,
                              sampling=sampling, class_ids=class_ids, **stream)
   if synthetic is not None and cfg.synthetic_replace_prob > 0:
-    syn_ids = _class_ids(syn_labels)
-    syn_arrays = {"image": syn_images, "label": _as_training_labels(syn_labels, soft, num_classes),
-                  "weight": weights[syn_ids]}
-    if drw is not None:
-      syn_arrays["drw_weight"] = drw[syn_ids]
-    batches = SyntheticReplacement(batches, syn_arrays, cfg.synthetic_replace_prob, seed=seed,
+    syn_record_fn = None
+    if syn_source is not None:
+      pool = syn_source
+      syn_record_fn = functools.partial(streamed_record, num_classes=num_classes, soft=soft,
+                                        weights=weights, drw=drw)
+    else:
+      pool = {"image": syn_images, "label": _as_training_labels(syn_labels, soft, num_classes),
+              "weight": weights[syn_ids]}
+      if drw is not None:
+        pool["drw_weight"] = drw[syn_ids]
+    batches = SyntheticReplacement(batches, pool, cfg.synthetic_replace_prob, seed=seed,
                                    process_index=jax.process_index(),
-                                   process_count=jax.process_count())
+                                   process_count=jax.process_count(), record_fn=syn_record_fn)
   if cfg.cmo:  # real images oversampled class-balanced, to paste onto the batch
     partner_data = source if streamed else {"image": images, "label": data["label"]}
     partner = training_batches(partner_data, global_batch_size=cfg.train.batch_size,

@@ -67,8 +67,9 @@ def translation_grid(data: dict, runs, tokenizer, config, key: jax.Array) -> np.
   return image_grid(np.stack(rows), ncols=m + 2)
 
 
-def backbone_scorer(run, seed: int) -> Callable[[np.ndarray, np.ndarray, jax.Array], np.ndarray]:
-  """The fine-tuned backbone's diffusion-classifier confidence in each image's target class."""
+def backbone_scorer(run, seed: int) -> Callable[..., np.ndarray]:
+  """The fine-tuned backbone's diffusion-classifier confidence in each image's target class:
+  score(images, target_class, key, first_batch=0) (see `filtering.backbone_scores`)."""
   runs, tok, tuned = run.finetuned(seed)
   cfg, params = tuned.config, runs.params
   ids = tok.encode(ft.class_prompts(run.num_classes, run.data["metaclass_word"]),
@@ -76,13 +77,14 @@ def backbone_scorer(run, seed: int) -> Callable[[np.ndarray, np.ndarray, jax.Arr
   contexts = bb.encode_prompts(params["text"], cfg, jnp.asarray(ids))
   batch = run.config.evaluate.batch_size
 
-  def score(images: np.ndarray, target_class: np.ndarray, key: jax.Array) -> np.ndarray:
+  def score(images: np.ndarray, target_class: np.ndarray, key: jax.Array,
+            first_batch: int = 0) -> np.ndarray:
     latents = np.concatenate([np.asarray(bb.encode_images(params["vae"], cfg,
                                                           to_model_range(images[i:i + batch])))
                               for i in range(0, len(images), batch)])
     return filtering.backbone_scores(params["unet"], cfg, latents, contexts, target_class,
                                      num_times=run.config.filter.num_times, key=key,
-                                     batch_size=batch)
+                                     batch_size=batch, first_batch=first_batch)
 
   return score
 
@@ -175,16 +177,20 @@ def evaluate(run) -> dict[str, Any]:
                                         "judge_reference_rate": [], "kept_fraction": []}
     for seed in cfg.seeds:
       syn, filt = run.synthetic(seed, strategy), run.filtered(seed, strategy)
-      feats = features(syn["images"])
-      pred = judge.predict(syn["images"])
+      feats, pred = [], []
+      for images in syn.image_chunks(run.synthetic_chunk()):
+        feats.append(features(images))
+        pred.append(judge.predict(images))
+      feats, pred = np.concatenate(feats), np.concatenate(pred)
       per_seed["fid"].append(float(fid(real_feats, feats)))
       per_seed["fid_kept"].append(float(fid(real_feats, feats[filt["keep"]])))
-      per_seed["judge_target_rate"].append(float(np.mean(pred == syn["target_class"])))
-      per_seed["judge_reference_rate"].append(float(np.mean(pred == syn["reference_class"])))
+      per_seed["judge_target_rate"].append(float(np.mean(pred == syn.column("target_class"))))
+      per_seed["judge_reference_rate"].append(
+          float(np.mean(pred == syn.column("reference_class"))))
       per_seed["kept_fraction"].append(float(np.mean(filt["keep"])))
       if seed == cfg.seeds[0]:
-        hist = soft_label_histogram(syn["soft_label"], syn["target_class"])
-        num = int(len(syn["images"]))
+        hist = soft_label_histogram(syn.column("soft_label"), syn.column("target_class"))
+        num = len(syn)
     synthetic[strategy] = {**{name: _mean_std(v) for name, v in per_seed.items()},
                            "kind": kind, "num_images": num, "soft_label_histogram": hist}
   out["synthetic"] = synthetic

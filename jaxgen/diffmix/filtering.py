@@ -87,19 +87,21 @@ def _target_probs(unet_variables, config, latents, contexts, times, noise, targe
 
 def backbone_scores(unet_variables: dict, config: bb.BackboneConfig, latents: np.ndarray,
                     contexts: Array, target_class: np.ndarray, *, num_times: int, key: Array,
-                    batch_size: int) -> np.ndarray:
+                    batch_size: int, first_batch: int = 0) -> np.ndarray:
   """p(target | x) [M] of the backbone's diffusion classifier over batches of `latents` [M, ...]
   (scaled latents of the synthetic images); contexts [K, L, W] are the class prompts' states.
 
   The T times are evenly spaced in (0, 1) (t_k = (k + 0.5) / T) with the same noise draw for
-  every class (a paired comparison); batches are padded to one compiled shape.
+  every class (a paired comparison); batches are padded to one compiled shape. Batch i draws
+  its noise from fold_in(key, first_batch + i), so scoring a set in chunks of whole batches
+  (`first_batch` = the chunk's first batch) gives the scores of one call.
   """
   times = (jnp.arange(num_times) + 0.5) / num_times
   out = []
   m = len(latents)
   for i, start in enumerate(range(0, m, batch_size)):
     rows = np.minimum(np.arange(start, start + batch_size), m - 1)
-    noise = jax.random.normal(jax.random.fold_in(key, i), (num_times, batch_size) + latents.shape[1:])
+    noise = jax.random.normal(jax.random.fold_in(key, first_batch + i), (num_times, batch_size) + latents.shape[1:])
     p = _target_probs(unet_variables, config, jnp.asarray(latents[rows]), contexts, times, noise,
                       jnp.asarray(np.asarray(target_class)[rows]))
     out.append(np.asarray(p)[:min(batch_size, m - start)])

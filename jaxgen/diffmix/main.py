@@ -34,6 +34,8 @@ import numpy as np
 
 from jaxgen.classifier.inference import load_classifier
 from jaxgen.classifier.train import fit_classifier
+from jaxgen.data.cached import CachedSource
+from jaxgen.data.sources import subset
 from jaxgen.diffmix import data as dm_data
 from jaxgen.diffmix import evaluate as dm_eval
 from jaxgen.diffmix import filtering
@@ -121,8 +123,15 @@ class Run(MethodRun):
   def num_synthetic(self) -> int:
     return self.config.synthesis.multiplier * len(self.data["real_labels"])
 
-  def synthetic(self, seed: int, strategy: str) -> dict[str, np.ndarray]:
-    return shard_cache.read_shards(self.synthetic_dir(seed, strategy), self.num_synthetic())
+  def synthetic(self, seed: int, strategy: str) -> CachedSource:
+    """The finished synthetic set of (seed, strategy), its images left in the shard cache."""
+    return CachedSource(self.synthetic_dir(seed, strategy), self.num_synthetic(),
+                        num_classes=self.num_classes)
+
+  def synthetic_chunk(self) -> int:
+    """Synthetic images scored or featurised per call: the whole set in memory, or with
+    `synthesis.stream` one evaluation batch at a time (same numbers: whole batches either way)."""
+    return self.config.evaluate.batch_size if self.config.synthesis.stream else self.num_synthetic()
 
   def filtered(self, seed: int, strategy: str) -> dict[str, np.ndarray]:
     with paths.load_npz(os.path.join(self.synthetic_dir(seed, strategy), "filter.npz")) as f:
@@ -211,8 +220,9 @@ def _provenance(run: Run, seed: int, strategy: str, plan: dict) -> dict:
                                                      for p in files if paths.isfile(p)}}
 
 
-def synthesize_set(run: Run, seed: int, strategy: str) -> dict[str, np.ndarray]:
-  """The synthetic set of (seed, strategy), generated or read from its shard cache."""
+def synthesize_set(run: Run, seed: int, strategy: str) -> CachedSource:
+  """The synthetic set of (seed, strategy), generated (one shard in memory at a time) or found
+  in its shard cache."""
   d, s, k = run.data, run.config.synthesis, run.num_classes
   backbone, kind = synthesis.split_strategy(strategy)
   sidx = synthesis.STRATEGIES.index(strategy)
@@ -242,10 +252,11 @@ def synthesize_set(run: Run, seed: int, strategy: str) -> dict[str, np.ndarray]:
     return {"images": images, "soft_label": soft[index], **{n: a[index] for n, a in plan.items()}}
 
   shape = d["real_images"].shape[1:]
-  return shard_cache.build_shards(
+  shard_cache.build_shards(
       run.synthetic_dir(seed, strategy), len(plan["target_class"]), s.shard_size, make_shard,
       manifest=_provenance(run, seed, strategy, plan), shapes={"images": shape, "soft_label": (k,)},
-      write=is_main_process())
+      write=is_main_process(), collect=False)
+  return run.synthetic(seed, strategy)
 
 
 def _stage_synthesize(run: Run) -> None:
@@ -253,9 +264,9 @@ def _stage_synthesize(run: Run) -> None:
     for strategy in run.synthetic_strategies():
       out = synthesize_set(run, seed, strategy)
       if seed == run.config.seeds[0]:
-        order = np.argsort(out["target_class"], kind="stable")
-        run.save_figure(image_grid(out["images"][order][:40], ncols=10), "samples",
-                        f"{strategy}.png")
+        order = np.argsort(out.column("target_class"), kind="stable")[:40]
+        run.save_figure(image_grid(np.stack([out[int(i)]["image"] for i in order]), ncols=10),
+                        "samples", f"{strategy}.png")
   if "diff_mix" in run.config.strategies:
     seed = run.config.seeds[0]
     runs, tok, _ = run.finetuned(seed)
@@ -270,7 +281,7 @@ def _fit(run: Run, seed: int, strategy: str, synthetic=None):
   name = run.classifier_name(seed, strategy)
   settings = {"classifier": run.config.classifier.to_dict(),
               "real_set": shard_cache.fingerprint(d["real_images"], d["real_labels"]),
-              "synthetic": shard_cache.fingerprint(*synthetic) if synthetic is not None else ""}
+              "synthetic": _synthetic_fingerprint(synthetic)}
   record = run.path("models", f"{name}.json")
   _settings_current(record, settings, "classifier", "classifier")
   clf = fit_classifier(run.config.classifier, d["real_images"], d["real_labels"], run.num_classes,
@@ -280,6 +291,17 @@ def _fit(run: Run, seed: int, strategy: str, synthetic=None):
   if is_main_process():
     atomic_write_json(record, settings)
   return clf
+
+
+def _synthetic_fingerprint(synthetic) -> str:
+  """What a classifier's synthetic pool was: the arrays' digest, or for a pool kept on disk the
+  digest of its cache manifest (the provenance of every image) and of the kept items."""
+  if synthetic is None:
+    return ""
+  if isinstance(synthetic, tuple):
+    return shard_cache.fingerprint(*synthetic)
+  manifest = paths.read_bytes(os.path.join(synthetic.parent.cache_dir, "manifest.json"))
+  return "cache:" + shard_cache.fingerprint(np.frombuffer(manifest, np.uint8), synthetic.indices)
 
 
 def _stage_baseline(run: Run) -> None:
@@ -307,17 +329,21 @@ def _stage_filter(run: Run) -> None:
       if _filter_current(path, f):
         continue
       syn = run.synthetic(seed, strategy)
+      target, chunk = syn.column("target_class"), run.synthetic_chunk()
+      key = jax.random.fold_in(run.key("filter", seed), synthesis.STRATEGIES.index(strategy))
       if f.scorer == "none":
-        scores = np.ones(len(syn["images"]), np.float32)
+        scores = np.ones(len(syn), np.float32)
       elif f.scorer == "classifier":
         require_stage(run.workdir, "baseline", "filter")
         scorer = scorer or run.classifier(seed, "none")
-        scores = filtering.target_confidence(scorer.probabilities(syn["images"]),
-                                             syn["target_class"])
+        probs = np.concatenate([scorer.probabilities(x) for x in syn.image_chunks(chunk)])
+        scores = filtering.target_confidence(probs, target)
       else:  # the fine-tuned backbone's diffusion-classifier score of the target prompt
         scorer = scorer or dm_eval.backbone_scorer(run, seed)
-        scores = scorer(syn["images"], syn["target_class"],
-                        jax.random.fold_in(run.key("filter", seed), synthesis.STRATEGIES.index(strategy)))
+        batch = run.config.evaluate.batch_size  # chunks are whole scorer batches (same noise)
+        scores = np.concatenate([
+            scorer(x, target[i * chunk:(i + 1) * chunk], key, first_batch=i * chunk // batch)
+            for i, x in enumerate(syn.image_chunks(chunk))])
       keep = filtering.keep_mask(scores, f.drop_fraction)
       if is_main_process():
         atomic_save_npz(path, score=np.asarray(scores, np.float32), keep=keep,
@@ -330,7 +356,11 @@ def _stage_train_classifiers(run: Run) -> None:
   for seed in run.config.seeds:
     for strategy in run.synthetic_strategies():
       syn, keep = run.synthetic(seed, strategy), run.filtered(seed, strategy)["keep"]
-      _fit(run, seed, strategy, synthetic=(syn["images"][keep], syn["soft_label"][keep]))
+      if run.config.synthesis.stream:  # picked images read from the cache per training step
+        pool = subset(syn, np.flatnonzero(keep))
+      else:
+        pool = (syn.images(0, len(syn))[keep], syn.column("soft_label")[keep])
+      _fit(run, seed, strategy, synthetic=pool)
 
 
 def _stage_evaluate(run: Run) -> None:

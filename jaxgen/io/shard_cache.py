@@ -7,7 +7,10 @@ it holds does not depend on the device count or on where a run was killed. Each 
 is missing, unreadable or holds other items or shapes is made again, never mixed in.
 `manifest.json` records the provenance (inputs' fingerprint, sampler, checkpoints' digests,
 seed); a cache made with other settings is refused in one line naming the first difference.
-`read_shards` checks that the shards cover every item exactly once (no duplicate, no gap).
+`read_shards` checks that the shards cover every item exactly once (no duplicate, no gap);
+`shard_files` does the same check reading only the shards' `index` arrays, for readers that
+keep a cache larger than memory on disk (`jaxgen.data.cached.CachedSource`), and `open_member`
+memory-maps one array of a shard.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import hashlib
 import json
 import logging
 import os
+import struct
 import zipfile
 from typing import Any, Callable, Mapping
 
@@ -105,12 +109,15 @@ def _read_shard(path: str, expected_index: np.ndarray, shapes: Mapping[str, tupl
 
 def build_shards(cache_dir: str, num_items: int, shard_size: int, make_shard: MakeShard, *,
                  manifest: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]] | None = None,
-                 write: bool = True, log: Callable[[str], None] = print) -> dict[str, np.ndarray]:
+                 write: bool = True, log: Callable[[str], None] = print,
+                 collect: bool = True) -> dict[str, np.ndarray]:
   """Every item's arrays {name: [num_items, ...]} (plus `index`), made shard by shard.
 
   Shards already in `cache_dir` are read when they hold their items with the `shapes` given
   (per-item shapes of the named arrays); the others are made by `make_shard` and written (unless
   `write=False`, for processes other than the main one). `manifest` must equal the cache's.
+  `collect=False` returns {} and holds one shard at a time (a cache larger than memory; read
+  it back with `jaxgen.data.cached.CachedSource`).
   """
   check_manifest(cache_dir, {**manifest, "num_items": num_items, "shard_size": shard_size},
                  write=write)
@@ -130,27 +137,78 @@ def build_shards(cache_dir: str, num_items: int, shard_size: int, make_shard: Ma
       if write:
         atomic_save_npz(path, **arrays)
       made += 1
-    parts.append(arrays)
+    if collect:
+      parts.append(arrays)
   log(f"[cache] {cache_dir}: {num_items} items, {made} of {num_shards} shards generated, "
       f"{num_shards - made} read from the cache")
   return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
 
 
-def read_shards(cache_dir: str, num_items: int) -> dict[str, np.ndarray]:
-  """All shards of a finished cache, ordered by item; DataError unless they cover
-  0..num_items-1 exactly once."""
+def _shard_names(cache_dir: str) -> list[str]:
   names = sorted(f for f in paths.listdir(cache_dir) if f.startswith("shard_") and f.endswith(".npz")) \
       if paths.isdir(cache_dir) else []
   if not names:
     raise DataError(f"{cache_dir}: no generated shards; run the generating stage first")
-  parts = []
-  for name in names:
-    with paths.load_npz(os.path.join(cache_dir, name), allow_pickle=False) as f:
-      parts.append({k: f[k] for k in f.files})
-  out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-  index = out[INDEX]
+  return names
+
+
+def _check_coverage(cache_dir: str, index: np.ndarray, num_items: int) -> None:
   if not np.array_equal(np.sort(index), np.arange(num_items)):
     raise DataError(f"{cache_dir}: shards cover {len(np.unique(index))} distinct of {num_items} "
                     f"items ({len(index)} entries); expected each exactly once")
-  order = np.argsort(index)
+
+
+def read_shards(cache_dir: str, num_items: int) -> dict[str, np.ndarray]:
+  """All shards of a finished cache, ordered by item; DataError unless they cover
+  0..num_items-1 exactly once."""
+  parts = []
+  for name in _shard_names(cache_dir):
+    with paths.load_npz(os.path.join(cache_dir, name), allow_pickle=False) as f:
+      parts.append({k: f[k] for k in f.files})
+  out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+  _check_coverage(cache_dir, out[INDEX], num_items)
+  order = np.argsort(out[INDEX])
   return {k: v[order] for k, v in out.items()}
+
+
+def shard_files(cache_dir: str, num_items: int) -> list[tuple[str, np.ndarray]]:
+  """(path, item indices) of every shard of a finished cache, reading only the `index` arrays;
+  DataError unless they cover 0..num_items-1 exactly once."""
+  out = []
+  for name in _shard_names(cache_dir):
+    path = os.path.join(cache_dir, name)
+    try:
+      with paths.load_npz(path, allow_pickle=False) as f:
+        out.append((path, np.asarray(f[INDEX])))
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+      raise DataError(f"{path}: unreadable shard ({type(err).__name__}); run the generating "
+                      "stage again to remake it") from None
+  _check_coverage(cache_dir, np.concatenate([i for _, i in out]), num_items)
+  return out
+
+
+def open_member(path: str, name: str) -> np.ndarray:
+  """Array `name` of the .npz shard at `path`: memory-mapped when the file is local and the
+  member stored uncompressed (how `build_shards` writes them), so reading a row touches only
+  that row's bytes; otherwise read whole."""
+  if not paths.is_url(path):
+    local = paths.local(path)
+    with zipfile.ZipFile(local) as z:
+      info = z.getinfo(f"{name}.npy")
+    if info.compress_type == zipfile.ZIP_STORED:
+      with open(local, "rb") as f:
+        f.seek(info.header_offset)
+        header = f.read(30)  # the zip local file header: its name and extra field lengths follow
+        name_len, extra_len = struct.unpack("<HH", header[26:30])
+        f.seek(info.header_offset + 30 + name_len + extra_len)
+        version = np.lib.format.read_magic(f)
+        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                       else np.lib.format.read_array_header_2_0)
+        shape, fortran, dtype = read_header(f)
+        offset = f.tell()
+      if dtype.hasobject:
+        raise DataError(f"{path}: member {name!r} holds Python objects; expected a numeric array")
+      return np.memmap(local, dtype=dtype, mode="r", shape=shape, offset=offset,
+                       order="F" if fortran else "C")
+  with paths.load_npz(path, allow_pickle=False) as f:
+    return np.asarray(f[name])
