@@ -67,6 +67,11 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
       "image_size": 0,  # fine-tuning, synthesis and classifier resolution (centre crop)
       "num_classes": 0,
       "metaclass": "",  # the word of "a photo of a <v_i> bird"
+      # the classifiers' real training images stream from the source through the grain
+      # pipeline: decode-time augmentation ('none' = resize + centre crop, 'flip', 'crop',
+      # 'flip_crop', 'rrc' = RandomResizedCrop, 'rrc_flip') and worker processes
+      "augment": "none",
+      "workers": 0,
   })
   c.study = ""  # a name of jaxgen.diffmix.studies.STUDIES: run its runs on one backbone
   c.study_runs = ()  # only these runs of the study (empty = all)
@@ -130,7 +135,7 @@ def _paper(c: ml_collections.ConfigDict, preset: str) -> None:
   source, tfds_name, num_classes, word = PAPER_SETS[preset.removesuffix("_vit")]
   size = 384 if vit else 448
   c.data.update(target="source", source=source, tfds_name=tfds_name, image_size=size,
-                num_classes=num_classes, metaclass=word, shots=0)
+                num_classes=num_classes, metaclass=word, shots=0, augment="rrc_flip", workers=4)
   c.strategies = ("none", "diff_mix")
   c.synthesis.update(shard_size=16, stream=True)
   arch = dict(arch="vit_b16") if vit else dict(arch="resnet50", small_input=False)
@@ -138,7 +143,7 @@ def _paper(c: ml_collections.ConfigDict, preset: str) -> None:
                                    lr=0.01 if vit else 0.02, optimizer="sgd",
                                    label_smoothing=0.1, normalization="imagenet",
                                    synthetic_replace_prob=REPLACE_PROB_BY_SHOTS[0],
-                                   augment={"flip": True, "crop_padding": 0}, **arch)
+                                   augment={"flip": False, "crop_padding": 0}, **arch)
   c.classifier.train.optim.update(schedule="cosine", weight_decay=5e-4, momentum=0.9)
   c.classifier.train.update(steps_per_call=50, log_every=100, checkpoint_every=1000)
   c.evaluate.update(batch_size=32)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from jaxgen import main as jaxgen_main
+from jaxgen.data.pipeline import resize_center_crop
 from jaxgen.diffmix import filtering, synthesis
 from jaxgen.diffmix import data as dm_data
 from jaxgen.diffmix import main as dm_main
@@ -256,6 +257,8 @@ def test_claims_need_three_seeds():
     (["--config.synthesis.strengths=(0.5, 1.5)"], "synthesis.strengths"),
     (["--config.synthesis.target_sampling=head"], "synthesis.target_sampling"),
     (["--config.filter.scorer=clip"], "filter.scorer"),
+    (["--config.data.augment=rrc"], "data.augment"),  # embedded target: nothing streams
+    (["--config.data.workers=2"], "data.workers"),
     (["--config.filter.drop_fraction=1.0"], "filter.drop_fraction"),
     (["--config.classifier.synthetic_replace_prob=1.5"], "classifier.synthetic_replace_prob"),
     (["--config.classifier.train.batch_size=64"], "classifier.train.batch_size"),
@@ -408,6 +411,12 @@ def test_a_real_source_target_reads_tfds_and_names_its_classes(tmp_path):
                      image_size=16, num_classes=102, metaclass="flower", shots=1)
   with tfds.testing.mock_data(num_examples=12):
     d = dm_data.load(config, None, str(tmp_path))
+    # the classifiers stream the same records from the split (resized as the cached arrays)
+    streamed = dm_data.streamed_real_set(config, d)
+    np.testing.assert_array_equal(streamed.labels(), d["real_labels"])
+    for i in (0, len(streamed) - 1):
+      np.testing.assert_array_equal(resize_center_crop(streamed[i]["image"], 16),
+                                    d["real_images"][i])
   assert d["real_images"].shape[1:] == (16, 16, 3) and d["target_test_images"].shape[0] == 12
   assert len(d["real_labels"]) == len(set(d["real_labels"].tolist()))  # one shot per class
   prompts = dm_data.vanilla_prompts(d)

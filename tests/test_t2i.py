@@ -233,7 +233,8 @@ def test_diffmix_study_runs_on_this_backbone(tiny_run, tmp_path):
 def test_diffmix_on_an_image_folder_source(tiny_run, tmp_path):
   """The paper presets' path (data.target='source') end to end on a written image folder, at a
   size other than the backbone's: class-name prompts for the vanilla backbone, the real-set
-  classifier as judge."""
+  classifier as judge, real batches streamed from the folder (grain, flipped per step) and the
+  synthetic sets kept on disk (synthesis.stream)."""
   from jaxgen.io.images import save_png
   rng = np.random.default_rng(0)
   for split, n in (("train", 4), ("test", 2)):
@@ -249,12 +250,15 @@ def test_diffmix_on_an_image_folder_source(tiny_run, tmp_path):
       f"--config.t2i_workdir={tiny_run}", "--config.data.target=source",
       "--config.data.source=folder", f"--config.data.data_dir={tmp_path / 'folder'}",
       "--config.data.image_size=24", "--config.data.num_classes=3", "--config.data.metaclass=cube",
-      "--config.data.shots=0", "--config.strategies=('none', 'real_mix', 'diff_mix')"]) == 0
+      "--config.data.shots=0", "--config.strategies=('none', 'real_mix', 'diff_mix')",
+      "--config.data.augment=flip", "--config.synthesis.stream=true"]) == 0
   results = json.loads((work / "results.json").read_text())
   assert set(results["comparison"]) == {"none", "real_mix", "diff_mix"}
   assert results["num_real"] == 12 and "real-set resnet18 classifier" in results["feature_network"]
   syn = shard_cache.read_shards(str(work / "synthetic" / "seed0" / "real_mix"), 24)
   assert syn["images"].shape == (24, 24, 24, 3)
+  record = json.loads((work / "models" / "classifier_seed0_diff_mix.json").read_text())
+  assert record["real_augment"] == "flip" and record["synthetic"].startswith("cache:")
 
 
 # checkpoints every 2 steps, written synchronously (an asynchronous save may still be in flight

@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 
 from jaxgen.data.memory import source_arrays
-from jaxgen.data.sources import get_source
+from jaxgen.data.sources import get_source, subset
 from jaxgen.errors import DataError
 from jaxgen.io.files import atomic_write_json, read_json
 from jaxgen.data import t2i_sets
@@ -116,8 +116,15 @@ def _source(config: ml_collections.ConfigDict, workdir: str) -> dict:
     raise DataError(f"{meta['name']}: {k} classes; config.data.num_classes={d.num_classes}")
   keep = first_shots(out["real_labels"], d.shots, k)
   out["real_images"], out["real_labels"] = out["real_images"][keep], out["real_labels"][keep]
+  out["real_index"] = keep  # records of the training split (its classifiers stream them)
   return {**out, "num_target_classes": k, "class_names": meta["class_names"],
           "metaclass_word": d.metaclass, "source_name": meta["name"]}
+
+
+def streamed_real_set(config: ml_collections.ConfigDict, data: dict):
+  """The real training set of a source target as the source's records (decoded, resized or
+  augmented per step by the grain pipeline); the same records as data['real_images']."""
+  return subset(open_source(config, config.data.train_split), data["real_index"])
 
 
 def vanilla_prompts(data: dict) -> list[str]:

@@ -282,12 +282,19 @@ def _fit(run: Run, seed: int, strategy: str, synthetic=None):
   settings = {"classifier": run.config.classifier.to_dict(),
               "real_set": shard_cache.fingerprint(d["real_images"], d["real_labels"]),
               "synthetic": _synthetic_fingerprint(synthetic)}
+  real, stream = (d["real_images"], d["real_labels"]), {}
+  if run.config.data.target == "source":  # streamed from the data set by the grain pipeline
+    dc = run.config.data
+    settings["real_augment"] = dc.augment
+    real = (dm_data.streamed_real_set(run.config, d), None)
+    stream = dict(image_size=dc.image_size, input_workers=dc.workers,
+                  stream_augment=None if dc.augment == "none" else dc.augment)
   record = run.path("models", f"{name}.json")
   _settings_current(record, settings, "classifier", "classifier")
-  clf = fit_classifier(run.config.classifier, d["real_images"], d["real_labels"], run.num_classes,
+  clf = fit_classifier(run.config.classifier, *real, run.num_classes,
                        workdir=run.workdir, name=name, mesh=run.mesh,
                        key=run.key("train_classifiers", seed), writer=run.writer,
-                       synthetic=synthetic)
+                       synthetic=synthetic, **stream)
   if is_main_process():
     atomic_write_json(record, settings)
   return clf

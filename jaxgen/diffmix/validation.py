@@ -15,6 +15,7 @@ from jaxgen.diffmix import data as dm_data
 from jaxgen.diffmix import filtering
 from jaxgen.diffmix import studies, synthesis
 from jaxgen.data.imbalance import long_tail_indices
+from jaxgen.data.pipeline import AUGMENTATIONS
 from jaxgen.errors import ConfigError
 from jaxgen.io import paths
 from jaxgen.io.files import read_json
@@ -94,6 +95,10 @@ def training_images_per_class(config: ml_collections.ConfigDict) -> int:
   return d.target_shots + d.target_judge_per_class
 
 
+# decode-time augmentations of the streamed real images ('none': resize + centre crop)
+STREAM_AUGMENTATIONS = ("none",) + tuple(a for a in AUGMENTATIONS if a)
+
+
 def num_real(config: ml_collections.ConfigDict) -> int:
   """The real training set's size (a real source is opened to count it)."""
   if config.data.target == "source":
@@ -117,6 +122,8 @@ def _validate_source(config: ml_collections.ConfigDict) -> None:
   for key in ("train_split", "test_split", "metaclass"):
     configlib.require(bool(d[key]), f"data.{key}", d[key], "a non-empty string")
   configlib.require_positive_int(config, "data.image_size")
+  configlib.require_choice(config, "data.augment", STREAM_AUGMENTATIONS)
+  configlib.require_positive_int(config, "data.workers", allow_zero=True)
   configlib.require(isinstance(d.num_classes, int) and d.num_classes >= 2, "data.num_classes",
                     d.num_classes, "the data set's number of classes (>= 2)")
   if config.preset.removesuffix("_vit") in dm_data.PAPER_SETS:
@@ -161,7 +168,8 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int,
   else:
     for key, default in (("source", ""), ("tfds_name", ""), ("data_dir", ""),
                          ("train_split", "train"), ("test_split", "test"), ("image_size", 0),
-                         ("num_classes", 0), ("metaclass", "")):
+                         ("num_classes", 0), ("metaclass", ""), ("augment", "none"),
+                         ("workers", 0)):
       configlib.require(config.data[key] == default, f"data.{key}", config.data[key],
                         f"{default!r}: it applies only with data.target='source'")
     configlib.require(isinstance(shots, int) and 0 <= shots <= per_class, "data.shots", shots,
