@@ -220,9 +220,10 @@ def _provenance(run: Run, seed: int, strategy: str, plan: dict) -> dict:
                                                      for p in files if paths.isfile(p)}}
 
 
-def synthesize_set(run: Run, seed: int, strategy: str) -> CachedSource:
-  """The synthetic set of (seed, strategy), generated (one shard in memory at a time) or found
-  in its shard cache."""
+def synthesize_set(run: Run, seed: int, strategy: str) -> None:
+  """Generates the synthetic set of (seed, strategy) into its shard cache (one shard in memory at
+  a time; shards already there are checked and kept). Read it with `run.synthetic`: on the main
+  process at once (it wrote the shards), on the others after the stage (when it has)."""
   d, s, k = run.data, run.config.synthesis, run.num_classes
   backbone, kind = synthesis.split_strategy(strategy)
   sidx = synthesis.STRATEGIES.index(strategy)
@@ -256,14 +257,14 @@ def synthesize_set(run: Run, seed: int, strategy: str) -> CachedSource:
       run.synthetic_dir(seed, strategy), len(plan["target_class"]), s.shard_size, make_shard,
       manifest=_provenance(run, seed, strategy, plan), shapes={"images": shape, "soft_label": (k,)},
       write=is_main_process(), collect=False)
-  return run.synthetic(seed, strategy)
 
 
 def _stage_synthesize(run: Run) -> None:
   for seed in run.config.seeds:
     for strategy in run.synthetic_strategies():
-      out = synthesize_set(run, seed, strategy)
-      if seed == run.config.seeds[0]:
+      synthesize_set(run, seed, strategy)
+      if seed == run.config.seeds[0] and is_main_process():
+        out = run.synthetic(seed, strategy)
         order = np.argsort(out.column("target_class"), kind="stable")[:40]
         run.save_figure(image_grid(np.stack([out[int(i)]["image"] for i in order]), ncols=10),
                         "samples", f"{strategy}.png")
