@@ -249,6 +249,24 @@ def test_claims_need_three_seeds():
   assert "yes when paired" in dm_report._words(paired)
 
 
+def test_a_study_compares_each_strategy_across_its_runs():
+  def entry(values):
+    return {"accuracy_mean": float(np.mean(values)), "accuracy_std": float(np.std(values)),
+            "accuracy_values": values, "seeds": list(range(len(values)))}
+  runs = {"ti": {"comparison": {"none": entry([0.2, 0.3, 0.25]),
+                                "diff_mix": entry([0.25, 0.35, 0.30])}},
+          "db": {"comparison": {"none": entry([0.2, 0.3, 0.25]),
+                                "diff_mix": entry([0.20, 0.29, 0.26])}},
+          "ti_db": {"comparison": {"none": entry([0.2, 0.3, 0.25]),
+                                   "diff_gen": entry([0.1, 0.2, 0.3])}}}
+  across = dm_report.across_runs(runs)
+  assert set(across) == {"diff_mix"}  # diff_gen is in one run only; 'none' is the baseline
+  assert across["diff_mix"]["best_run"] == "ti" and set(across["diff_mix"]["versus"]) == {"db"}
+  v = across["diff_mix"]["versus"]["db"]
+  np.testing.assert_allclose(v["paired_differences"], [0.05, 0.06, 0.04], atol=1e-12)
+  assert v["wins"] == 3 and v["beats_paired"]
+
+
 # --------------------------------------------------------------------------- config and runs
 
 @pytest.mark.parametrize("args, needle", [

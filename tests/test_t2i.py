@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from jaxgen import main as jaxgen_main
+from jaxgen.diffmix import results_page as dm_results_page
 from jaxgen.diffmix import synthesis
 from jaxgen.errors import ConfigError
 from jaxgen.io import shard_cache
@@ -170,6 +171,8 @@ def test_diffmix_tiny_run_on_this_backbone(tiny_run, tmp_path):
   assert set(results["synthetic"]) == {"diff_mix"}
   assert "in-domain" in results["feature_network"]
   assert "not claimed" in (work / "report.md").read_text()
+  page, unlisted = dm_results_page.build(str(work))  # every table number is in results.json
+  assert not unlisted and "## Few-shot comparison" in page
   cache = work / "synthetic" / "seed0" / "diff_mix"
   syn = shard_cache.read_shards(str(cache), 18)
   assert syn["images"].shape == (18, 16, 16, 3)
@@ -226,6 +229,9 @@ def test_diffmix_study_runs_on_this_backbone(tiny_run, tmp_path):
   assert set(run["comparison"]) == {"none"}
   assert (work / "study" / "mixup" / "report.md").exists()
   assert "Table 1" in (work / "report.md").read_text()
+  page, unlisted = dm_results_page.build(str(work))  # a study's results page: its study table
+  assert not unlisted and "the `tiny` preset" in page and "configs/diffmix.py:tiny" in page
+  assert "| mixup | no augmentation" in page
 
 
 

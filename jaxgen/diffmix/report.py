@@ -101,7 +101,10 @@ def _backbone_source(config: ml_collections.ConfigDict) -> str:
 
 
 def sections(config: ml_collections.ConfigDict, ev: dict) -> list[tuple[str, str]]:
-  """The report's sections from a results record (results.json): also the results page's."""
+  """The report's sections from a results record (results.json): also the results page's (a
+  study's record gives the study's table)."""
+  if "study" in ev:
+    return study_sections(config, ev)
   comp, syn, claims = ev["comparison"], ev["synthetic"], ev["claims"]
   seeds = list(ev["seeds"])
   rows = [[LABELS[s], f"{c['accuracy_mean']:.3f} +- {c['accuracy_std']:.3f}",
@@ -213,6 +216,23 @@ def study_rows(runs: dict) -> list[list]:
   return rows
 
 
+def across_runs(runs: dict) -> dict:
+  """Per synthetic strategy in two or more runs: the run with the best mean accuracy and its
+  verdict against each other run (paired by seed: a seed's classifiers share their
+  initialisation and real batches in every run)."""
+  out = {}
+  strategies = {s for r in runs.values() for s in r["comparison"] if s != "none"}
+  for strategy in sorted(strategies):
+    entries = {n: r["comparison"][strategy] for n, r in runs.items() if strategy in r["comparison"]}
+    if len(entries) < 2:
+      continue
+    best = max(entries, key=lambda n: entries[n]["accuracy_mean"])
+    out[strategy] = {"best_run": best,
+                     "versus": {n: verdict(entries[best], e) for n, e in entries.items()
+                                if n != best}}
+  return out
+
+
 def study_sections(config: ml_collections.ConfigDict, record: dict) -> list[tuple[str, str]]:
   study = record["study"]
   runs = study["runs"]
@@ -223,10 +243,17 @@ def study_sections(config: ml_collections.ConfigDict, record: dict) -> list[tupl
                              [[n, ", ".join(f"{k}={v}" for k, v in r["overrides"].items())]
                               for n, r in runs.items()])
   seeds = sorted({s for r in runs.values() for s in r["seeds"]})
-  return [(STUDY_TITLES[study["name"]],
-           f"Each run is a complete Diff-Mix run on the same backbone (WORKDIR/study/<run>/, its "
-           f"own report.md); mean +- std over seeds {seeds}.\n\n{table}"),
-          ("Runs", overrides)]
+  out = [(STUDY_TITLES[study["name"]],
+          f"Each run is a complete Diff-Mix run on the same backbone (WORKDIR/study/<run>/, its "
+          f"own report.md); mean +- std over seeds {seeds}.\n\n{table}")]
+  across = study.get("across_runs", {})
+  if across:
+    rows = [[LABELS[strategy], v["best_run"], run, _words(w)]
+            for strategy, v in across.items() for run, w in v["versus"].items()]
+    out.append(("Across runs", "Does the run with the best mean accuracy beat each other run, "
+                "strategy by strategy?\n\n" + markdown_table(
+                    ["strategy", "best run", "versus", "answer"], rows)))
+  return out + [("Runs", overrides)]
 
 
 def write_study(config: ml_collections.ConfigDict, workdir: str, runs: dict) -> None:
@@ -235,6 +262,7 @@ def write_study(config: ml_collections.ConfigDict, workdir: str, runs: dict) -> 
           "train_class_counts", "test_group_sizes")
   study = {"name": config.study, "runs": {n: {k: r[k] for k in keep if k in r}
                                           for n, r in runs.items()}}
+  study["across_runs"] = across_runs(study["runs"])
   record = write_results(workdir, config, {"study": study, "seeds": list(config.seeds)},
                          data=first["data"], feature_network=first["feature_network"])
   write_report(workdir, f"{TITLE}: {STUDY_TITLES[config.study]}", config=config,

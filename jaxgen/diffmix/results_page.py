@@ -1,6 +1,8 @@
 """Writes docs/results_diffmix.md from a Diff-Mix run's results.json (never by hand).
 
   python -m jaxgen.diffmix.results_page --workdir=workdirs/diffmix --out=docs/results_diffmix.md
+  python -m jaxgen.diffmix.results_page --workdir=workdirs/diffmix-s_gamma \
+      --out=docs/results_diffmix_s_gamma.md      # a study preset's run: its study table
 
 The run's report rebuilt from results.json by the same code (`report.sections`) with the shared
 builder `jaxgen.io.results_page` (stage wall times, figures in docs/img/diffmix/, every table
