@@ -121,9 +121,13 @@ def test_mesh_shapes_give_the_same_losses_and_less_memory_per_device(tmp_path):
   resumed, state, _ = _train(_mesh(1, 8), rules, 4, moved)
   assert sorted(resumed) == [3, 4]
   np.testing.assert_allclose([resumed[3], resumed[4]], [reference[3], reference[4]], rtol=2e-5)
+  # Adam divides each element's step by its own gradient scale, so an element whose gradient is
+  # near zero can take a visibly different step when the two meshes sum in another order: one of
+  # the 2304 kernel entries moved 1.6e-5 apart on an AMD EPYC host (lr 1e-3, 4 steps); atol 1e-4
+  # is a tenth of one step, far below a real resume error (a lost step moves every entry ~lr)
   np.testing.assert_allclose(np.asarray(state.params["Dense_0"]["kernel"]),
                              np.asarray(runs[(8, 1)][1].params["Dense_0"]["kernel"]),
-                             rtol=1e-4, atol=1e-6)
+                             rtol=1e-4, atol=1e-4)
 
 
 def test_data_parallel_rules_replicate_everything():
