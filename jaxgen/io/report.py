@@ -31,8 +31,21 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], floatf
   return "\n".join(lines)
 
 
+def _cpu_model() -> str:
+  """The host CPU's model name (XLA:CPU compiles for it, so float rounding can differ between CPU
+  models: a page is reproduced bit for bit only on its own)."""
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
 def environment() -> dict:
-  """Where the numbers were produced: devices, backend, versions."""
+  """Where the numbers were produced: devices, backend, versions, host CPU."""
   return {
       "backend": jax.default_backend(),
       "devices": [str(d) for d in jax.devices()][:8],
@@ -43,6 +56,7 @@ def environment() -> dict:
       # XLA:CPU's convolution route of the training steps (jaxgen.train.xla_cpu); float rounding
       # differs between routes, so a page is reproduced bit for bit only on its own route.
       "cpu_conv_route": os.environ.get("JAXGEN_XLA_CPU_CONV", "xla"),
+      "cpu_model": _cpu_model(),
       "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
   }
 
