@@ -62,8 +62,10 @@ def build(workdir: str, *, module: str, config_file: str, title: str, sections: 
   lines += ["## Wall time per stage (seconds)", "",
             markdown_table(["stage", "seconds"], [[k, v] for k, v in stages.items()]
                            + [["total", total]]), ""]
-  lines += ["## Figures", ""] + [f"![{f}]({image_dir}/{f})" for f in figures
-                                  if paths.exists(os.path.join(workdir, "samples", f))]
+  shown = [f"![{f}]({image_dir}/{f})" for f in figures
+           if paths.exists(os.path.join(workdir, "samples", f))]
+  if shown:  # a study's workdir has none of its own (each run's are in study/<run>/samples)
+    lines += ["## Figures", ""] + shown
   page = "\n".join(lines) + "\n"
   known = json_numbers(results, number_formats, key_pattern)
   known |= json_numbers(stages, number_formats) | number_formats(total)
