@@ -65,6 +65,19 @@ def test_cached_source_reads_every_item_like_read_shards(tmp_path):
     src.column("strength")
 
 
+def test_open_shard_maps_stay_bounded(tmp_path, monkeypatch):
+  """Each map holds a file descriptor: a paper-scale set (thousands of shards) keeps only the
+  most recently used ones open, and reads stay right."""
+  from jaxgen.data import cached
+  monkeypatch.setattr(cached, "MAX_OPEN_SHARDS", 2)
+  items = _items(23)
+  src = CachedSource(_cache(tmp_path / "c", items, shard_size=3), 23, num_classes=K)
+  for i in (0, 22, 5, 12, 0, 19):
+    np.testing.assert_array_equal(src[i]["image"], items["images"][i])
+  np.testing.assert_array_equal(src.images(0, 23), items["images"])
+  assert len(src._images) <= 2
+
+
 def test_compressed_shards_are_read_whole_and_gaps_are_refused(tmp_path):
   items = _items(10)
   cache = _cache(tmp_path / "c", items, shard_size=4)

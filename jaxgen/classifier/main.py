@@ -25,7 +25,7 @@ from jaxgen.classifier.inference import load_classifier, load_classifier_variabl
 from jaxgen.classifier.train import fit_classifier
 from jaxgen.data.memory import source_arrays
 from jaxgen.data.multiview import VARIANTS
-from jaxgen.data.pipeline import AUGMENTATIONS
+from jaxgen.data.pipeline import AUGMENT_NAMES, augment_option
 from jaxgen.data.sources import Source, subset
 from jaxgen.errors import ConfigError, DataError
 from jaxgen.io.files import atomic_write_json, read_json
@@ -84,7 +84,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
   configlib.require_positive_int(config, "data.seed", allow_zero=True)
   configlib.require_choice(config, "data.train_views", ("single", "all"))
   streamed = config.data.name in STREAMED
-  augment_choices = ("none",) + tuple(a for a in AUGMENTATIONS if a) if streamed else ("none",)
+  augment_choices = AUGMENT_NAMES if streamed else ("none",)
   configlib.require(config.data.augment in augment_choices, "data.augment", config.data.augment,
                     f"one of {augment_choices}" + ("" if streamed else
                     f" (data.name={config.data.name} is in memory; decode-time augmentation "
@@ -223,8 +223,7 @@ def train_stage(config: ml_collections.ConfigDict, workdir: str, data: Classifie
   try:
     stream = {}
     if data.streamed:
-      augment = None if config.data.augment == "none" else config.data.augment
-      stream = dict(image_size=data.image_size, stream_augment=augment,
+      stream = dict(image_size=data.image_size, stream_augment=augment_option(config.data.augment),
                     input_workers=config.data.workers)
     fit_classifier(config.classifier, data.train_images,
                    None if data.streamed else data.train_labels, data.num_classes,

@@ -12,6 +12,7 @@ and are read once when the source opens: `column(name)`.
 
 from __future__ import annotations
 
+import collections
 from typing import Iterator
 
 import numpy as np
@@ -19,6 +20,8 @@ import numpy as np
 from jaxgen.data.sources import Record, Source
 from jaxgen.errors import DataError
 from jaxgen.io import paths, shard_cache
+
+MAX_OPEN_SHARDS = 64  # shard maps kept open per source (least recently used closed first)
 
 
 class CachedSource(Source):
@@ -58,7 +61,7 @@ class CachedSource(Source):
           if k != image_key:
             parts.setdefault(k, []).append(np.asarray(f[k]))
     self._columns = {k: np.concatenate(v)[order] for k, v in parts.items()}
-    self._images: dict[int, np.ndarray] = {}
+    self._images: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
     first = self._shard_images(0)
     if first.dtype != np.uint8 or first.ndim != 4:
       raise DataError(f"{self._paths[0]}: {image_key!r} is {first.dtype} {first.shape}; expected "
@@ -75,11 +78,17 @@ class CachedSource(Source):
                       f"[0, {self.num_classes})")
 
   def __getstate__(self) -> dict:  # grain worker processes open their own maps
-    return {**self.__dict__, "_images": {}}
+    return {**self.__dict__, "_images": collections.OrderedDict()}
 
   def _shard_images(self, shard: int) -> np.ndarray:
-    if shard not in self._images:
+    """The shard's images, from the most recently used open maps (each map holds a file
+    descriptor, and a paper-scale set has thousands of shards)."""
+    if shard in self._images:
+      self._images.move_to_end(shard)
+    else:
       self._images[shard] = shard_cache.open_member(self._paths[shard], self._image_key)
+      if len(self._images) > MAX_OPEN_SHARDS:
+        self._images.popitem(last=False)
     return self._images[shard]
 
   def __len__(self) -> int:

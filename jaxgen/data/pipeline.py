@@ -33,8 +33,15 @@ from jaxgen.data.sources import Source
 from jaxgen.errors import ConfigError, DataError
 
 AUGMENTATIONS = (None, "flip", "crop", "flip_crop", "rrc", "rrc_flip")
+# the same as config values: 'none' for None (`augment_option` maps one to the other)
+AUGMENT_NAMES = ("none",) + tuple(a for a in AUGMENTATIONS if a)
 SAMPLINGS = ("uniform", "class_balanced")
 _IMAGE_KEYS = ("image", "images")
+
+
+def augment_option(name: str) -> str | None:
+  """A config's augmentation name ('none', 'flip', ...) as `make_loader`'s `augment`."""
+  return None if name == "none" else name
 
 
 def resize_center_crop(image: np.ndarray, size: int) -> np.ndarray:

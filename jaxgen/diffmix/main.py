@@ -35,6 +35,7 @@ import numpy as np
 from jaxgen.classifier.inference import load_classifier
 from jaxgen.classifier.train import fit_classifier
 from jaxgen.data.cached import CachedSource
+from jaxgen.data.pipeline import augment_option
 from jaxgen.data.sources import subset
 from jaxgen.diffmix import data as dm_data
 from jaxgen.diffmix import evaluate as dm_eval
@@ -289,7 +290,7 @@ def _fit(run: Run, seed: int, strategy: str, synthetic=None):
     settings["real_augment"] = dc.augment
     real = (dm_data.streamed_real_set(run.config, d), None)
     stream = dict(image_size=dc.image_size, input_workers=dc.workers,
-                  stream_augment=None if dc.augment == "none" else dc.augment)
+                  stream_augment=augment_option(dc.augment))
   record = run.path("models", f"{name}.json")
   _settings_current(record, settings, "classifier", "classifier")
   clf = fit_classifier(run.config.classifier, *real, run.num_classes,

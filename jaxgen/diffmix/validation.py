@@ -15,7 +15,7 @@ from jaxgen.diffmix import data as dm_data
 from jaxgen.diffmix import filtering
 from jaxgen.diffmix import studies, synthesis
 from jaxgen.data.imbalance import long_tail_indices
-from jaxgen.data.pipeline import AUGMENTATIONS
+from jaxgen.data.pipeline import AUGMENT_NAMES
 from jaxgen.errors import ConfigError
 from jaxgen.io import paths
 from jaxgen.io.files import read_json
@@ -95,10 +95,6 @@ def training_images_per_class(config: ml_collections.ConfigDict) -> int:
   return d.target_shots + d.target_judge_per_class
 
 
-# decode-time augmentations of the streamed real images ('none': resize + centre crop)
-STREAM_AUGMENTATIONS = ("none",) + tuple(a for a in AUGMENTATIONS if a)
-
-
 def num_real(config: ml_collections.ConfigDict) -> int:
   """The real training set's size (a real source is opened to count it)."""
   if config.data.target == "source":
@@ -122,7 +118,7 @@ def _validate_source(config: ml_collections.ConfigDict) -> None:
   for key in ("train_split", "test_split", "metaclass"):
     configlib.require(bool(d[key]), f"data.{key}", d[key], "a non-empty string")
   configlib.require_positive_int(config, "data.image_size")
-  configlib.require_choice(config, "data.augment", STREAM_AUGMENTATIONS)
+  configlib.require_choice(config, "data.augment", AUGMENT_NAMES)
   configlib.require_positive_int(config, "data.workers", allow_zero=True)
   configlib.require(isinstance(d.num_classes, int) and d.num_classes >= 2, "data.num_classes",
                     d.num_classes, "the data set's number of classes (>= 2)")
