@@ -34,6 +34,12 @@ def test_matches_one_call_with_pytree_outputs_and_every_padding():
     np.testing.assert_allclose(got["scaled"], want["scaled"], rtol=1e-6)
     assert len(set(seen)) == 1 and seen[0] == (10 if mesh_ is None else 16)
   assert batch_size_for(3, 10) == 3 and batch_size_for(3, 10, mesh) == 8
+  assert batch_size_for(3, 10, full_batches=True) == 10 and batch_size_for(3, 10, mesh, full_batches=True) == 16
+  for n in (3, 29):  # full_batches: short and long inputs share the one compiled shape
+    seen.clear()
+    got = batched_apply(counting, (x[:n], y[:n]), 10, full_batches=True)
+    np.testing.assert_allclose(got["sum"], want["sum"][:n], rtol=1e-6)
+    assert set(seen) == {10}
   assert batched_apply(counting, np.zeros((0, 3), np.float32), 4) is None
   with pytest.raises(ValueError, match="lengths"):
     batched_apply(counting, (x, y[:5]), 4)

@@ -19,7 +19,6 @@ import optax
 
 from jaxgen.data.batches import training_batches
 from jaxgen.errors import ConfigError, DataError
-from jaxgen.metrics.features import fixed_batches
 from jaxgen.nets.autoencoder import laplace_reconstruction_loss
 from jaxgen.nets.common import to_model_range, to_uint8
 from jaxgen.nets.spatial_autoencoder import SpatialAutoencoder
@@ -28,7 +27,7 @@ from jaxgen.train.init import compiled_init
 from jaxgen.train.optim import make_optimizer
 from jaxgen.train.state import TrainState
 from jaxgen.io import paths
-from jaxgen.parallel.mesh import place_if_divisible, to_host
+from jaxgen.parallel.batching import batched_apply
 
 KINDS = ("spatial", "vqgan")
 VQGAN_PRESETS = ("ffhq_f16", "tiny")
@@ -44,10 +43,8 @@ class Codec:
   mesh: Any = None  # batches split over its data axis (every host its rows) when it divides them
 
   def _batched(self, fn, x: np.ndarray) -> np.ndarray:
-    # fixed_batches pads the last batch, so one compiled shape serves every call.
-    out = [to_host(fn(place_if_divisible(batch, self.mesh)))[:n]
-           for batch, n in fixed_batches(x, self.batch_size)]
-    return np.concatenate(out)
+    # Whole batches only (the last padded), so one compiled shape serves every call.
+    return batched_apply(fn, x, self.batch_size, mesh=self.mesh, full_batches=True)
 
   def encode(self, images: np.ndarray) -> np.ndarray:
     """uint8 [N, H, W, 3] -> latents [N, h, w, c]."""

@@ -25,6 +25,7 @@ from jaxgen.errors import DataError
 from jaxgen.io.torch_state_dict import load_state_dict, to_flax_variables
 from jaxgen.metrics.image import scale_to_unit_range
 from jaxgen.nets.lpips_backbones import BACKBONES, CHANNELS, MIN_SIZE, torchvision_name
+from jaxgen.parallel.batching import batched_apply
 from jaxgen.io import paths
 
 # lpips v0.1 ScalingLayer: maps [-1, 1] inputs to ImageNet-normalised ones.
@@ -180,17 +181,11 @@ def lpips_diversity(images: jax.Array, variables: Any = None, net: str = "squeez
     distance_fn = functools.partial(lpips, variables=variables, net=net)
   images = np.asarray(images)
   pairs = sample_pairs(images.shape[0], max_pairs, key)
-  n_pairs = len(pairs)
-  batch_size = min(batch_size, n_pairs)
-  # Pad with copies of the first pair so every batch has one shape (one compilation).
-  pad = -n_pairs % batch_size
-  pairs = np.concatenate([pairs, np.repeat(pairs[:1], pad, axis=0)])
-  total = 0.0
-  for start in range(0, len(pairs), batch_size):
-    chunk = pairs[start:start + batch_size]
-    d = np.asarray(distance_fn(images[chunk[:, 0]], images[chunk[:, 1]]), np.float64)
-    total += d[:max(0, min(batch_size, n_pairs - start))].sum()
-  return float(total / n_pairs)
+  # The pairs' indices are batched (one compiled shape; padding rows are the pair (0, 0) and are
+  # dropped), each batch's images gathered on the host.
+  d = batched_apply(lambda i, j: distance_fn(images[i], images[j]), (pairs[:, 0], pairs[:, 1]),
+                    batch_size)
+  return float(np.asarray(d, np.float64).sum() / len(pairs))
 
 
 def _lpips_key(name: str) -> str:

@@ -22,19 +22,24 @@ from jax.sharding import Mesh
 from jaxgen.parallel.mesh import data_parallel_size, place_full_batch, to_host
 
 
-def batch_size_for(n: int, batch_size: int, mesh: Mesh | None = None) -> int:
-  """min(batch_size, n) rounded up to a multiple of the mesh's data-parallel size (>= 1)."""
+def batch_size_for(n: int, batch_size: int, mesh: Mesh | None = None, *,
+                   full_batches: bool = False) -> int:
+  """min(batch_size, n) (batch_size when `full_batches`) rounded up to a multiple of the mesh's
+  data-parallel size (>= 1)."""
   multiple = data_parallel_size(mesh) if mesh is not None else 1
-  bs = max(1, min(batch_size, n))
+  bs = max(1, batch_size if full_batches else min(batch_size, n))
   return -(-bs // multiple) * multiple
 
 
 def batched_apply(fn: Callable[..., Any], inputs: np.ndarray | tuple[np.ndarray, ...],
-                  batch_size: int, *, mesh: Mesh | None = None, pad: str = "zeros") -> Any:
+                  batch_size: int, *, mesh: Mesh | None = None, pad: str = "zeros",
+                  full_batches: bool = False) -> Any:
   """`fn(*batch)` over `inputs` (an array or a tuple of equally long arrays) in padded batches.
 
-  pad: 'zeros' or 'edge' (repeat the last row). Returns the concatenated outputs (NumPy), or
-  None when the inputs are empty.
+  pad: 'zeros' or 'edge' (repeat the last row). full_batches: pad inputs shorter than
+  `batch_size` to a whole batch too, so calls with any number of rows share one compiled shape
+  (by default a short input runs as one batch of its own length). Returns the concatenated
+  outputs (NumPy), or None when the inputs are empty.
   """
   arrays = tuple(np.asarray(a) for a in (inputs if isinstance(inputs, tuple) else (inputs,)))
   n = len(arrays[0])
@@ -42,7 +47,7 @@ def batched_apply(fn: Callable[..., Any], inputs: np.ndarray | tuple[np.ndarray,
     raise ValueError(f"batched_apply: inputs of lengths {[len(a) for a in arrays]}; expected equal")
   if n == 0:
     return None
-  bs = batch_size_for(n, batch_size, mesh)
+  bs = batch_size_for(n, batch_size, mesh, full_batches=full_batches)
   outs = []
   for start in range(0, n, bs):
     chunk = [a[start:start + bs] for a in arrays]

@@ -27,10 +27,9 @@ import numpy as np
 import optax
 
 from jaxgen.data.batches import training_batches
-from jaxgen.metrics.features import fixed_batches
 from jaxgen.nets.common import to_model_range
 from jaxgen.nets.kl_autoencoder import KLAutoencoder, kl_divergence, sample_posterior
-from jaxgen.parallel.mesh import place_if_divisible, to_host
+from jaxgen.parallel.batching import batched_apply
 from jaxgen.t2i import backbone as bb
 from jaxgen.train import loop
 from jaxgen.train.init import compiled_init
@@ -70,16 +69,12 @@ def train_autoencoder(config: bb.BackboneConfig, images: np.ndarray, train_cfg: 
 
 def posterior_moments(config: bb.BackboneConfig, vae: dict, images: np.ndarray,
                       batch_size: int, mesh: Any = None) -> tuple[np.ndarray, np.ndarray]:
-  """Unscaled posterior (mean, logvar) of uint8 images, in fixed-size jitted batches (split over
-  the mesh's data axis, every host its rows, when that axis divides `batch_size`)."""
+  """Unscaled posterior (mean, logvar) of uint8 images, in whole jitted batches of `batch_size`
+  (one compiled shape for the pre-training set and the few shots alike), split over the mesh's
+  data axis, every host its rows."""
   encode = jax.jit(lambda x: KLAutoencoder(config.vae).apply(vae, to_model_range(x),
                                                              method="encode"))
-  means, logvars = [], []
-  for batch, n in fixed_batches(np.asarray(images), batch_size):
-    m, lv = encode(place_if_divisible(batch, mesh))
-    means.append(to_host(m)[:n])
-    logvars.append(to_host(lv)[:n])
-  return np.concatenate(means), np.concatenate(logvars)
+  return tuple(batched_apply(encode, np.asarray(images), batch_size, mesh=mesh, full_batches=True))
 
 
 def latent_scale(means: np.ndarray) -> float:
