@@ -58,19 +58,13 @@ def test_tiny_preset_writes_table1_transmission_and_report(tmp_path):
   assert results_page.check_numbers(
       page, [summary, results, results_page.PAPER_TABLE1]) == []
   assert results_page.check_numbers(page + "\n| 123.456789 |", [summary, results]) == ["123.456789"]
-  # A second run skips every finished stage and changes nothing.
+  # The Colab notebook on this run in a Jupyter kernel: its run call (a second run) skips every
+  # finished stage and changes nothing; report, figures and the API's generation of missing views
+  # (asserted inside the notebook) all execute.
   before = (tmp_path / "results.json").read_text()
-  assert jaxgen_main.run(["jaxgen.main", TINY, f"--workdir={tmp_path}"]) == 0
-  assert (tmp_path / "results.json").read_text() == before
-
-
-@pytest.mark.slow  # a tiny run plus a kernel: kept out of the default suite's 15 minutes
-def test_colab_notebook_runs_on_a_tiny_run(tmp_path):
-  """The Colab notebook on a tiny run's workdir in a Jupyter kernel: report, figures and the API's
-  generation of missing views (asserted inside the notebook) all execute."""
-  assert jaxgen_main.run(["jaxgen.main", TINY, f"--workdir={tmp_path}"]) == 0
   nb = run_notebook("mvld", tmp_path)
   assert len(outputs_of(nb, "image/png")) >= 5 and outputs_of(nb, "text/markdown")
+  assert (tmp_path / "results.json").read_text() == before
 
 
 def _losses(workdir):
