@@ -1,6 +1,6 @@
 """DIMVIDA (paper 000): MVLD adds generated views to a single-view set, for training and testing.
 
-  python -m jaxgen.main --config=configs/dimvida.py          # embedded renders, ~14 min on 2 CPU cores
+  python -m jaxgen.main --config=configs/dimvida.py          # embedded renders, ~15 min on 2 CPU cores
   python -m jaxgen.main --config=configs/dimvida.py:tiny     # seconds, for tests
   python -m jaxgen.main --config=configs/dimvida.py:nmr --config.mvld.data.data_dir=/path/to/NMR
   python -m jaxgen.main --config=configs/dimvida.py --config.mvld_workdir=workdirs/mvld-default

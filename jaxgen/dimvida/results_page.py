@@ -16,7 +16,7 @@ import sys
 
 from jaxgen.dimvida.report import ARCH_NAMES, PAPER, claims_text, fmt_stat, markdown_sections
 from jaxgen.io.files import atomic_write_text, read_json
-from jaxgen.io.report import json_numbers, unlisted_numbers
+from jaxgen.io.report import json_numbers, reproduction_scope, unlisted_numbers
 from jaxgen.io import paths
 
 _CELL_NUMBER = re.compile(r"(?<![\w.])[-+]?\d+\.\d{2}(?![\w.])")
@@ -61,6 +61,7 @@ def build(claims: dict, first: dict, image_dir: str) -> str:
       f"- cells: mean +- std (ddof 1) over the {len(seeds)} seeds; paper values: NMR, 64x64, "
       "torchvision weights for Table III",
       "",
+      *([scope, ""] if (scope := reproduction_scope(first["environment"])) else []),
       "## The paper's claims here",
       "",
       claims_text(claims["claims"], claims["gains"]),

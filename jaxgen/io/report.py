@@ -61,6 +61,20 @@ def environment() -> dict:
   }
 
 
+def reproduction_scope(env: dict) -> str | None:
+  """A results page's sentence on where its numbers reproduce: the backend and devices, jax, the
+  host CPU model and XLA:CPU convolution route of `environment()`. None for a results.json
+  written before the CPU model was recorded (its page keeps the text it was made with)."""
+  if "cpu_model" not in env:
+    return None
+  where = f"{env['backend']} x{env['device_count']}, jax {env['jax']}"
+  if env["backend"] == "cpu":
+    where += (f", CPU model {env['cpu_model']}, XLA:CPU convolution route "
+              f"`{env.get('cpu_conv_route', 'xla')}`")
+  return (f"Run on {where}. Same config and seed give the same numbers on the same CPU model, "
+          "route and library versions (docs/scaling.md); other CPU models round differently.")
+
+
 def write_results(workdir: str, config: ml_collections.ConfigDict, results: dict, *, data: str,
                   feature_network: str | None) -> dict:
   """Write `results.json`: the method's metrics plus config, seed, data and feature network."""

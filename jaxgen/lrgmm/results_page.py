@@ -17,7 +17,7 @@ import re
 import sys
 
 from jaxgen.io.files import atomic_write_text
-from jaxgen.io.report import json_numbers, markdown_table, unlisted_numbers
+from jaxgen.io.report import json_numbers, markdown_table, reproduction_scope, unlisted_numbers
 from jaxgen.lrgmm.report import GEN_KEYS, METHOD_NAMES, TIMING_KEYS
 from jaxgen.io import paths
 
@@ -71,8 +71,11 @@ def build(results: dict, claims: dict | None, image_dir: str) -> str:
       f"lambda = {cfg['lowrank']['temperature']}; NN patch {cfg['nn']['patch_size']}, "
       f"{cfg['nn']['num_iters']} iteration(s).",
       "",
-      "Same config, seed, machine type and library versions give the same numbers (the EM sums in a",
-      "fixed order); on another device count the EM's reductions change rounding at ~1e-7 relative.",
+      *(["Same config, seed, machine type and library versions give the same numbers (the EM sums in a",
+         "fixed order); on another device count the EM's reductions change rounding at ~1e-7 relative."]
+        if reproduction_scope(env) is None else
+        [reproduction_scope(env) + " The EM sums in a fixed order; on another device count its "
+         "reductions change rounding at ~1e-7 relative."]),
       "",
       "## Table 1 (paper 004 Table 1 protocol), seed " + str(results["seed"]),
       "",

@@ -20,7 +20,7 @@ import re
 import sys
 
 from jaxgen.io.files import atomic_write_text, read_json
-from jaxgen.io.report import json_numbers, markdown_table, unlisted_numbers
+from jaxgen.io.report import json_numbers, markdown_table, reproduction_scope, unlisted_numbers
 from jaxgen.softlabel_gan.labels import VARIANTS
 from jaxgen.softlabel_gan.report import PAPER_CIFAR10, PAPER_TABLE7, table1_markdown
 from jaxgen.io import paths
@@ -89,6 +89,7 @@ def build(claims: dict, first: dict, image_dir: str, entropy0: dict | None = Non
       f"- LPIPS: {claims['networks']['lpips']}; IS: {claims['networks']['logits']}; class "
       f"consistency: {claims['networks'].get('classify', 'the judge')}",
       "",
+      *([scope, ""] if (scope := reproduction_scope(first["environment"])) else []),
       f"## Table 2 (mean +- std over {len(seeds)} seeds)",
       "",
       markdown_table(["variant"] + [title for _, title, _ in COLUMNS], table_rows),
@@ -189,6 +190,7 @@ def build_table7(claims: dict, first: dict, image_dir: str) -> str:
       f"- LPIPS: {claims['networks']['lpips']}; class consistency: "
       f"{claims['networks'].get('classify', 'the judge')}",
       "",
+      *([scope, ""] if (scope := reproduction_scope(first["environment"])) else []),
       f"## Table 7 (mean +- std over {len(seeds)} seeds)",
       "",
       markdown_table(["variant"] + [title for _, title, _ in TABLE7_COLUMNS], rows + paper),
