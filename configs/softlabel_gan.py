@@ -1,7 +1,7 @@
 """Softlabel-GAN (paper 003): BigGAN + DiffAugment whose projection discriminator sees a classifier's
 class probabilities for real images, on imbalanced data; DiffAug-GAN and Smooth-GAN beside it.
 
-  python -m jaxgen.main --config=configs/softlabel_gan.py          # embedded imbalanced renders, 32x32 (~17 min, 2 CPU cores)
+  python -m jaxgen.main --config=configs/softlabel_gan.py          # embedded imbalanced renders, 32x32 (~13 min, 2 CPU cores)
   python -m jaxgen.main --config=configs/softlabel_gan.py:tiny     # seconds, for tests
   python -m jaxgen.main --config=configs/softlabel_gan.py:cifar10_lt \
       --config.data.data_dir=/data/tfds                            # the paper's imbalanced CIFAR-10
