@@ -15,7 +15,7 @@ import re
 import sys
 
 from jaxgen.io.files import atomic_write_text, read_json
-from jaxgen.io.report import json_numbers, markdown_table, unlisted_numbers
+from jaxgen.io.report import json_numbers, markdown_table, reproduction_scope, unlisted_numbers
 from jaxgen.mvld.evaluate import EXTRA_METRICS, METRICS
 from jaxgen.mvld.report import BASELINES_NOTE, HIGHER_IS_BETTER, PAPER_TABLE1
 from jaxgen.mvld.sampler_study import tolerance_text
@@ -74,10 +74,11 @@ def build(claims: dict, first: dict) -> str:
       f"- feature network: {claims['feature_network']}",
       f"- LPIPS: {claims['lpips_network']}",
       f"- sampler: {sampler['name']}, {sampler['num_steps']} steps, SDE {cfg['diffusion']['sde']}",
-      f"- run on: {first['environment']['backend']} x{first['environment']['device_count']} "
-      f"(jax {first['environment']['jax']}). Same config and seed give the same numbers on the "
-      "same machine type and library versions, on 1 or 8 devices to float tolerance.",
-      "",
+      *([f"- run on: {first['environment']['backend']} x{first['environment']['device_count']} "
+         f"(jax {first['environment']['jax']}). Same config and seed give the same numbers on the "
+         "same machine type and library versions, on 1 or 8 devices to float tolerance.", ""]
+        if (scope := reproduction_scope(first["environment"])) is None else
+        ["", scope + " On 8 devices: the same to float tolerance.", ""]),
       "## Table I (paper 000 protocol)",
       "",
       "For every conditioning set of size k, the missing views of every test object are generated "
