@@ -215,8 +215,7 @@ def test_diffusion_trains_and_guidance_scale_one_is_the_conditional_model():
   assert np.abs(guided.astype(int) - ours.astype(int)).max() > 1
 
 
-@pytest.mark.slow  # ~90 s: the suite stays under 15 min on 2 cores; run with -m slow
-def test_tiny_end_to_end(tmp_path):
+def test_tiny_end_to_end(tmp_path):  # ~55-70 s on 2 cores: one GAN variant, and the Colab notebook
   workdir = str(tmp_path / "run")
   code = jaxgen_main.run(["jaxgen.main", "--config=configs/softlabel_gan.py:tiny", f"--workdir={workdir}",
                           "--config.variants=('soft',)", "--config.log_images=False"])
