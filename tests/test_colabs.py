@@ -1,9 +1,7 @@
 """The Colab notebooks: one per method, each the output of colabs/build.py (never edited by hand),
 every code cell valid Python. Each notebook is executed in a Jupyter kernel on a tiny run's workdir
-by a test of its method: MVLD's, LR-GMM-NN's and Softlabel-GAN's in the default suite
-(tests/test_mvld_end_to_end.py, tests/test_lrgmm.py, tests/test_softlabel_gan.py), DIMVIDA's and
-Diff-Mix's in the slow group (`pytest -m slow`; tests/test_dimvida.py, tests/test_t2i.py), whose
-tiny runs do not fit the default suite's 15 minutes on 2 cores."""
+by a test of its method in the default suite: tests/test_mvld_end_to_end.py, tests/test_lrgmm.py,
+tests/test_softlabel_gan.py, tests/test_dimvida.py and tests/test_diffmix.py."""
 
 import ast
 import json

@@ -24,6 +24,7 @@ from jaxgen.nets import cond_unet
 from jaxgen.t2i import backbone as bb
 from jaxgen.t2i.sampling import sample_latents
 from jaxgen.t2i.schedules import SamplerSpec
+from notebooks import outputs_of, run_notebook
 
 
 # --------------------------------------------------------------------------- annotation
@@ -358,15 +359,20 @@ def test_real_training_set_takes_the_first_shots_of_each_class():
 
 
 
-@pytest.mark.slow  # ~3 min: trains its own tiny backbone (tests/test_t2i.py reuses one instead)
-def test_tiny_preset_trains_its_own_backbone(tmp_path):
+def test_tiny_preset_trains_its_own_backbone_then_its_notebook_runs(tmp_path):
+  """The Colab path: diffmix:tiny with no t2i_workdir trains its backbone in WORKDIR/t2i, then
+  Diff-Mix (two of its five strategies, ~1.5 min on 2 cores; tests/test_t2i.py's slow group runs
+  the rest on a shared backbone), then the notebook on that workdir (its stages are skipped)."""
   work = tmp_path / "dm"
+  two = "--config.strategies=('none', 'diff_mix')"
   assert jaxgen_main.run(["jaxgen.main", "--config=configs/diffmix.py:tiny",
-                          f"--workdir={work}"]) == 0
+                          f"--workdir={work}", two]) == 0
   for stage in dm_validation.T2I_STAGES:
     assert (work / "t2i" / "stages" / f"{stage}.json").exists()
   results = json.loads((work / "results.json").read_text())
-  assert set(results["comparison"]) == {"none", "real_mix", "diff_gen", "diff_aug", "diff_mix"}
+  assert set(results["comparison"]) == {"none", "diff_mix"}
+  nb = run_notebook("diffmix", work, [two])
+  assert outputs_of(nb, "image/png") and outputs_of(nb, "text/markdown")
 
 
 def test_background_shift_set_and_its_four_groups(tmp_path):

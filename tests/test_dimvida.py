@@ -178,8 +178,6 @@ def test_bad_values_exit_2_before_anything_runs(tmp_path, capsys, override, need
 
 # --------------------------------------------------------------------------- end to end
 
-@pytest.mark.slow  # 2.5-4 min on the 2-core CI machine; the parts (cache resume, averaging,
-# validation, claims) stay in the default suite, which must stay under 15 min
 def test_tiny_end_to_end_then_reuse_checks(tmp_path, capsys):
   """tiny (one architecture): MVLD, NMR_ca / NMR_ea, digits pre-training, 5 classifiers, Tables
   II / III in results.json and report.md. Then a second seed reuses the first run's MVLD and

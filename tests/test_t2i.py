@@ -26,7 +26,6 @@ from jaxgen.nets.text_encoder import token_embedding
 from jaxgen.t2i import backbone as bb
 from jaxgen.text.tokenizers import WordTokenizer
 from jaxgen.t2i.schedules import SamplerSpec, sampler_grid, scheduler_timesteps, start_index
-from notebooks import outputs_of, run_notebook
 
 TINY = "--config=configs/t2i.py:tiny"
 
@@ -210,8 +209,6 @@ def test_diffmix_tiny_run_on_this_backbone(tiny_run, tmp_path):
   assert done.returncode == 0, done.stderr[-2000:]
   with np.load(cache / "shard_00001.npz") as f:
     np.testing.assert_array_equal(f["images"], before)
-  nb = run_notebook("diffmix", work, args[3:])  # the Colab notebook on this run
-  assert outputs_of(nb, "image/png") and outputs_of(nb, "text/markdown")
 
 
 
