@@ -80,7 +80,8 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   c.diffusion.train.optim.schedule = "cosine"
   c.diffusion.train.optim.end_lr_factor = 0.05
   c.sampler = ml_collections.ConfigDict({
-      "name": "euler_maruyama",  # 'euler_maruyama' | 'pc' | 'ode' | 'repaint' | 'ddim' | 'dpmpp_2m'
+      # 'euler_maruyama' | 'pc' | 'ode' | 'repaint' | 'ddim' | 'dpmpp_2m' | 'dpmpp_2s'
+      "name": "euler_maruyama",
       "num_steps": 200,
       "t_eps": 1e-3,
       "denoise": True,
@@ -91,7 +92,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
       "jump_length": 10,  # repaint (the authors' conditional schedule)
       "num_repeats": 3,  # repaint
       "eta": 0.0,  # ddim: 0 deterministic, 1 DDPM-like
-      "time_spacing": "logsnr",  # ddim / dpmpp_2m: grid uniform in log-SNR or in t ('uniform')
+      "time_spacing": "logsnr",  # ddim / dpmpp_*: grid uniform in log-SNR or in t ('uniform')
   })
   # The classifier that measures coherence (paper 000 eq. 7) and provides the in-domain features
   # for FID and LPIPS (no InceptionV3/LPIPS weights can be downloaded here).

@@ -82,7 +82,7 @@ def test_sampling_keeps_observed_latents_clamped_exactly():
                                         jnp.zeros((1, 4)))["params"]
   z = jax.random.normal(jax.random.key(1), (3, spec.flat_dim))
   observed = jnp.asarray([[1, 0, 0, 0], [1, 1, 0, 1], [0, 0, 0, 0]], jnp.float32)
-  for name in ("euler_maruyama", "pc", "ode", "repaint", "ddim", "dpmpp_2m"):
+  for name in ("euler_maruyama", "pc", "ode", "repaint", "ddim", "dpmpp_2m", "dpmpp_2s"):
     config.sampler.name = name
     config.sampler.jump_length, config.sampler.num_repeats = 3, 2
     sampler = config.sampler.copy_and_resolve_references()

@@ -39,7 +39,7 @@ def _counted_calls(cfg):
 
 
 @pytest.mark.parametrize("name, nfe", [("euler_maruyama", 6), ("ddim", 5), ("dpmpp_2m", 7),
-                                       ("ode", 9), ("pc", 7)])
+                                       ("dpmpp_2s", 9), ("ode", 9), ("pc", 7)])
 def test_nfe_formula_counts_the_network_calls(name, nfe):
   cfg = ss.sampler_at_nfe(_base(), name, nfe)
   assert ss.network_evaluations(cfg) == _counted_calls(cfg) == nfe

@@ -187,7 +187,7 @@ def sample_latents(spec: MVLDSpec, score_params: Any, key: jax.Array, z_observed
   elif sampler.name == "repaint":
     kwargs.update(jump_length=sampler.jump_length, num_repeats=sampler.num_repeats,
                   predictor=sampler.predictor)
-  elif sampler.name in ("ddim", "dpmpp_2m"):
+  elif sampler.name in ("ddim", "dpmpp_2m", "dpmpp_2s"):
     kwargs.update(time_spacing=sampler.time_spacing)
     if sampler.name == "ddim":
       kwargs.update(eta=float(sampler.eta))

@@ -7,7 +7,7 @@ score-network evaluations, the final Tweedie denoising step included:
 
   euler_maruyama, ddim, dpmpp_2m   NFE = num_steps + 1       (so num_steps = NFE - 1)
   ddpm                             DDIM with eta = 1 (ancestral: DDIM paper's sigma = DDPM's)
-  ode (Heun)                       NFE = 2 num_steps + 1     (num_steps = round((NFE - 1) / 2))
+  ode (Heun), dpmpp_2s             NFE = 2 num_steps + 1     (num_steps = round((NFE - 1) / 2))
   pc                               NFE = num_steps (1 + n_corrector_steps) + 1
   repaint                          NFE = downward steps of the jump schedule + 1
                                    (the authors' N = 250, jump 10, 10 resamplings: 2,411)
@@ -30,8 +30,8 @@ from jaxgen.mvld.evaluate import (HIGHER_IS_BETTER, METRICS, Judges, fid_subsamp
                                   pair_metrics)
 from jaxgen.sde.repaint import repaint_schedule
 
-STUDY_SAMPLERS = ("euler_maruyama", "ddpm", "ddim", "dpmpp_2m", "ode", "pc")
-VP_ONLY = ("ddpm", "ddim", "dpmpp_2m")
+STUDY_SAMPLERS = ("euler_maruyama", "ddpm", "ddim", "dpmpp_2m", "dpmpp_2s", "ode", "pc")
+VP_ONLY = ("ddpm", "ddim", "dpmpp_2m", "dpmpp_2s")
 # How much worse than the reference a sampler may be and still "reach" its quality: absolute for
 # PSNR (dB), SSIM and coherence; relative for LPIPS and FID.
 TOLERANCE = {"psnr": ("abs", 0.1), "ssim": ("abs", 0.005), "coherence": ("abs", 0.01),
@@ -46,6 +46,8 @@ def network_evaluations(sampler: ml_collections.ConfigDict) -> int:
     return n + d
   if sampler.name == "ode":
     return (2 if sampler.ode_method == "heun" else 1) * n + d
+  if sampler.name == "dpmpp_2s":
+    return 2 * n + d
   if sampler.name == "pc":
     return n * (1 + sampler.n_corrector_steps) + d
   if sampler.name == "repaint":
@@ -63,8 +65,8 @@ def sampler_at_nfe(base: ml_collections.ConfigDict, name: str, nfe: int) -> ml_c
   elif name == "ddim":
     cfg.eta = 0.0
   d = int(bool(cfg.denoise))
-  if name == "ode":
-    per_step = 2 if cfg.ode_method == "heun" else 1
+  if name in ("ode", "dpmpp_2s"):
+    per_step = 2 if name == "dpmpp_2s" or cfg.ode_method == "heun" else 1
     cfg.num_steps = max(1, round((nfe - d) / per_step))
   elif name == "pc":
     cfg.num_steps = max(1, round((nfe - d) / (1 + cfg.n_corrector_steps)))

@@ -25,7 +25,7 @@ from jaxgen.sde.samplers import ODE_METHODS, PREDICTORS
 from jaxgen.io import paths
 
 DATA_NAMES = ("multiview", "nmr")
-SAMPLERS = ("euler_maruyama", "pc", "ode", "repaint", "ddim", "dpmpp_2m")
+SAMPLERS = ("euler_maruyama", "pc", "ode", "repaint", "ddim", "dpmpp_2m", "dpmpp_2s")
 BITS = (32, 16, 8, 4)
 
 
@@ -92,7 +92,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
   configlib.require_choice(config, "sampler.time_spacing", ("logsnr", "uniform"))
   configlib.require(isinstance(config.sampler.eta, (int, float)) and config.sampler.eta >= 0,
                     "sampler.eta", config.sampler.eta, "a number >= 0")
-  if config.sampler.name in ("ddim", "dpmpp_2m"):  # few-step samplers of VP-type SDEs
+  if config.sampler.name in ("ddim", "dpmpp_2m", "dpmpp_2s"):  # few-step samplers of VP-type SDEs
     configlib.require(config.diffusion.sde in ("vpsde", "subvpsde"), "diffusion.sde",
                       config.diffusion.sde, f"vpsde or subvpsde for sampler {config.sampler.name}")
   configlib.require_positive_int(config, "sampler.jump_length")

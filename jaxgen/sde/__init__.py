@@ -8,7 +8,7 @@ from typing import Callable
 
 from jaxgen.errors import ConfigError
 from jaxgen.sde.fast_samplers import (batched_guided_score_fn, guided_score_fn, sample_ddim,
-                                      sample_dpmpp_2m)
+                                      sample_dpmpp_2m, sample_dpmpp_2s)
 from jaxgen.sde.losses import dsm_loss, sample_importance_t
 from jaxgen.sde.repaint import repaint_schedule, sample_repaint
 from jaxgen.sde.samplers import (clamp, eps_to_score_fn, euler_maruyama_step, langevin_step,
@@ -24,12 +24,14 @@ _SAMPLERS: dict[str, Callable] = {
     "repaint": sample_repaint,
     "ddim": sample_ddim,
     "dpmpp_2m": sample_dpmpp_2m,
+    "dpmpp_2s": sample_dpmpp_2s,
 }
 
 
 def get_sampler(name: str) -> Callable:
   """Sampler by config name: 'euler_maruyama', 'pc', 'ode', 'repaint', or the few-step
-  'ddim' and 'dpmpp_2m' (VP-type SDEs only; `fast_samplers.py`); ConfigError otherwise.
+  'ddim', 'dpmpp_2m' and 'dpmpp_2s' (VP-type SDEs only; `fast_samplers.py`); ConfigError
+  otherwise.
 
   All share the signature (key, score_fn, sde, shape, num_steps, *, observed, mask, t_eps,
   denoise, **sampler-specific keywords). Classifier-free guidance is a score_fn combinator
@@ -46,5 +48,6 @@ __all__ = [
     "eps_to_score_fn", "v_to_score_fn", "clamp", "tweedie_denoise", "time_grid",
     "euler_maruyama_step",
     "reverse_diffusion_step", "langevin_step", "ode_euler_step", "ode_heun_step", "get_sampler",
-    "sample_ddim", "sample_dpmpp_2m", "guided_score_fn", "batched_guided_score_fn",
+    "sample_ddim", "sample_dpmpp_2m", "sample_dpmpp_2s", "guided_score_fn",
+    "batched_guided_score_fn",
 ]
