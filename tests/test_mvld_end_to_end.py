@@ -52,9 +52,14 @@ def test_tiny_preset_writes_table1_transmission_and_report(tmp_path):
   summary = claims.summarise({0: results, 1: results})
   assert summary["table1"]["1"]["psnr"]["std"] == 0.0 and summary["seeds"] == [0, 1]
   assert set(summary["trend"]) == {"psnr", "ssim", "lpips", "fid", "coherence"}
+  gap = results["table1"]["real_views"]["coherence"] - results["table1"]["autoencoder"]["coherence"]
+  assert summary["ceiling_coherence_gap"]["mean"] == pytest.approx(gap)
   page = results_page.build(summary, results)
   assert "Table I" in page and "Transmission" in page and "equal PSNR" in page
   assert "Quality per network evaluation" in page
+  # a preset's page names its config and keeps its figures apart from the default page's
+  assert "the autoencoder caps coherence" in page
+  assert "configs/mvld.py:tiny" in page and "img/mvld_tiny_table1_examples.png" in page
   assert results_page.check_numbers(
       page, [summary, results, results_page.PAPER_TABLE1]) == []
   assert results_page.check_numbers(page + "\n| 123.456789 |", [summary, results]) == ["123.456789"]

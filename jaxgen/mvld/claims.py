@@ -51,6 +51,12 @@ def summarise(results: dict[int, dict]) -> dict:
          "data": first["data"], "feature_network": first["feature_network"],
          "lpips_network": first["lpips_network"], "num_classes": first["num_classes"],
          "chance_coherence": first["chance_coherence"], "preset": first["preset"]}
+  if "real_views" in first["table1"] and "autoencoder" in first["table1"]:
+    # How far the autoencoder caps coherence: the judge's accuracy on real test views minus its
+    # accuracy on their reconstructions (the ceiling of every generated view's coherence).
+    out["ceiling_coherence_gap"] = _stat([results[s]["table1"]["real_views"]["coherence"] -
+                                          results[s]["table1"]["autoencoder"]["coherence"]
+                                          for s in seeds])
   if "transmission" in first:
     rows = []
     for i, row in enumerate(first["transmission"]):
