@@ -73,8 +73,8 @@ def build(results: dict, claims: dict | None, image_dir: str) -> str:
       "",
       *(["Same config, seed, machine type and library versions give the same numbers (the EM sums in a",
          "fixed order); on another device count the EM's reductions change rounding at ~1e-7 relative."]
-        if reproduction_scope(env) is None else
-        [reproduction_scope(env) + " The EM sums in a fixed order; on another device count its "
+        if (scope := reproduction_scope(env)) is None else
+        [scope + " The EM sums in a fixed order; on another device count its "
          "reductions change rounding at ~1e-7 relative."]),
       "",
       "## Table 1 (paper 004 Table 1 protocol), seed " + str(results["seed"]),

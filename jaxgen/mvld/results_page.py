@@ -146,13 +146,13 @@ def build(claims: dict, first: dict) -> str:
       lines.append("")
     lines += [f"![trade-off]({img}transmission.png)", ""]
   if "sampler_study" in claims:
-    lines += _sampler_section(claims, first, seeds)
+    lines += _sampler_section(claims, first, seeds, img)
   if "transmission_baselines" in claims:
     lines += _baselines_section(claims, seeds)
   return "\n".join(lines)
 
 
-def _sampler_section(claims: dict, first: dict, seeds: list) -> list[str]:
+def _sampler_section(claims: dict, first: dict, seeds: list, img: str) -> list[str]:
   cfg = first["config"]["sampler_study"]
   lines = ["## Quality per network evaluation", "",
            f"Table I of each sampler on the same trained model ({cfg['num_objects']} test objects, every "
@@ -171,8 +171,7 @@ def _sampler_section(claims: dict, first: dict, seeds: list) -> list[str]:
     per_seed = ", ".join("no" if n is None else f"NFE {n}" for n in verdict["per_seed"])
     lines.append(f"- {name}: {'on every seed' if verdict['on_every_seed'] else 'not on every seed'} "
                  f"(per seed: {per_seed}).")
-  prefix = figure_prefix(first["config"].get("preset", "default"))
-  lines += ["", f"![quality per NFE](img/{prefix}sampler_study.png)", ""]
+  lines += ["", f"![quality per NFE]({img}sampler_study.png)", ""]
   return lines
 
 

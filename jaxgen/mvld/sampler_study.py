@@ -38,22 +38,26 @@ TOLERANCE = {"psnr": ("abs", 0.1), "ssim": ("abs", 0.005), "coherence": ("abs", 
              "lpips": ("rel", 0.02), "fid": ("rel", 0.05)}
 
 
+def evaluations_per_step(sampler: ml_collections.ConfigDict) -> int:
+  """Score-network evaluations per step of a step-based sampler (RePaint's come from its schedule)."""
+  if sampler.name in ("euler_maruyama", "ddim", "dpmpp_2m"):
+    return 1
+  if sampler.name == "ode":
+    return 2 if sampler.ode_method == "heun" else 1
+  if sampler.name == "dpmpp_2s":
+    return 2
+  if sampler.name == "pc":
+    return 1 + sampler.n_corrector_steps
+  raise ValueError(f"sampler {sampler.name!r}: no NFE formula")
+
+
 def network_evaluations(sampler: ml_collections.ConfigDict) -> int:
   """Score-network evaluations of one sampling run with this sampler section."""
   d = int(bool(sampler.denoise))
-  n = sampler.num_steps
-  if sampler.name in ("euler_maruyama", "ddim", "dpmpp_2m"):
-    return n + d
-  if sampler.name == "ode":
-    return (2 if sampler.ode_method == "heun" else 1) * n + d
-  if sampler.name == "dpmpp_2s":
-    return 2 * n + d
-  if sampler.name == "pc":
-    return n * (1 + sampler.n_corrector_steps) + d
   if sampler.name == "repaint":
-    sched = repaint_schedule(n, sampler.jump_length, sampler.num_repeats)
+    sched = repaint_schedule(sampler.num_steps, sampler.jump_length, sampler.num_repeats)
     return int(np.sum(np.diff(sched) < 0)) + d
-  raise ValueError(f"sampler {sampler.name!r}: no NFE formula")
+  return evaluations_per_step(sampler) * sampler.num_steps + d
 
 
 def sampler_at_nfe(base: ml_collections.ConfigDict, name: str, nfe: int) -> ml_collections.ConfigDict:
@@ -64,14 +68,7 @@ def sampler_at_nfe(base: ml_collections.ConfigDict, name: str, nfe: int) -> ml_c
     cfg.update(name="ddim", eta=1.0)
   elif name == "ddim":
     cfg.eta = 0.0
-  d = int(bool(cfg.denoise))
-  if name in ("ode", "dpmpp_2s"):
-    per_step = 2 if name == "dpmpp_2s" or cfg.ode_method == "heun" else 1
-    cfg.num_steps = max(1, round((nfe - d) / per_step))
-  elif name == "pc":
-    cfg.num_steps = max(1, round((nfe - d) / (1 + cfg.n_corrector_steps)))
-  else:
-    cfg.num_steps = max(1, nfe - d)
+  cfg.num_steps = max(1, round((nfe - int(bool(cfg.denoise))) / evaluations_per_step(cfg)))
   return cfg
 
 

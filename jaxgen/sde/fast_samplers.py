@@ -152,6 +152,12 @@ def _finish(score_fn: ScoreFn, sde: SDE, x: Array, t_end: Array, denoise: bool,
   return x
 
 
+def _data_prediction(score_fn: ScoreFn, x: Array, t: Array, a_t: Array, s_t: Array,
+                     observed: Optional[Array], mask: Optional[Array]) -> Array:
+  """x0_hat(x, t) = (x + s^2 score) / a with the observed coordinates set to `observed`."""
+  return clamp((x + s_t ** 2 * score_fn(x, _vec(t, x))) / a_t, observed, mask)
+
+
 def _check_eta(eta: Any) -> None:
   if not isinstance(eta, (int, float)) or isinstance(eta, bool) or not eta >= 0:
     raise ConfigError("sampler.eta", eta, "a number >= 0 (0 = deterministic DDIM, 1 = DDPM-like)")
@@ -280,7 +286,7 @@ def sample_dpmpp_2m(key: Array, score_fn: ScoreFn, sde: SDE, shape: tuple[int, .
   def body(carry, inp):
     x, x0_prev = carry
     i, t, a_i, s_i, c_i, rs, cd = inp
-    x0 = clamp((x + s_i ** 2 * score_fn(x, _vec(t, x))) / a_i, observed, mask)
+    x0 = _data_prediction(score_fn, x, t, a_i, s_i, observed, mask)
     if start_index is not None:  # an example's first step has no history: first order
       c_i = jnp.where(i > start_index, c_i, 0.0).reshape((-1,) + (1,) * (x.ndim - 1))
     d = x0 + c_i * (x0 - x0_prev)  # c = 0 at a first step: the initial x0_prev is never used
@@ -313,14 +319,11 @@ def sample_dpmpp_2s(key: Array, score_fn: ScoreFn, sde: SDE, shape: tuple[int, .
   tm = _t_from_log_snr(sde, lam[:-1] + 0.5 * h)  # the midpoints, exact in lambda
   am, sm = sde.mean_coeff(tm), sde.marginal_std(tm)
 
-  def x0_hat(x, t, a_t, s_t):
-    return clamp((x + s_t ** 2 * score_fn(x, _vec(t, x))) / a_t, observed, mask)
-
   def body(x, inp):
     t, a_i, s_i, t_m, a_m, s_m, a_n, s_n, h_i = inp
-    u = clamp((s_m / s_i) * x - a_m * jnp.expm1(-0.5 * h_i) * x0_hat(x, t, a_i, s_i),
-              observed, mask)
-    d = x0_hat(u, t_m, a_m, s_m)
+    x0 = _data_prediction(score_fn, x, t, a_i, s_i, observed, mask)
+    u = clamp((s_m / s_i) * x - a_m * jnp.expm1(-0.5 * h_i) * x0, observed, mask)
+    d = _data_prediction(score_fn, u, t_m, a_m, s_m, observed, mask)
     return clamp((s_n / s_i) * x - a_n * jnp.expm1(-h_i) * d, observed, mask), None
 
   inputs = (ts[:-1], a[:-1], s[:-1], tm, am, sm, a[1:], s[1:], h)
