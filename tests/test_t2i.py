@@ -171,7 +171,7 @@ def test_diffmix_tiny_run_on_this_backbone(tiny_run, tmp_path):
   assert "in-domain" in results["feature_network"]
   assert "not claimed" in (work / "report.md").read_text()
   page, unlisted = dm_results_page.build(str(work))  # every table number is in results.json
-  assert not unlisted and "## Few-shot comparison" in page
+  assert not unlisted and "## Few-shot comparison" in page and "same CPU model" in page
   cache = work / "synthetic" / "seed0" / "diff_mix"
   syn = shard_cache.read_shards(str(cache), 18)
   assert syn["images"].shape == (18, 16, 16, 3)
