@@ -125,6 +125,9 @@ def test_tiny_preset_end_to_end(tiny_run):
   for name in ("guided", "unguided"):
     assert np.isfinite(results["vanilla"][name]["fid"])
   assert results["finetune"]["diff_gen"]["accuracy"]["values"] and results["seed"] == 0
+  ceilings = [*results["real_test_reconstructed"].values(),  # the autoencoder's ceiling rows
+              results["target_real_test"]["reconstructed_class_accuracy"]]
+  assert len(ceilings) == 4 and all(0.0 <= a <= 1.0 for a in ceilings)
   base = load_params(str(tmp_path / "models" / "denoiser.msgpack"))["text"]["params"]
   tuned = load_params(str(tmp_path / "models" / "finetune_seed0.msgpack"))
   old, new = token_embedding(base), token_embedding(tuned["text"]["params"])
@@ -140,6 +143,7 @@ def test_tiny_preset_end_to_end(tiny_run):
   assert jax.tree.leaves(tuned["lora"])  # ti_db trains LoRA factors too
   report = (tmp_path / "report.md").read_text()
   assert "seed: 0" in report and "in-domain" in report and "SDEdit" in report
+  assert "real target test images through the autoencoder" in report
   for png in ("samples/vanilla_guided.png", "samples/sdedit.png",
               "samples/target_diff_gen_seed0.png"):
     assert (tmp_path / png).stat().st_size > 100

@@ -1,6 +1,8 @@
 """What the t2i report measures, on the run's samples (all images uint8 NHWC).
 
-* Autoencoder: PSNR of test reconstructions.
+* Autoencoder: PSNR of test reconstructions, and the judges' accuracies on the reconstructions of
+  real test images (pre-training and target): what a sample decoded by this autoencoder can be
+  recognised as at best (its decoder draws every sample), next to the real images' accuracies.
 * Vanilla backbone (paper 001's "vanilla SD" role): for the 72 pre-training prompts, the
   pre-training judge's accuracy on the samples (full class, solid = metaclass, colour word) and
   the FID of the samples against the real test split in the judge's features, with and without
@@ -83,13 +85,21 @@ def evaluate(config, d: dict, cfg: bb.BackboneConfig, params: dict, judge_pre, j
   e = config.evaluate
   n_col = len(d["colour_names"])
   test = d["pretrain_test_images"]
-  # autoencoder reconstructions
-  recon = []
-  for i in range(0, len(test), e.batch_size):
-    x = to_model_range(test[i:i + e.batch_size])
-    recon.append(np.asarray(to_uint8(decode_latents(params["vae"], encode_latents(
-        params["vae"], x, cfg.vae), cfg.vae))))
-  recon = np.concatenate(recon)
+
+  def reconstruct(images: np.ndarray) -> np.ndarray:
+    out = []
+    for i in range(0, len(images), e.batch_size):
+      x = to_model_range(images[i:i + e.batch_size])
+      out.append(np.asarray(to_uint8(decode_latents(params["vae"], encode_latents(
+          params["vae"], x, cfg.vae), cfg.vae))))
+    return np.concatenate(out)
+
+  def pretrain_accuracies(pred: np.ndarray, labels: np.ndarray) -> dict:
+    return {"class_accuracy": _accuracy(pred, labels),
+            "solid_accuracy": _accuracy(pred // n_col, labels // n_col),
+            "colour_accuracy": _accuracy(pred % n_col, labels % n_col)}
+
+  recon = reconstruct(test)
   out = {"autoencoder": {"psnr_db": float(np.mean(np.asarray(psnr(test, recon)))),
                          "latent_shape": list(cfg.latent_shape),
                          "scaling_factor": cfg.vae.scaling_factor}}
@@ -102,18 +112,15 @@ def evaluate(config, d: dict, cfg: bb.BackboneConfig, params: dict, judge_pre, j
   real_feats = pre_features(test)
   real_pred = judge_pre.predict(test)
   labels = d["pretrain_test_labels"]
-  out["real_test"] = {"class_accuracy": _accuracy(real_pred, labels),
-                      "solid_accuracy": _accuracy(real_pred // n_col, labels // n_col),
-                      "colour_accuracy": _accuracy(real_pred % n_col, labels % n_col)}
+  out["real_test"] = pretrain_accuracies(real_pred, labels)
+  out["real_test_reconstructed"] = pretrain_accuracies(judge_pre.predict(recon), labels)
   with paths.load_npz(f"{sample_dir}/vanilla.npz") as f:
     van = {k: f[k] for k in f.files}
   out["vanilla"] = {}
   for name in ("guided", "unguided"):
     pred = judge_pre.predict(van[name])
     out["vanilla"][name] = {
-        "class_accuracy": _accuracy(pred, van["labels"]),
-        "solid_accuracy": _accuracy(pred // n_col, van["labels"] // n_col),
-        "colour_accuracy": _accuracy(pred % n_col, van["labels"] % n_col),
+        **pretrain_accuracies(pred, van["labels"]),
         "fid": float(fid(real_feats, pre_features(van[name]))),
         "num_samples": int(len(pred))}
   out["vanilla"]["guidance_scale"] = float(config.sampler.guidance_scale)
@@ -132,8 +139,10 @@ def evaluate(config, d: dict, cfg: bb.BackboneConfig, params: dict, judge_pre, j
   # fine-grained target
   tgt_test = d["target_test_images"]
   tgt_feats = tgt_features(tgt_test)
-  out["target_real_test"] = {"class_accuracy": _accuracy(judge_tgt.predict(tgt_test),
-                                                         d["target_test_labels"])}
+  out["target_real_test"] = {
+      "class_accuracy": _accuracy(judge_tgt.predict(tgt_test), d["target_test_labels"]),
+      "reconstructed_class_accuracy": _accuracy(judge_tgt.predict(reconstruct(tgt_test)),
+                                                d["target_test_labels"])}
   per_seed = {"diff_gen": {"accuracy": [], "fid": []}, "real_gen": {"accuracy": [], "fid": []}}
   for seed in config.finetune.seeds:
     with paths.load_npz(f"{sample_dir}/target_seed{seed}.npz") as f:
