@@ -46,4 +46,4 @@ def test_results_page_prints_only_numbers_of_its_json_files(tmp_path):
   from jaxgen.io.report import unlisted_numbers
   known = results_page.known_numbers(runs, {"resnet18_multiview": results})
   assert unlisted_numbers(page.replace("| 12.3 |", "| 99.9 |"), known,
-                          results_page._NUMBER) == ["99.9"] * 3  # pylint: disable=protected-access
+                          results_page.NUMBER) == ["99.9"] * 3

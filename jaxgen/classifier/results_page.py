@@ -12,23 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 from typing import Sequence
 
 from jaxgen.io import paths
 from jaxgen.io.files import atomic_write_text
 from jaxgen.io.report import json_numbers, markdown_table, reproduction_scope, unlisted_numbers
-
-_NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?:e[-+]?\d+)?(?![\w.])")
-
-
-def _formats(value) -> set[str]:
-  v = float(value)
-  out = {str(value), format(v, ".3f"), format(v, ".1f"), format(v, "g")}
-  if v.is_integer():
-    out.add(str(int(v)))
-  return out
+from jaxgen.io.results_page import NUMBER, number_formats
 
 
 def _arch_label(cfg: dict) -> str:
@@ -133,7 +123,7 @@ def build(root: str) -> tuple[str, list[str]]:
       "## Commands", "", "```"]
   lines += [run["command"] for run in runs.values()] + ["```", ""]
   page = "\n".join(lines)
-  return page, unlisted_numbers(page, known_numbers(runs, results), _NUMBER)
+  return page, unlisted_numbers(page, known_numbers(runs, results), NUMBER)
 
 
 def known_numbers(runs: dict, results: dict) -> set[str]:
@@ -141,9 +131,9 @@ def known_numbers(runs: dict, results: dict) -> set[str]:
   run's chance level (1 / number of classes)."""
   known: set[str] = set()
   for source in [runs, *results.values()]:
-    known |= json_numbers(source, _formats)
+    known |= json_numbers(source, number_formats)
     if "per_class_accuracy" in source:
-      known |= _formats(1.0 / len(source["per_class_accuracy"]))
+      known |= number_formats(1.0 / len(source["per_class_accuracy"]))
   return known
 
 
