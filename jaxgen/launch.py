@@ -191,6 +191,17 @@ def make_plan(args: argparse.Namespace, run_args: Sequence[str]) -> Plan:
                     args.job_name, args.repo_dir, args.script)
 
 
+def host_environment(env: dict[str, str]) -> dict[str, str]:
+  """This process's environment updated with a host's; XLA_FLAGS are appended to the inherited
+  ones rather than replacing them (XLA reads the last of a repeated flag), so flags the caller set
+  (e.g. launch/test.sh's compile-time flags) still apply to the launched processes."""
+  merged = {**os.environ, **env}
+  inherited = os.environ.get("XLA_FLAGS", "")
+  if "XLA_FLAGS" in env and inherited:
+    merged["XLA_FLAGS"] = f"{inherited} {env['XLA_FLAGS']}"
+  return merged
+
+
 def execute(plan: Plan) -> int:
   """Write the plan's files, then submit it (cluster targets) or run its processes here."""
   for path, text in plan.files.items():
@@ -198,7 +209,7 @@ def execute(plan: Plan) -> int:
       f.write(text)
   if plan.submit is not None:
     return subprocess.call(plan.submit)
-  procs = [subprocess.Popen(h.argv, env={**os.environ, **h.env}) for h in plan.hosts]
+  procs = [subprocess.Popen(h.argv, env=host_environment(h.env)) for h in plan.hosts]
   # If one process fails, the others would wait for it at their next collective (minutes): stop them.
   while any(p.poll() is None for p in procs):
     if any(p.poll() not in (None, 0) for p in procs):

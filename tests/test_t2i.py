@@ -207,7 +207,8 @@ def test_diffmix_tiny_run_on_this_backbone(tiny_run, tmp_path):
     before = f["images"].copy()
   # the run above split each shard over 8 devices; regenerate a lost shard on 1 device
   os.remove(cache / "shard_00001.npz")
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  env = dict(os.environ, XLA_FLAGS=os.environ.get("XLA_FLAGS", "") +
+             " --xla_force_host_platform_device_count=1")
   done = subprocess.run([sys.executable, "-m", *args, "--stages=synthesize",
                          "--force"], env=env, capture_output=True, text=True, timeout=900)
   assert done.returncode == 0, done.stderr[-2000:]
