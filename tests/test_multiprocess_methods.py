@@ -158,9 +158,10 @@ _SAME_OUTPUTS = {"lrgmm": _same_em_fits, "dimvida": _same_generated_views}
 # DIMVIDA's (~75 s: MVLD's training again, then generation) and Diff-Mix's (~105 s: its one-process
 # run trains the t2i backbone) run in the slow group: with Softlabel-GAN's the suite took 699-736 s
 # here (818 s with all five), too close to CI's 15 minutes on a slower machine. Diff-Mix's failed
-# in 2 of its 4 runs on 2 cores (2026-12-06): in one, before the kill, one process waited over 30 s for the other at a
-# cross-process gather and XLA:CPU's Gloo context set-up gave up (DEADLINE_EXCEEDED; a fixed
-# timeout, no JAX option); the other's killed launch left no checkpoint (error not kept).
+# in 2 of its 4 runs on 2 cores (2026-12-06): in one, before the kill, one process waited over
+# 30 s for the other at a cross-process gather and XLA:CPU's Gloo context set-up gave up
+# (DEADLINE_EXCEEDED; a fixed timeout, no JAX option); the other's killed launch left no
+# checkpoint (error not kept).
 _SLOW_FIRST_STAGES = ("softlabel_gan", "dimvida", "diffmix")
 
 
