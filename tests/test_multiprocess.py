@@ -5,8 +5,6 @@ trains, evaluates on every host's share and writes the single-process results.""
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -14,6 +12,7 @@ import pytest
 from jaxgen import main as jaxgen_main
 from jaxgen.classifier.sampling import SyntheticReplacement
 from jaxgen.data.memory import ArrayBatches, ClassBalancedBatches
+from processes import free_port, launch_two
 
 
 def _global(make, processes, steps=3):
@@ -55,16 +54,12 @@ def test_two_process_launch_killed_and_resumed_matches_one_process(tmp_path):
   args = ["--config=configs/classifier.py:tiny", "--config.classifier.train.num_steps=4",
           "--config.classifier.train.log_every=1", "--config.classifier.train.checkpoint_every=2",
           "--config.classifier.train.async_checkpoints=false", "--config.classifier.train.steps_per_call=1"]
-  env = dict(os.environ, PYTHONPATH=os.getcwd())
   one, two = tmp_path / "one", tmp_path / "two"
   assert jaxgen_main.run(["jaxgen.main", *args, f"--workdir={one}"]) == 0  # this process: 8 devices
-  port = 20000 + os.getpid() % 20000
+  port = free_port()
 
   def launch(extra_env):
-    return subprocess.run([sys.executable, "-m", "jaxgen.launch", "local", "--processes=2",
-                           "--devices-per-process=4", f"--port={port}", "--", *args,
-                           f"--workdir={two}"], env={**env, **extra_env}, capture_output=True,
-                          text=True, timeout=600)
+    return launch_two(args, two, port, extra_env, timeout=600)
 
   killed = launch({"JAXGEN_KILL_AT": "classifier:3"})
   assert killed.returncode != 0 and not (two / "results.json").exists()

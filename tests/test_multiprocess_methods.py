@@ -11,31 +11,14 @@ results tables (sampling, generation and evaluation split over both hosts)."""
 
 import json
 import os
-import socket
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from jaxgen import main as jaxgen_main
+from processes import free_port, launch_two
 
 _SYNC = "train.async_checkpoints=false"  # the last checkpoint is on disk when the kill comes
-
-
-def _launch_two(args, workdir, port, extra_env):
-  return subprocess.run([sys.executable, "-m", "jaxgen.launch", "local", "--processes=2",
-                         "--devices-per-process=4", f"--port={port}", "--", *args,
-                         f"--workdir={workdir}"],
-                        env=dict(os.environ, PYTHONPATH=os.getcwd(), **extra_env),
-                        capture_output=True, text=True, timeout=1800)
-
-
-def _free_port():
-  """A loopback port nothing listens on now (the other pytest worker launches processes too)."""
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
 
 
 def _failure(proc):
@@ -48,14 +31,14 @@ def _failure(proc):
 def _killed_then_resumed(args, workdir, kill_at):
   """Launch `args` as two processes, killed at `kill_at` ('loop:step'), then again; the second
   launch's completed process."""
-  port = _free_port()
-  killed = _launch_two(args, workdir, port, {"JAXGEN_KILL_AT": kill_at})
+  port = free_port()
+  killed = launch_two(args, workdir, port, {"JAXGEN_KILL_AT": kill_at})
   loop = kill_at.split(":")[0]
   assert killed.returncode != 0 and not (workdir / "results.json").exists(), _failure(killed)
   # killed where intended: after a checkpoint of that loop was written
   assert (workdir / "checkpoints" / loop).is_dir() and os.listdir(workdir / "checkpoints" / loop), \
       _failure(killed)
-  multi = _launch_two(args, workdir, port, {})
+  multi = launch_two(args, workdir, port, {})
   assert multi.returncode == 0, _failure(multi)
   # process 0 alone prints (and writes): the resume is announced once
   assert multi.stdout.count(f"[{loop}] resumed from checkpoint at step") == 1, multi.stdout[-3000:]

@@ -4,7 +4,6 @@ after a kill), and two processes joined by jax.distributed that split each globa
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -19,6 +18,7 @@ from jaxgen.data.memory import ArrayBatches
 from jaxgen.data.pipeline import Loader, augment_record, random_resized_crop_box
 from jaxgen.data.sources import ArraySource
 from jaxgen.errors import ConfigError
+from processes import free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -115,14 +115,8 @@ jax.distributed.shutdown()
 """
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 def test_two_distributed_processes_see_disjoint_shares_of_each_global_batch(tmp_path):
-  port = _free_port()
+  port = free_port()
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
   outs = [tmp_path / f"p{i}.json" for i in range(2)]
   procs = [subprocess.Popen([sys.executable, "-c", _WORKER, str(port), str(i), str(outs[i])],
