@@ -5,6 +5,8 @@ trains, evaluates on every host's share and writes the single-process results.""
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -79,3 +81,35 @@ def test_two_process_launch_killed_and_resumed_matches_one_process(tmp_path):
   np.testing.assert_allclose(b["nll"], a["nll"], rtol=1e-3)
   # One progress line per step block and one evaluation line: process 1 prints and writes nothing.
   assert multi.stdout.count("[evaluate]") == 1
+
+
+_LATE_GATHER = """
+import os, sys, time
+import jax, numpy as np
+import ml_collections
+from jaxgen.parallel import mesh as m
+m.initialize_distributed()
+mesh = m.make_mesh(ml_collections.ConfigDict({"data": -1, "model": 1}))
+x = jax.jit(lambda a: 2 * a)(m.place_full_batch(np.arange(16.0), mesh))
+if jax.process_index() == 1:
+  time.sleep(float(sys.argv[1]))  # process 0 reaches the gather this much earlier
+print("gathered", m.to_host(x).tolist(), flush=True)
+m.sync_processes("after the gather")
+"""
+
+
+def test_a_process_that_reaches_a_gather_40_s_after_the_other_does_not_fail_it(tmp_path):
+  """XLA:CPU's Gloo collectives give up setting up a gather when one process arrives over 30 s
+  after the other (e.g. process 0 still drawing a report); `to_host` waits at a coordination-service
+  barrier first (its own one-hour timeout), so the gather starts with both processes there.
+  Without it this fails: 'Gloo context initialization failed: DEADLINE_EXCEEDED'."""
+  port = free_port()
+  env = dict(os.environ, PYTHONPATH=os.getcwd(), JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+             JAX_NUM_PROCESSES="2", XLA_FLAGS="--xla_force_host_platform_device_count=4")
+  procs = [subprocess.Popen([sys.executable, "-c", _LATE_GATHER, "40"], text=True,
+                            env=dict(env, JAX_PROCESS_ID=str(i)), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE) for i in range(2)]
+  outs = [p.communicate(timeout=300) for p in procs]
+  for p, (out, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-2000:]
+    assert f"gathered {[2.0 * i for i in range(16)]}" in out

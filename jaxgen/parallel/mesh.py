@@ -8,6 +8,7 @@ intermediates, as big_vision does.
 
 from __future__ import annotations
 
+import itertools
 import os
 from typing import Any
 
@@ -117,15 +118,36 @@ def to_host(x: Any) -> np.ndarray:
   if x.is_fully_replicated:
     return np.asarray(x.addressable_data(0))
   from jax.experimental import multihost_utils
+  rendezvous("to_host")
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 def sync_processes(tag: str) -> None:
   """Wait until every process reaches this point (no-op in a single process): e.g. after process 0
   wrote a file that the others read next."""
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-    multihost_utils.sync_global_devices(tag)
+  rendezvous(tag)
+
+
+# Long enough for process 0 alone to write images and reports while the others wait; a process that
+# dies ends the wait sooner (the coordination service's heartbeats fail the barrier).
+RENDEZVOUS_TIMEOUT_S = 3600
+_rendezvous_count = itertools.count()
+
+
+def rendezvous(tag: str) -> None:
+  """Wait until every process reaches this point, through jax.distributed's coordination service
+  (no-op in a single process). Call it before a cross-process collective that the processes may
+  reach far apart: XLA:CPU's Gloo collectives give up setting one up after a fixed 30 s
+  (`Gloo context initialization failed: DEADLINE_EXCEEDED`), which a barrier with its own timeout
+  avoids. Every process must call it the same number of times (the barrier ids count the calls)."""
+  if jax.process_count() == 1:
+    return
+  from jax._src import distributed  # pylint: disable=import-outside-toplevel
+  client = distributed.global_state.client
+  if client is None:  # multi-process without jax.distributed: nothing to wait on
+    return
+  client.wait_at_barrier(f"jaxgen/{next(_rendezvous_count)}/{tag}",
+                         timeout_in_ms=RENDEZVOUS_TIMEOUT_S * 1000)
 
 
 def is_main_process() -> bool:
