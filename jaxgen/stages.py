@@ -34,10 +34,15 @@ def run_stages(workdir: str, stages: Sequence[tuple[str, Callable[[], None]]],
   for name in requested or ():
     if name not in names:
       raise ConfigError("(flag --stages)", name, "one of " + ", ".join(names))
+  # Every process decides which stages are finished before any of them runs one: process 0 writes
+  # a stage's marker when it ends it, and a process that looked only later would skip a stage the
+  # others run (and miss its collectives and barriers: the job hangs).
+  done = set() if force else {name for name in names if stage_done(workdir, name)}
+  sync_processes("jaxgen stages checked")
   for name, fn in stages:
     if requested and name not in requested:
       continue
-    if stage_done(workdir, name) and not force:
+    if name in done:
       if is_main_process():
         print(f"[{name}] already done in {workdir}; skipping (use --force to redo)", flush=True)
       continue

@@ -83,8 +83,26 @@ def test_two_process_launch_killed_and_resumed_matches_one_process(tmp_path):
   assert multi.stdout.count("[evaluate]") == 1
 
 
+def _two_processes(code: str, *args: str, timeout: int = 300) -> list[str]:
+  """Run `code` (python -c) as processes 0 and 1 joined by jax.distributed on loopback, 4 simulated
+  devices each; their stdouts (each must exit 0)."""
+  env = dict(os.environ, PYTHONPATH=os.getcwd(), JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{free_port()}",
+             JAX_NUM_PROCESSES="2", XLA_FLAGS="--xla_force_host_platform_device_count=4")
+  procs = [subprocess.Popen([sys.executable, "-c", code, *args], text=True,
+                            env=dict(env, JAX_PROCESS_ID=str(i)), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE) for i in range(2)]
+  try:
+    outs = [p.communicate(timeout=timeout) for p in procs]
+  finally:
+    for p in procs:
+      p.kill()
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-2000:]
+  return [out for out, _ in outs]
+
+
 _LATE_GATHER = """
-import os, sys, time
+import sys, time
 import jax, numpy as np
 import ml_collections
 from jaxgen.parallel import mesh as m
@@ -98,18 +116,38 @@ m.sync_processes("after the gather")
 """
 
 
-def test_a_process_that_reaches_a_gather_40_s_after_the_other_does_not_fail_it(tmp_path):
+def test_a_process_that_reaches_a_gather_40_s_after_the_other_does_not_fail_it():
   """XLA:CPU's Gloo collectives give up setting up a gather when one process arrives over 30 s
   after the other (e.g. process 0 still drawing a report); `to_host` waits at a coordination-service
   barrier first (its own one-hour timeout), so the gather starts with both processes there.
   Without it this fails: 'Gloo context initialization failed: DEADLINE_EXCEEDED'."""
-  port = free_port()
-  env = dict(os.environ, PYTHONPATH=os.getcwd(), JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
-             JAX_NUM_PROCESSES="2", XLA_FLAGS="--xla_force_host_platform_device_count=4")
-  procs = [subprocess.Popen([sys.executable, "-c", _LATE_GATHER, "40"], text=True,
-                            env=dict(env, JAX_PROCESS_ID=str(i)), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE) for i in range(2)]
-  outs = [p.communicate(timeout=300) for p in procs]
-  for p, (out, err) in zip(procs, outs):
-    assert p.returncode == 0, err[-2000:]
+  for out in _two_processes(_LATE_GATHER, "40"):
     assert f"gathered {[2.0 * i for i in range(16)]}" in out
+
+
+_LATE_START = """
+import sys, time
+import jax
+from jaxgen.parallel import mesh as m
+from jaxgen.stages import run_stages
+m.initialize_distributed()
+if jax.process_index() == 1:
+  time.sleep(5)  # process 0 has finished stage 'load' and written its marker by now
+ran = []
+def load():  # nothing cross-process in it (as a backbone stage that only reads weights)
+  ran.append("load")
+def train():
+  ran.append("train")
+  m.sync_processes("a collective step of train")
+run_stages(sys.argv[1], [("load", load), ("train", train)])
+print("ran", ran, flush=True)
+"""
+
+
+def test_a_process_that_starts_late_runs_the_stages_the_others_run(tmp_path):
+  """Process 0 writes each stage's marker when it ends the stage; a process that started later
+  must not take that marker for a stage finished before this launch and skip the stage (it then
+  misses the others' barriers and the job hangs: Diff-Mix's two-process test did, 2026-12-06).
+  Every process reads the markers before any stage runs."""
+  for out in _two_processes(_LATE_START, str(tmp_path), timeout=120):
+    assert "ran ['load', 'train']" in out
