@@ -20,6 +20,7 @@ from jaxgen.diffmix import validation as dm_validation
 from jaxgen.diffmix import report as dm_report
 from jaxgen.errors import ConfigError, DataError
 from jaxgen.io import shard_cache
+from jaxgen.io.report import comparison_words
 from jaxgen.nets import cond_unet
 from jaxgen.t2i import backbone as bb
 from jaxgen.t2i.sampling import sample_latents
@@ -243,11 +244,11 @@ def test_claims_need_three_seeds():
   assert not dm_report.verdict(entry([0.6, 0.3, 0.61]), entry([0.4, 0.41, 0.42]))[
       "beats_beyond_one_std"]
   one = dm_report.verdict(entry([0.9]), entry([0.1]))
-  assert not one["beats_beyond_one_std"] and "not claimed" in dm_report._words(one)
+  assert not one["beats_beyond_one_std"] and "not claimed" in comparison_words(one)
   # paired by seed: a wins every seed by ~0.05 although the seeds spread more than that
   paired = dm_report.verdict(entry([0.25, 0.35, 0.30]), entry([0.20, 0.29, 0.26]))
   assert not paired["beats_beyond_one_std"] and paired["beats_paired"] and paired["wins"] == 3
-  assert "yes when paired" in dm_report._words(paired)
+  assert "yes when paired" in comparison_words(paired)
 
 
 def test_a_study_compares_each_strategy_across_its_runs():

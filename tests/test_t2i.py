@@ -120,7 +120,7 @@ def test_tiny_preset_end_to_end(tiny_run):
   assert set(results["claims"]) == {
       "prompt_following_above_chance", "guidance_raises_class_accuracy",
       "sdedit_edit_grows_with_strength", "sdedit_fidelity_falls_with_strength",
-      "finetuning_improves_class_fidelity"}
+      "finetuning_improves_class_fidelity", "finetuned_vs_vanilla"}
   assert set(results["sdedit"]) == {"0.3", "0.5", "0.7", "0.9"}
   for name in ("guided", "unguided"):
     assert np.isfinite(results["vanilla"][name]["fid"])

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import ml_collections
 
-from jaxgen.io.report import markdown_table, write_report, write_results
+from jaxgen.io.report import (compare_over_seeds, comparison_words, markdown_table,
+                              write_report, write_results)
 
 TITLE = "Diff-Mix: inter-class image mixing with a fine-tuned text-to-image backbone"
 LABELS = {"none": "no augmentation (real set only)",
@@ -21,32 +22,10 @@ QUESTIONS = (("diff_mix_vs_none", "diff_mix", "none"),
              ("finetuning_matters_diff_mix_vs_real_mix", "diff_mix", "real_mix"))
 
 
-MIN_SEEDS = 3  # no claim either way from fewer seeds
-
-
 def verdict(a: dict, b: dict) -> dict:
-  """a vs b over seeds. Unpaired: a's mean - std above b's mean + std (or below b's mean - std).
-  Paired (every strategy of a seed shares the classifier's initialisation and real batches):
-  the per-seed differences' mean - std above 0 (or mean + std below 0). Neither is claimed with
-  fewer than MIN_SEEDS seeds."""
-  diff = a["accuracy_mean"] - b["accuracy_mean"]
-  enough = len(a["seeds"]) >= MIN_SEEDS and a["seeds"] == b["seeds"]
-  clear = a["accuracy_mean"] - a["accuracy_std"] > b["accuracy_mean"] + b["accuracy_std"]
-  worse = a["accuracy_mean"] + a["accuracy_std"] < b["accuracy_mean"] - b["accuracy_std"]
-  paired = [x - y for x, y in zip(a["accuracy_values"], b["accuracy_values"])]
-  p_mean, p_std = float(sum(paired) / len(paired)), float(_std(paired))
-  return {"mean_difference": diff, "num_seeds": len(a["seeds"]),
-          "beats_beyond_one_std": bool(enough and clear),
-          "loses_beyond_one_std": bool(enough and worse),
-          "paired_differences": paired, "paired_mean": p_mean, "paired_std": p_std,
-          "wins": sum(d > 0 for d in paired),
-          "beats_paired": bool(enough and p_mean - p_std > 0),
-          "loses_paired": bool(enough and p_mean + p_std < 0)}
-
-
-def _std(values: list[float]) -> float:
-  m = sum(values) / len(values)
-  return (sum((v - m) ** 2 for v in values) / len(values)) ** 0.5
+  """Strategy a vs b over seeds, unpaired and paired (every strategy of a seed shares the
+  classifier's initialisation and real batches): `jaxgen.io.report.compare_over_seeds`."""
+  return compare_over_seeds(a["accuracy_values"], b["accuracy_values"], a["seeds"], b["seeds"])
 
 
 def verdicts(ev: dict) -> dict:
@@ -63,24 +42,6 @@ def write(config: ml_collections.ConfigDict, workdir: str, data: str, ev: dict) 
 
 def _pm(m: dict, fmt: str = ".3f") -> str:
   return f"{format(m['mean'], fmt)} +- {format(m['std'], fmt)}"
-
-
-def _words(v: dict) -> str:
-  n = v["num_seeds"]
-  paired = (f"paired difference {v['paired_mean']:+.3f} +- {v['paired_std']:.3f}, higher in "
-            f"{v['wins']} of {n} seeds")
-  if n < MIN_SEEDS:
-    return f"not claimed: {n} seed(s), fewer than {MIN_SEEDS} ({paired})"
-  if v["beats_beyond_one_std"]:
-    return f"yes, by {v['mean_difference']:+.3f}, beyond one std of either ({paired})"
-  if v["loses_beyond_one_std"]:
-    return f"no, worse by {v['mean_difference']:+.3f}, beyond one std of either ({paired})"
-  if v["beats_paired"]:
-    return (f"yes when paired by seed ({paired}); the unpaired means differ by "
-            f"{v['mean_difference']:+.3f}, within one std")
-  if v["loses_paired"]:
-    return f"no, worse when paired by seed ({paired})"
-  return f"not shown: {paired}, within one std"
 
 
 def _group_text(ev: dict) -> str:
@@ -126,7 +87,7 @@ def sections(config: ml_collections.ConfigDict, ev: dict) -> list[tuple[str, str
   per_class = markdown_table(
       ["strategy"] + [f"class {c}" for c in ev["classes"]],
       [[name] + [f"{a:.2f}" for a in c["per_class_accuracy_mean"]] for name, c in comp.items()])
-  q_rows = [[name.replace("_", " "), _words(v)] for name, v in claims.items()]
+  q_rows = [[name.replace("_", " "), comparison_words(v)] for name, v in claims.items()]
   group_names = list(next(iter(comp.values())).get("group_accuracy", {}))
   group_table = markdown_table(
       ["strategy"] + [g.replace("_", " ") for g in group_names],
@@ -172,7 +133,7 @@ def _reading(ev: dict) -> str:
   best = max(comp, key=lambda s: comp[s]["accuracy_mean"])
   parts = [f"The best mean accuracy is {LABELS[best]}'s ({comp[best]['accuracy_mean']:.3f})."]
   for name, v in claims.items():
-    parts.append(f"{name.replace('_', ' ')}: {_words(v)}.")
+    parts.append(f"{name.replace('_', ' ')}: {comparison_words(v)}.")
   if "diff_mix" in syn:
     v = syn["diff_mix"]
     parts.append(
@@ -248,7 +209,7 @@ def study_sections(config: ml_collections.ConfigDict, record: dict) -> list[tupl
           f"own report.md); mean +- std over seeds {seeds}.\n\n{table}")]
   across = study.get("across_runs", {})
   if across:
-    rows = [[LABELS[strategy], v["best_run"], run, _words(w)]
+    rows = [[LABELS[strategy], v["best_run"], run, comparison_words(w)]
             for strategy, v in across.items() for run, w in v["versus"].items()]
     out.append(("Across runs", "Does the run with the best mean accuracy beat each other run, "
                 "strategy by strategy?\n\n" + markdown_table(

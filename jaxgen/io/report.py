@@ -145,3 +145,55 @@ def unlisted_numbers(markdown: str, known: set[str], pattern: re.Pattern,
     if line.startswith(tuple(line_prefixes)):
       bad += [m for m in pattern.findall(line) if m not in known]
   return bad
+
+
+MIN_SEEDS = 3  # no claim either way from fewer seeds
+
+
+def compare_over_seeds(a: Sequence[float], b: Sequence[float], seeds_a: Sequence[int],
+                       seeds_b: Sequence[int]) -> dict:
+  """Does `a` beat `b` (per-seed values, higher is better)? Unpaired: a's mean - std above b's
+  mean + std (or a's mean + std below b's mean - std). Paired, for runs where each seed's a and b
+  share their randomness (initialisation, batches, sampling noise): the per-seed differences'
+  mean - std above 0 (or mean + std below 0). Stds over seeds without Bessel's correction.
+  Neither is claimed with fewer than MIN_SEEDS seeds or with different seeds."""
+  a, b = [float(v) for v in a], [float(v) for v in b]
+  a_mean, b_mean, a_std, b_std = _mean(a), _mean(b), _std(a), _std(b)
+  enough = len(a) >= MIN_SEEDS and list(seeds_a) == list(seeds_b)
+  paired = [x - y for x, y in zip(a, b)]
+  p_mean, p_std = _mean(paired), _std(paired)
+  return {"mean_difference": a_mean - b_mean, "num_seeds": len(a),
+          "beats_beyond_one_std": bool(enough and a_mean - a_std > b_mean + b_std),
+          "loses_beyond_one_std": bool(enough and a_mean + a_std < b_mean - b_std),
+          "paired_differences": paired, "paired_mean": p_mean, "paired_std": p_std,
+          "wins": sum(d > 0 for d in paired),
+          "beats_paired": bool(enough and p_mean - p_std > 0),
+          "loses_paired": bool(enough and p_mean + p_std < 0)}
+
+
+def comparison_words(v: dict) -> str:
+  """A `compare_over_seeds` result as the reports word it: yes / no / not shown / not claimed."""
+  n = v["num_seeds"]
+  paired = (f"paired difference {v['paired_mean']:+.3f} +- {v['paired_std']:.3f}, higher in "
+            f"{v['wins']} of {n} seeds")
+  if n < MIN_SEEDS:
+    return f"not claimed: {n} seed(s), fewer than {MIN_SEEDS} ({paired})"
+  if v["beats_beyond_one_std"]:
+    return f"yes, by {v['mean_difference']:+.3f}, beyond one std of either ({paired})"
+  if v["loses_beyond_one_std"]:
+    return f"no, worse by {v['mean_difference']:+.3f}, beyond one std of either ({paired})"
+  if v["beats_paired"]:
+    return (f"yes when paired by seed ({paired}); the unpaired means differ by "
+            f"{v['mean_difference']:+.3f}, within one std")
+  if v["loses_paired"]:
+    return f"no, worse when paired by seed ({paired})"
+  return f"not shown: {paired}, within one std"
+
+
+def _mean(values: Sequence[float]) -> float:
+  return float(sum(values) / len(values))
+
+
+def _std(values: Sequence[float]) -> float:
+  m = _mean(values)
+  return float((sum((v - m) ** 2 for v in values) / len(values)) ** 0.5)
