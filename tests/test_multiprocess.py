@@ -5,8 +5,6 @@ trains, evaluates on every host's share and writes the single-process results.""
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -14,7 +12,7 @@ import pytest
 from jaxgen import main as jaxgen_main
 from jaxgen.classifier.sampling import SyntheticReplacement
 from jaxgen.data.memory import ArrayBatches, ClassBalancedBatches
-from processes import free_port, launch_two
+from processes import free_port, launch_two, run_two
 
 
 def _global(make, processes, steps=3):
@@ -83,24 +81,6 @@ def test_two_process_launch_killed_and_resumed_matches_one_process(tmp_path):
   assert multi.stdout.count("[evaluate]") == 1
 
 
-def _two_processes(code: str, *args: str, timeout: int = 300) -> list[str]:
-  """Run `code` (python -c) as processes 0 and 1 joined by jax.distributed on loopback, 4 simulated
-  devices each; their stdouts (each must exit 0)."""
-  env = dict(os.environ, PYTHONPATH=os.getcwd(), JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{free_port()}",
-             JAX_NUM_PROCESSES="2", XLA_FLAGS="--xla_force_host_platform_device_count=4")
-  procs = [subprocess.Popen([sys.executable, "-c", code, *args], text=True,
-                            env=dict(env, JAX_PROCESS_ID=str(i)), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE) for i in range(2)]
-  try:
-    outs = [p.communicate(timeout=timeout) for p in procs]
-  finally:
-    for p in procs:
-      p.kill()
-  for p, (_, err) in zip(procs, outs):
-    assert p.returncode == 0, err[-2000:]
-  return [out for out, _ in outs]
-
-
 _LATE_GATHER = """
 import sys, time
 import jax, numpy as np
@@ -121,7 +101,7 @@ def test_a_process_that_reaches_a_gather_40_s_after_the_other_does_not_fail_it()
   after the other (e.g. process 0 still drawing a report); `to_host` waits at a coordination-service
   barrier first (its own one-hour timeout), so the gather starts with both processes there.
   Without it this fails: 'Gloo context initialization failed: DEADLINE_EXCEEDED'."""
-  for out in _two_processes(_LATE_GATHER, "40"):
+  for out in run_two(_LATE_GATHER, "40"):
     assert f"gathered {[2.0 * i for i in range(16)]}" in out
 
 
@@ -149,5 +129,5 @@ def test_a_process_that_starts_late_runs_the_stages_the_others_run(tmp_path):
   must not take that marker for a stage finished before this launch and skip the stage (it then
   misses the others' barriers and the job hangs: Diff-Mix's two-process test did, 2026-12-06).
   Every process reads the markers before any stage runs."""
-  for out in _two_processes(_LATE_START, str(tmp_path), timeout=120):
+  for out in run_two(_LATE_START, str(tmp_path), timeout=120):
     assert "ran ['load', 'train']" in out

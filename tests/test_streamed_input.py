@@ -18,7 +18,7 @@ from jaxgen.data.memory import ArrayBatches
 from jaxgen.data.pipeline import Loader, augment_record, random_resized_crop_box
 from jaxgen.data.sources import ArraySource
 from jaxgen.errors import ConfigError
-from processes import free_port
+from processes import run_two
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -94,12 +94,11 @@ def test_class_balanced_stream_is_balanced_and_resumes_exactly():
 
 
 _WORKER = r"""
-import json, sys
+import json
 import jax
 import numpy as np
-port, pid, out = sys.argv[1:]
-jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=2,
-                           process_id=int(pid))
+from jaxgen.parallel.mesh import initialize_distributed
+initialize_distributed()
 from jaxgen.data.batches import training_batches
 from jaxgen.data.sources import ArraySource
 labels = np.arange(40)
@@ -109,23 +108,13 @@ it = training_batches(src, global_batch_size=8, seed=5, augment="flip")
 result["stream"] = [next(it)["label"].tolist() for _ in range(7)]
 it = training_batches({"label": labels}, global_batch_size=8, seed=5)
 result["memory"] = [next(it)["label"].tolist() for _ in range(7)]
-with open(out, "w") as f:
-  json.dump(result, f)
+print(json.dumps(result), flush=True)
 jax.distributed.shutdown()
 """
 
 
-def test_two_distributed_processes_see_disjoint_shares_of_each_global_batch(tmp_path):
-  port = free_port()
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
-  outs = [tmp_path / f"p{i}.json" for i in range(2)]
-  procs = [subprocess.Popen([sys.executable, "-c", _WORKER, str(port), str(i), str(outs[i])],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-           for i in range(2)]
-  for p in procs:
-    _, err = p.communicate(timeout=300)
-    assert p.returncode == 0, err[-2000:]
-  shares = [json.loads(o.read_text()) for o in outs]
+def test_two_distributed_processes_see_disjoint_shares_of_each_global_batch():
+  shares = [json.loads(out.strip().splitlines()[-1]) for out in run_two(_WORKER)]
   assert [s["index"] for s in shares] == [0, 1] and all(s["count"] == 2 for s in shares)
   labels = np.arange(40)
   src = ArraySource({"image": np.zeros((40, 2, 2, 3), np.uint8), "label": labels}, num_classes=40)
