@@ -20,7 +20,7 @@ def pytest_configure(config):
 # Files with the longest tests first: pytest-xdist's loadfile hands files to the two workers in
 # collection order, so a long file collected last would run alone at the end of the suite.
 _LONG_FILES = ("test_diffmix.py", "test_dimvida.py", "test_lrgmm.py", "test_mvld_end_to_end.py",
-               "test_softlabel_gan.py", "test_multiprocess_methods.py", "test_multiprocess.py",
+               "test_softlabel_gan.py", "test_multiprocess.py",
                "test_gmm_em.py", "test_streamed_input.py", "test_param_sharding.py", "test_t2i.py")
 
 

@@ -1,5 +1,6 @@
 """Diff-Mix (paper 001): soft labels, the synthesis plan (per-example target and strength, tail
-weighting), the confidence filter, the resumable synthetic cache, validation, and a tiny run."""
+weighting), the confidence filter, the resumable synthetic cache, validation, and a tiny run (and its
+fine-tuning as two processes)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from jaxgen.nets import cond_unet
 from jaxgen.t2i import backbone as bb
 from jaxgen.t2i.sampling import sample_latents
 from jaxgen.t2i.schedules import SamplerSpec
+import two_process
 from notebooks import outputs_of, run_notebook
 
 
@@ -360,20 +362,36 @@ def test_real_training_set_takes_the_first_shots_of_each_class():
 
 
 
-def test_tiny_preset_trains_its_own_backbone_then_its_notebook_runs(tmp_path):
-  """The Colab path: diffmix:tiny with no t2i_workdir trains its backbone in WORKDIR/t2i, then
-  Diff-Mix (two of its five strategies, ~1.5 min on 2 cores; tests/test_t2i.py's slow group runs
-  the rest on a shared backbone), then the notebook on that workdir (its stages are skipped)."""
-  work = tmp_path / "dm"
-  two = "--config.strategies=('none', 'diff_mix')"
-  assert jaxgen_main.run(["jaxgen.main", "--config=configs/diffmix.py:tiny",
-                          f"--workdir={work}", two]) == 0
+TWO_STRATEGIES = "--config.strategies=('none', 'diff_mix')"
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+  """diffmix:tiny with no t2i_workdir (it trains its backbone in WORKDIR/t2i) and two of its five
+  strategies (tests/test_t2i.py's slow group runs the rest on a shared backbone), one process on
+  8 devices: the end-to-end test's run and the two-process test's reference."""
+  workdir = tmp_path_factory.mktemp("diffmix_tiny") / "dm"
+  assert jaxgen_main.run(["jaxgen.main", "--config=configs/diffmix.py:tiny", f"--workdir={workdir}",
+                          TWO_STRATEGIES, *two_process.reference_flags("diffmix")]) == 0
+  return workdir
+
+
+def test_tiny_preset_trains_its_own_backbone_then_its_notebook_runs(tiny_run):
+  """The Colab path (~1.5 min on 2 cores): the tiny run trained its backbone, then Diff-Mix; the
+  notebook runs on that workdir (its stages are skipped)."""
   for stage in dm_validation.T2I_STAGES:
-    assert (work / "t2i" / "stages" / f"{stage}.json").exists()
-  results = json.loads((work / "results.json").read_text())
+    assert (tiny_run / "t2i" / "stages" / f"{stage}.json").exists()
+  results = json.loads((tiny_run / "results.json").read_text())
   assert set(results["comparison"]) == {"none", "diff_mix"}
-  nb = run_notebook("diffmix", work, [two])
+  nb = run_notebook("diffmix", tiny_run, [TWO_STRATEGIES, *two_process.reference_flags("diffmix")])
   assert outputs_of(nb, "image/png") and outputs_of(nb, "text/markdown")
+
+
+def test_two_process_fine_tuning_killed_and_resumed_matches_one_process(tiny_run, tmp_path):
+  """The tiny run's backbone fine-tuned by two processes x 4 devices, SIGKILLed and launched
+  again: the tiny run's fine-tuning losses (tests/two_process.py)."""
+  two_process.first_stages_match("diffmix", tiny_run, tmp_path / "two",
+                                 [TWO_STRATEGIES, f"--config.t2i_workdir={tiny_run / 't2i'}"])
 
 
 def test_background_shift_set_and_its_four_groups(tmp_path):

@@ -1,4 +1,5 @@
-"""DIMVIDA: the generation cache, test-time averaging, weight transfer, config checks, end to end."""
+"""DIMVIDA: the generation cache, test-time averaging, weight transfer, config checks, end to end
+(and the first stages as two processes)."""
 
 import json
 import os
@@ -12,6 +13,8 @@ from jaxgen.classifier.transfer import transfer_variables
 from jaxgen.dimvida import evaluate as dv_eval
 from jaxgen.dimvida import generation
 from jaxgen.errors import DataError
+from jaxgen.io.shard_cache import INDEX
+import two_process
 from notebooks import outputs_of, run_notebook
 
 TINY = "--config=configs/dimvida.py:tiny"
@@ -178,13 +181,22 @@ def test_bad_values_exit_2_before_anything_runs(tmp_path, capsys, override, need
 
 # --------------------------------------------------------------------------- end to end
 
-def test_tiny_end_to_end_then_reuse_checks(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+  """The tiny preset with one architecture, one process on 8 devices: the end-to-end test's run
+  and the two-process test's reference."""
+  workdir = tmp_path_factory.mktemp("dimvida_tiny") / "seed0"
+  assert jaxgen_main.run(["jaxgen", TINY, f"--workdir={workdir}", ONE_ARCH,
+                          *two_process.reference_flags("dimvida")]) == 0
+  return workdir
+
+
+def test_tiny_end_to_end_then_reuse_checks(tiny_run, tmp_path, capsys):
   """tiny (one architecture): MVLD, NMR_ca / NMR_ea, digits pre-training, 5 classifiers, Tables
   II / III in results.json and report.md. Then a second seed reuses the first run's MVLD and
   pre-training (accepted, nothing retrained); a reused MVLD with other data fails before
   generating. (Seeds giving other views: the cache test's per-shard keys.)"""
-  first = tmp_path / "seed0"
-  assert jaxgen_main.run(["jaxgen", TINY, f"--workdir={first}", ONE_ARCH]) == 0
+  first = tiny_run
   res = json.loads((first / "results.json").read_text())
   for table in ("table2", "table3"):
     for t in ("single", "augmented"):
@@ -219,6 +231,27 @@ def test_tiny_end_to_end_then_reuse_checks(tmp_path, capsys):
   err = capsys.readouterr().err
   assert "mvld.data.image_size" in err and "16" in err
   assert not (third / "generated").exists()
+
+
+def _generated_training_views(workdir):
+  cache = workdir / "generated" / "classifier_train"
+  count = 0
+  for shard in cache.glob("*.npz"):
+    with np.load(shard) as f:
+      count += len(f[INDEX])
+  return generation.read_split(str(cache), count)["views"].astype(np.int16)
+
+
+def test_two_process_first_stages_killed_and_resumed_match_one_process(tiny_run, tmp_path):
+  """MVLD trained by two processes x 4 devices, SIGKILLed in the diffusion training and launched
+  again (the tiny run's losses, tests/two_process.py), then the generated training views split
+  over both hosts: uint8 views from score networks whose weights differ by float rounding, so a
+  few pixels may move by a grey level."""
+  two = tmp_path / "two"
+  two_process.first_stages_match("dimvida", tiny_run, two, [ONE_ARCH])
+  a, b = _generated_training_views(tiny_run), _generated_training_views(two)
+  assert a.shape == b.shape and a.size
+  assert np.mean(np.abs(a - b) > 1) < 0.01 and np.abs(a - b).mean() < 0.1
 
 
 def _record(acc):

@@ -1,4 +1,5 @@
-"""LR-GMM-NN: the tiny preset end to end from the command line, bad input before training, the model."""
+"""LR-GMM-NN: the tiny preset end to end from the command line (and its first stages as two
+processes), bad input before training, the model."""
 
 import json
 import sys
@@ -12,15 +13,25 @@ from jaxgen import main as jaxgen_main
 from jaxgen.lrgmm import model as lrgmm
 from test_torch_state_dict import fake_torch  # noqa: F401 (fixture)
 
+import two_process
 from notebooks import outputs_of, run_notebook
 
 TINY = "--config=configs/lrgmm.py:tiny"
 
 
-def test_tiny_preset_end_to_end(tmp_path):
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+  """The tiny preset, one process on 8 devices: the end-to-end test's run and the two-process
+  test's reference."""
+  workdir = tmp_path_factory.mktemp("lrgmm_tiny")
+  assert jaxgen_main.run(["jaxgen.main", TINY, f"--workdir={workdir}",
+                          *two_process.reference_flags("lrgmm")]) == 0
+  return workdir
+
+
+def test_tiny_preset_end_to_end(tiny_run):
   """Every stage runs; results.json has table1[N][method] with fid/precision/recall and timing."""
-  assert jaxgen_main.run(["jaxgen.main", TINY, f"--workdir={tmp_path}"]) == 0
-  results = json.loads((tmp_path / "results.json").read_text())
+  results = json.loads((tiny_run / "results.json").read_text())
   assert set(results["table1"]) == {"8", "64"}
   for n in ("8", "64"):
     for method in ("lr_gmm", "lr_gmm_nn", "nn_only"):
@@ -33,16 +44,16 @@ def test_tiny_preset_end_to_end(tmp_path):
   assert results["fits"]["8"]["form"] == "dual" and results["fits"]["64"]["form"] == "full"
   assert len(results["sweep"]) == 2 and "in-domain" in results["feature_network"]
   assert results["seed"] == 0 and results["data"].startswith("embedded registered faces")
-  report = (tmp_path / "report.md").read_text()
+  report = (tiny_run / "report.md").read_text()
   assert "Table 1" in report and "Memorisation" in report and "seed: 0" in report
   for png in ("samples/centroids.png", "samples/N64_methods.png", "samples/N8_latent_maps.png",
               "samples/sweep_lowrank.png", "eval/memorisation.png"):
-    assert (tmp_path / png).stat().st_size > 100
+    assert (tiny_run / png).stat().st_size > 100
   # The results page is generated from the JSON and every table number is checked against it.
   from jaxgen.lrgmm import claims, results_page
   summary = claims.summarise({0: results, 1: results})
   assert summary["nn_lowers_fid"]["64"]["num_seeds"] == 2
-  page = results_page.build(results, summary, str(tmp_path))
+  page = results_page.build(results, summary, str(tiny_run))
   assert "Table 1" in page and results_page.check_numbers(page, [results, summary]) == []
   # It says where its numbers reproduce: the host's CPU model and convolution route (an older
   # results.json without them keeps the page's former sentence).
@@ -53,10 +64,26 @@ def test_tiny_preset_end_to_end(tmp_path):
   assert results_page.check_numbers(page + "\n| 123.456789 |", [results, summary]) == ["123.456789"]
   # The Colab notebook on this run in a Jupyter kernel: its run call (a second run) finds every
   # stage done (results.json unchanged); report and figures render.
-  before = (tmp_path / "results.json").read_text()
-  nb = run_notebook("lrgmm", tmp_path)
+  before = (tiny_run / "results.json").read_text()
+  nb = run_notebook("lrgmm", tiny_run)
   assert len(outputs_of(nb, "image/png")) == 6 and outputs_of(nb, "text/markdown")
-  assert (tmp_path / "results.json").read_text() == before
+  assert (tiny_run / "results.json").read_text() == before
+
+
+def test_two_process_first_stages_killed_and_resumed_match_one_process(tiny_run, tmp_path):
+  """The autoencoder trained by two processes x 4 devices, SIGKILLed and launched again, then the
+  EM fits sharded over both hosts' devices: the tiny run's losses (tests/two_process.py) and, on
+  autoencoders whose weights differ by float rounding, the same iterations, likelihoods and
+  weights."""
+  two = tmp_path / "two"
+  two_process.first_stages_match("lrgmm", tiny_run, two)
+  fits = sorted((tiny_run / "eval").glob("fit_N*.json"))
+  assert fits
+  for path in fits:
+    a, b = (json.loads(p.read_text()) for p in (path, two / "eval" / path.name))
+    assert (a["em_iterations"], a["dims"]) == (b["em_iterations"], b["dims"])
+    np.testing.assert_allclose(b["mean_log_likelihood"], a["mean_log_likelihood"], rtol=1e-3)
+    np.testing.assert_allclose(b["weights"], a["weights"], atol=1e-3)
 
 
 @pytest.mark.parametrize("override, needle", [

@@ -1,4 +1,5 @@
-"""MVLD from the command line: the tiny preset end to end, and kill-and-resume of both trainings."""
+"""MVLD from the command line: the tiny preset end to end, its first stages as two processes, and
+kill-and-resume of both trainings."""
 
 import json
 import os
@@ -8,6 +9,7 @@ import sys
 import pytest
 
 from jaxgen import main as jaxgen_main
+import two_process
 from notebooks import outputs_of, run_notebook
 
 TINY = "--config=configs/mvld.py:tiny"
@@ -19,9 +21,18 @@ RESUME_FLAGS = ["--config.autoencoder.train.num_steps=30", "--config.diffusion.t
                 "--stages=data,train_autoencoder,train_diffusion"]
 
 
-def test_tiny_preset_writes_table1_transmission_and_report(tmp_path):
-  assert jaxgen_main.run(["jaxgen.main", TINY, f"--workdir={tmp_path}"]) == 0
-  results = json.loads((tmp_path / "results.json").read_text())
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+  """The tiny preset, one process on 8 devices: the end-to-end test's run and the two-process
+  test's reference."""
+  workdir = tmp_path_factory.mktemp("mvld_tiny")
+  assert jaxgen_main.run(["jaxgen.main", TINY, f"--workdir={workdir}",
+                          *two_process.reference_flags("mvld")]) == 0
+  return workdir
+
+
+def test_tiny_preset_writes_table1_transmission_and_report(tiny_run):
+  results = json.loads((tiny_run / "results.json").read_text())
   for k in ("1", "2", "3"):
     for metric in ("psnr", "ssim", "lpips", "fid", "coherence"):
       assert isinstance(results["table1"][k][metric], float)
@@ -41,12 +52,12 @@ def test_tiny_preset_writes_table1_transmission_and_report(tmp_path):
   assert all(r["bytes"] < r["file_bytes"] and r["psnr"] > 5 for r in base)
   assert results["transmission_equal_psnr"][0]["baselines"]["JPEG + grey"]["how"] in (
       "interpolated", "at most", "not reached")
-  report = (tmp_path / "report.md").read_text()
+  report = (tiny_run / "report.md").read_text()
   assert "Table I" in report and "Transmission" in report and "seed: 0" in report
   assert "Quality per network evaluation" in report
   for png in ("samples/table1_examples.png", "samples/joint.png", "eval/transmission.png",
               "eval/sampler_study.png"):
-    assert (tmp_path / png).stat().st_size > 100
+    assert (tiny_run / png).stat().st_size > 100
   # The results page is generated from the JSON (claims over seeds) and checks its numbers.
   from jaxgen.mvld import claims, results_page
   summary = claims.summarise({0: results, 1: results})
@@ -66,10 +77,16 @@ def test_tiny_preset_writes_table1_transmission_and_report(tmp_path):
   # The Colab notebook on this run in a Jupyter kernel: its run call (a second run) skips every
   # finished stage and changes nothing; report, figures and the API's generation of missing views
   # (asserted inside the notebook) all execute.
-  before = (tmp_path / "results.json").read_text()
-  nb = run_notebook("mvld", tmp_path)
+  before = (tiny_run / "results.json").read_text()
+  nb = run_notebook("mvld", tiny_run)
   assert len(outputs_of(nb, "image/png")) >= 5 and outputs_of(nb, "text/markdown")
-  assert (tmp_path / "results.json").read_text() == before
+  assert (tiny_run / "results.json").read_text() == before
+
+
+def test_two_process_first_stages_killed_and_resumed_match_one_process(tiny_run, tmp_path):
+  """The autoencoder and score network trained by two processes x 4 devices, SIGKILLed in the
+  diffusion training and launched again: the tiny run's losses (tests/two_process.py)."""
+  two_process.first_stages_match("mvld", tiny_run, tmp_path / "two")
 
 
 def _losses(workdir):

@@ -1,5 +1,6 @@
 """Softlabel-GAN (paper 003): label sources, the training step's EMA of batch statistics, sampling,
-validation before training, claims aggregation, and the tiny preset end to end."""
+validation before training, claims aggregation, and the tiny preset end to end (and its first stages
+as two processes)."""
 
 import json
 import os
@@ -16,6 +17,7 @@ from jaxgen.softlabel_gan import claims as claims_lib
 from jaxgen.softlabel_gan import labels as L
 from jaxgen.softlabel_gan import train as T
 from jaxgen.softlabel_gan.evaluate import TABLE2_METRICS
+import two_process
 from notebooks import outputs_of, run_notebook
 
 
@@ -215,11 +217,18 @@ def test_diffusion_trains_and_guidance_scale_one_is_the_conditional_model():
   assert np.abs(guided.astype(int) - ours.astype(int)).max() > 1
 
 
-def test_tiny_end_to_end(tmp_path):  # ~55-70 s on 2 cores: one GAN variant, and the Colab notebook
-  workdir = str(tmp_path / "run")
-  code = jaxgen_main.run(["jaxgen.main", "--config=configs/softlabel_gan.py:tiny", f"--workdir={workdir}",
-                          "--config.variants=('soft',)", "--config.log_images=False"])
-  assert code == 0
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+  """The tiny preset with one GAN variant (`soft`), one process on 8 devices: the end-to-end
+  test's run and the two-process test's reference."""
+  workdir = tmp_path_factory.mktemp("softlabel_gan_tiny")
+  assert jaxgen_main.run(["jaxgen.main", "--config=configs/softlabel_gan.py:tiny", f"--workdir={workdir}",
+                          *two_process.reference_flags("softlabel_gan")]) == 0
+  return workdir
+
+
+def test_tiny_end_to_end(tiny_run, tmp_path):  # ~55-70 s on 2 cores with the Colab notebook
+  workdir = str(tiny_run)
   results = json.load(open(os.path.join(workdir, "results.json")))
   assert set(results["table2"]) == {"soft"}  # one GAN: the comparison's code paths are unit-tested
   for metric in ("fid", "intra_fid_mean", "intra_fid_std", "lpips", "precision", "recall", "density",
@@ -232,7 +241,7 @@ def test_tiny_end_to_end(tmp_path):  # ~55-70 s on 2 cores: one GAN variant, and
   # A second run finds every stage done and changes nothing.
   before = open(os.path.join(workdir, "results.json")).read()
   assert jaxgen_main.run(["jaxgen.main", "--config=configs/softlabel_gan.py:tiny", f"--workdir={workdir}",
-                          "--config.variants=('soft',)", "--config.log_images=False"]) == 0
+                          *two_process.reference_flags("softlabel_gan")]) == 0
   assert open(os.path.join(workdir, "results.json")).read() == before
   # The results page from a one-seed summary prints only numbers of its JSON sources.
   from jaxgen.softlabel_gan import results_page
@@ -242,8 +251,14 @@ def test_tiny_end_to_end(tmp_path):  # ~55-70 s on 2 cores: one GAN variant, and
   assert results_page.check_numbers(page, [summary, results]) == []
   assert results_page.check_numbers(page + "\n| 123.456 |", [summary, results]) == ["123.456"]
   # The Colab notebook runs on this workdir in a Jupyter kernel (no figures: log_images=False).
-  nb = run_notebook("softlabel_gan", workdir, ["--config.variants=('soft',)", "--config.log_images=False"])
+  nb = run_notebook("softlabel_gan", workdir, two_process.reference_flags("softlabel_gan"))
   assert outputs_of(nb, "text/markdown") and not outputs_of(nb, "image/png")
+
+
+def test_two_process_first_stages_killed_and_resumed_match_one_process(tiny_run, tmp_path):
+  """Classifier C, its soft labels and the `soft` GAN trained by two processes x 4 devices,
+  SIGKILLed in the GAN training and launched again: the tiny run's losses (tests/two_process.py)."""
+  two_process.first_stages_match("softlabel_gan", tiny_run, tmp_path / "two")
 
 
 def test_comparisons_pair_each_label_augmented_variant_with_its_own_model_family():
