@@ -12,7 +12,31 @@ import pytest
 from jaxgen import main as jaxgen_main
 from jaxgen.classifier.sampling import SyntheticReplacement
 from jaxgen.data.memory import ArrayBatches, ClassBalancedBatches
-from processes import free_port, launch_two, run_two
+from processes import TwoProcesses, free_port, launch_two, run_two
+
+
+_LATE_GATHER = """
+import sys, time
+import jax, numpy as np
+import ml_collections
+from jaxgen.parallel import mesh as m
+m.initialize_distributed()
+mesh = m.make_mesh(ml_collections.ConfigDict({"data": -1, "model": 1}))
+x = jax.jit(lambda a: 2 * a)(m.place_full_batch(np.arange(16.0), mesh))
+if jax.process_index() == 1:
+  time.sleep(float(sys.argv[1]))  # process 0 reaches the gather this much earlier
+print("gathered", m.to_host(x).tolist(), flush=True)
+m.sync_processes("after the gather")
+"""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def late_gather():
+  """The late-gather test's two processes, started before this file's other tests: the 40 s that
+  process 1 sleeps overlap them instead of adding to the suite's time."""
+  procs = TwoProcesses(_LATE_GATHER, "40")
+  yield procs
+  procs.kill()
 
 
 def _global(make, processes, steps=3):
@@ -81,30 +105,6 @@ def test_two_process_launch_killed_and_resumed_matches_one_process(tmp_path):
   assert multi.stdout.count("[evaluate]") == 1
 
 
-_LATE_GATHER = """
-import sys, time
-import jax, numpy as np
-import ml_collections
-from jaxgen.parallel import mesh as m
-m.initialize_distributed()
-mesh = m.make_mesh(ml_collections.ConfigDict({"data": -1, "model": 1}))
-x = jax.jit(lambda a: 2 * a)(m.place_full_batch(np.arange(16.0), mesh))
-if jax.process_index() == 1:
-  time.sleep(float(sys.argv[1]))  # process 0 reaches the gather this much earlier
-print("gathered", m.to_host(x).tolist(), flush=True)
-m.sync_processes("after the gather")
-"""
-
-
-def test_a_process_that_reaches_a_gather_40_s_after_the_other_does_not_fail_it():
-  """XLA:CPU's Gloo collectives give up setting up a gather when one process arrives over 30 s
-  after the other (e.g. process 0 still drawing a report); `to_host` waits at a coordination-service
-  barrier first (its own one-hour timeout), so the gather starts with both processes there.
-  Without it this fails: 'Gloo context initialization failed: DEADLINE_EXCEEDED'."""
-  for out in run_two(_LATE_GATHER, "40"):
-    assert f"gathered {[2.0 * i for i in range(16)]}" in out
-
-
 _LATE_START = """
 import sys, time
 import jax
@@ -131,3 +131,12 @@ def test_a_process_that_starts_late_runs_the_stages_the_others_run(tmp_path):
   Every process reads the markers before any stage runs."""
   for out in run_two(_LATE_START, str(tmp_path), timeout=120):
     assert "ran ['load', 'train']" in out
+
+
+def test_a_process_that_reaches_a_gather_40_s_after_the_other_does_not_fail_it(late_gather):
+  """XLA:CPU's Gloo collectives give up setting up a gather when one process arrives over 30 s
+  after the other (e.g. process 0 still drawing a report); `to_host` waits at a coordination-service
+  barrier first (its own one-hour timeout), so the gather starts with both processes there.
+  Without it this fails: 'Gloo context initialization failed: DEADLINE_EXCEEDED'."""
+  for out in late_gather.stdouts():
+    assert f"gathered {[2.0 * i for i in range(16)]}" in out
