@@ -18,7 +18,10 @@ def pytest_configure(config):
 
 
 # Files with the longest tests first: pytest-xdist's loadfile hands files to the two workers in
-# collection order, so a long file collected last would run alone at the end of the suite.
+# collection order, so a long file collected last would run alone at the end of the suite. Which
+# long files overlap matters too (each has a two-process test: 2 more JAX processes on the same
+# cores): this order gave 762-793 s on 2 cores, test_softlabel_gan.py and test_dimvida.py first
+# 885 s (2026-12-06).
 _LONG_FILES = ("test_diffmix.py", "test_dimvida.py", "test_lrgmm.py", "test_mvld_end_to_end.py",
                "test_softlabel_gan.py", "test_multiprocess.py",
                "test_gmm_em.py", "test_streamed_input.py", "test_param_sharding.py", "test_t2i.py")

@@ -19,10 +19,12 @@ def free_port() -> int:
 def launch_two(args: Sequence[str], workdir, port: int, extra_env: dict[str, str],
                timeout: int = 1800) -> subprocess.CompletedProcess:
   """`python -m jaxgen.launch local --processes=2 --devices-per-process=4 -- ARGS
-  --workdir=WORKDIR`, run to completion with its output captured."""
+  --workdir=WORKDIR`, run to completion with its output captured. Without the launcher's own
+  config check (`--skip-validation`: tests/test_launch.py tests it): each process validates the
+  config before anything runs, and the check's 2.5 s per launch add up over the suite."""
   return subprocess.run([sys.executable, "-m", "jaxgen.launch", "local", "--processes=2",
-                         "--devices-per-process=4", f"--port={port}", "--", *args,
-                         f"--workdir={workdir}"],
+                         "--devices-per-process=4", f"--port={port}", "--skip-validation", "--",
+                         *args, f"--workdir={workdir}"],
                         env=dict(os.environ, PYTHONPATH=os.getcwd(), **extra_env),
                         capture_output=True, text=True, timeout=timeout)
 
@@ -34,8 +36,9 @@ class TwoProcesses:
   waits for both; `kill` ends any still running."""
 
   def __init__(self, code: str, *args: str):
-    env = dict(os.environ, PYTHONPATH=os.getcwd(), JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{free_port()}",
-               JAX_NUM_PROCESSES="2", XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    env = dict(os.environ, PYTHONPATH=os.getcwd(),
+               JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{free_port()}", JAX_NUM_PROCESSES="2",
+               XLA_FLAGS="--xla_force_host_platform_device_count=4")
     self.procs = [subprocess.Popen([sys.executable, "-c", code, *args], text=True,
                                    env=dict(env, JAX_PROCESS_ID=str(i)), stdout=subprocess.PIPE,
                                    stderr=subprocess.PIPE) for i in range(2)]

@@ -24,12 +24,18 @@ SYNC = "train.async_checkpoints=false"  # the last checkpoint is on disk when th
 
 
 class FirstStages(NamedTuple):
-  flags: tuple[str, ...]   # the preset's overrides for both runs (synchronous saves: two-process only)
-  stages: str              # the stages run on two processes, ending with the method's first training
-  kill_at: str             # 'loop:step' where the two-process run is SIGKILLed, between two checkpoints
-  first_rtol: float        # the first logged step's losses (after a single step where steps_per_call is 1)
-  later_rtol: float        # later steps (training amplifies the cross-process rounding of gradient sums)
-  run: str = ""            # the sub-run that trains (DIMVIDA trains its MVLD in WORKDIR/mvld)
+  """A method's first stages on two processes. `flags`: the preset's overrides for both runs
+  (synchronous saves: the two-process run only); `stages`: the stages run, ending with the method's
+  first training; `kill_at`: 'loop:step' where the two-process run is SIGKILLed, between two
+  checkpoints; `first_rtol`: the first logged step's losses (after a single step where
+  steps_per_call is 1); `later_rtol`: later steps (training amplifies the cross-process rounding of
+  gradient sums); `run`: the sub-run that trains (DIMVIDA trains its MVLD in WORKDIR/mvld)."""
+  flags: tuple[str, ...]
+  stages: str
+  kill_at: str
+  first_rtol: float
+  later_rtol: float
+  run: str = ""
 
 
 # Each stage list ends with the method's first training of its own (MVLD / DIMVIDA: the multi-view
@@ -37,20 +43,23 @@ class FirstStages(NamedTuple):
 # autoencoder and the EM sharded over both hosts' devices; Softlabel-GAN: classifier C, its soft
 # labels and a GAN; Diff-Mix: the fine-tuning of the one-process run's backbone).
 FIRST_STAGES = {
-    "mvld": FirstStages((f"--config.diffusion.{SYNC}",), "data,train_autoencoder,train_diffusion",
-                        "diffusion:15", 1e-5, 2e-3),
+    "mvld": FirstStages((f"--config.diffusion.{SYNC}",),
+                        "data,train_autoencoder,train_diffusion", "diffusion:15", 1e-5, 2e-3),
     "lrgmm": FirstStages(("--config.autoencoder.train.checkpoint_every=4",
-                          "--config.autoencoder.train.steps_per_call=2", f"--config.autoencoder.{SYNC}"),
+                          "--config.autoencoder.train.steps_per_call=2",
+                          f"--config.autoencoder.{SYNC}"),
                          "data,train_autoencoder,fit", "autoencoder:6", 1e-5, 2e-3),
     "softlabel_gan": FirstStages(("--config.variants=('soft',)", "--config.log_images=False",
                                   "--config.gan.train.checkpoint_every=2",
                                   "--config.gan.train.steps_per_call=1", f"--config.gan.{SYNC}"),
-                                 "data,train_classifier,soft_labels,train_gans", "gan_soft:3", 1e-5, 2e-3),
+                                 "data,train_classifier,soft_labels,train_gans", "gan_soft:3",
+                                 1e-5, 2e-3),
     "dimvida": FirstStages((f"--config.mvld.diffusion.{SYNC}",), "data,train_mvld,generate_train",
                            "diffusion:15", 1e-5, 2e-3, run="mvld"),
     # the first logged step comes after two Adam steps of the LoRA / token fine-tuning
     "diffmix": FirstStages(("--config.finetune.train.checkpoint_every=2",
-                            "--config.finetune.train.steps_per_call=1", f"--config.finetune.{SYNC}"),
+                            "--config.finetune.train.steps_per_call=1",
+                            f"--config.finetune.{SYNC}"),
                            "backbone,finetune", "finetune_seed0:3", 5e-3, 5e-3),
 }
 
