@@ -4,8 +4,9 @@ SIGKILLed once mid-training and launched again: it resumes from the last checkpo
 training losses and the results tables of one uninterrupted process on 8 devices (sampling,
 generation and evaluation split over both hosts). In the slow group.
 
-Each method's first training stages run this way in the method's own test file (tests/two_process.py,
-default suite but for DIMVIDA's), against the one-process tiny run of its end-to-end test."""
+Each method's first training stages run this way in the method's own test file
+(tests/two_process.py; default suite but for DIMVIDA's), against the one-process tiny run of its
+end-to-end test."""
 
 import json
 
