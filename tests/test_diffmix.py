@@ -370,10 +370,7 @@ def tiny_run(tmp_path_factory):
   """diffmix:tiny with no t2i_workdir (it trains its backbone in WORKDIR/t2i) and two of its five
   strategies (tests/test_t2i.py's slow group runs the rest on a shared backbone), one process on
   8 devices: the end-to-end test's run and the two-process test's reference."""
-  workdir = tmp_path_factory.mktemp("diffmix_tiny") / "dm"
-  assert jaxgen_main.run(["jaxgen.main", "--config=configs/diffmix.py:tiny", f"--workdir={workdir}",
-                          TWO_STRATEGIES, *two_process.reference_flags("diffmix")]) == 0
-  return workdir
+  return two_process.one_process_tiny_run(tmp_path_factory, "diffmix", [TWO_STRATEGIES], "dm")
 
 
 def test_tiny_preset_trains_its_own_backbone_then_its_notebook_runs(tiny_run):

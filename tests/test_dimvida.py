@@ -185,10 +185,7 @@ def test_bad_values_exit_2_before_anything_runs(tmp_path, capsys, override, need
 def tiny_run(tmp_path_factory):
   """The tiny preset with one architecture, one process on 8 devices: the end-to-end test's run
   and the two-process test's reference."""
-  workdir = tmp_path_factory.mktemp("dimvida_tiny") / "seed0"
-  assert jaxgen_main.run(["jaxgen", TINY, f"--workdir={workdir}", ONE_ARCH,
-                          *two_process.reference_flags("dimvida")]) == 0
-  return workdir
+  return two_process.one_process_tiny_run(tmp_path_factory, "dimvida", [ONE_ARCH], "seed0")
 
 
 def test_tiny_end_to_end_then_reuse_checks(tiny_run, tmp_path, capsys):

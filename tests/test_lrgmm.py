@@ -23,10 +23,7 @@ TINY = "--config=configs/lrgmm.py:tiny"
 def tiny_run(tmp_path_factory):
   """The tiny preset, one process on 8 devices: the end-to-end test's run and the two-process
   test's reference."""
-  workdir = tmp_path_factory.mktemp("lrgmm_tiny")
-  assert jaxgen_main.run(["jaxgen.main", TINY, f"--workdir={workdir}",
-                          *two_process.reference_flags("lrgmm")]) == 0
-  return workdir
+  return two_process.one_process_tiny_run(tmp_path_factory, "lrgmm")
 
 
 def test_tiny_preset_end_to_end(tiny_run):

@@ -25,10 +25,7 @@ RESUME_FLAGS = ["--config.autoencoder.train.num_steps=30", "--config.diffusion.t
 def tiny_run(tmp_path_factory):
   """The tiny preset, one process on 8 devices: the end-to-end test's run and the two-process
   test's reference."""
-  workdir = tmp_path_factory.mktemp("mvld_tiny")
-  assert jaxgen_main.run(["jaxgen.main", TINY, f"--workdir={workdir}",
-                          *two_process.reference_flags("mvld")]) == 0
-  return workdir
+  return two_process.one_process_tiny_run(tmp_path_factory, "mvld")
 
 
 def test_tiny_preset_writes_table1_transmission_and_report(tiny_run):

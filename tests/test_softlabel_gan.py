@@ -221,10 +221,7 @@ def test_diffusion_trains_and_guidance_scale_one_is_the_conditional_model():
 def tiny_run(tmp_path_factory):
   """The tiny preset with one GAN variant (`soft`), one process on 8 devices: the end-to-end
   test's run and the two-process test's reference."""
-  workdir = tmp_path_factory.mktemp("softlabel_gan_tiny")
-  assert jaxgen_main.run(["jaxgen.main", "--config=configs/softlabel_gan.py:tiny", f"--workdir={workdir}",
-                          *two_process.reference_flags("softlabel_gan")]) == 0
-  return workdir
+  return two_process.one_process_tiny_run(tmp_path_factory, "softlabel_gan")
 
 
 def test_tiny_end_to_end(tiny_run, tmp_path):  # ~55-70 s on 2 cores with the Colab notebook

@@ -70,6 +70,18 @@ def reference_flags(method: str) -> list[str]:
   return [flag for flag in FIRST_STAGES[method].flags if not flag.endswith(SYNC)]
 
 
+def one_process_tiny_run(tmp_path_factory, method: str, extra: Sequence[str] = (),
+                         name: str = "run") -> pathlib.Path:
+  """`method`'s tiny preset with `reference_flags` and `extra`, one process on 8 devices, in a new
+  WORKDIR named `name`: a method test file's module fixture, the run its end-to-end test checks
+  and its two-process test's reference."""
+  from jaxgen import main as jaxgen_main
+  workdir = tmp_path_factory.mktemp(f"{method}_tiny") / name
+  assert jaxgen_main.run(["jaxgen.main", f"--config=configs/{method}.py:tiny",
+                          f"--workdir={workdir}", *extra, *reference_flags(method)]) == 0
+  return workdir
+
+
 def first_stages_match(method: str, one: pathlib.Path, two: pathlib.Path,
                        extra: Sequence[str] = ()) -> None:
   """Run `method`'s first stages (tiny preset, its FIRST_STAGES flags and `extra`) as two
