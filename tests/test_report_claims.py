@@ -58,3 +58,10 @@ def test_t2i_fine_tuning_claim_is_paired_by_seed():
   paired = claims["finetuned_vs_vanilla"]
   assert paired["beats_paired"] and paired["wins"] == 3
   assert paired["paired_mean"] == pytest.approx(np.mean([0.035, 0.1, 0.01]))
+  # the unpaired claim is compare_over_seeds' rule, seed minimum included
+  clear = dict(ev, finetune={"seeds": [0, 1, 2], "diff_gen": {"accuracy": acc([0.5, 0.52, 0.51])},
+                             "real_gen": {"accuracy": acc([0.1, 0.11, 0.12])}})
+  assert t2i_report.verdicts(clear)["finetuning_improves_class_fidelity"]
+  one = dict(ev, finetune={"seeds": [0], "diff_gen": {"accuracy": acc([0.5])},
+                           "real_gen": {"accuracy": acc([0.1])}})
+  assert not t2i_report.verdicts(one)["finetuning_improves_class_fidelity"]

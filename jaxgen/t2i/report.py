@@ -15,6 +15,7 @@ def verdicts(ev: dict) -> dict:
   diff, real = ft["diff_gen"]["accuracy"], ft["real_gen"]["accuracy"]
   sd = ev["sdedit"]
   strengths = sorted(sd, key=float)
+  vs_vanilla = compare_over_seeds(diff["values"], real["values"], ft["seeds"], ft["seeds"])
   return {
       "prompt_following_above_chance": g["class_accuracy"] > 1.0 / 72 * 3,
       "guidance_raises_class_accuracy": g["class_accuracy"] > u["class_accuracy"],
@@ -24,12 +25,11 @@ def verdicts(ev: dict) -> dict:
       "sdedit_fidelity_falls_with_strength": all(
           sd[a]["psnr_to_reference_db"] >= sd[b]["psnr_to_reference_db"]
           for a, b in zip(strengths, strengths[1:])),
-      # over seeds: the fine-tuned accuracy's mean minus its std above the vanilla mean plus std
-      "finetuning_improves_class_fidelity": (diff["mean"] - diff["std"]
-                                             > real["mean"] + real["std"]),
       # unpaired and paired: a seed's fine-tuned and vanilla samples share their sampling noise
-      "finetuned_vs_vanilla": compare_over_seeds(diff["values"], real["values"], ft["seeds"],
-                                                 ft["seeds"]),
+      "finetuned_vs_vanilla": vs_vanilla,
+      # the unpaired rule of compare_over_seeds (mean - std above the vanilla mean + std, at
+      # least MIN_SEEDS seeds), kept as its own key for the page's sentence and older records
+      "finetuning_improves_class_fidelity": vs_vanilla["beats_beyond_one_std"],
   }
 
 
