@@ -14,6 +14,7 @@ from jaxgen.dimvida import evaluate as dv_eval
 from jaxgen.dimvida import generation
 from jaxgen.errors import DataError
 import two_process
+from processes import free_port, launch_two
 from notebooks import outputs_of, run_notebook
 
 TINY = "--config=configs/dimvida.py:tiny"
@@ -238,7 +239,7 @@ def _generated_training_views(workdir):
 # Slow group: CI's 15 minutes. With it the default suite took 762 s here (2026-12-06; CI has run
 # 1.02-1.14x local), and its kill and resume are MVLD's training loop on two processes, which
 # tests/test_mvld_end_to_end.py runs in the default suite; what DIMVIDA adds (the generated views
-# split over both hosts) runs here and in the whole two-process run (slow).
+# split over both hosts) runs in the default suite from the tiny run's MVLD (next test, ~5 s).
 @pytest.mark.slow
 def test_two_process_first_stages_killed_and_resumed_match_one_process(tiny_run, tmp_path):
   """MVLD trained by two processes x 4 devices, SIGKILLed in the diffusion training and launched
@@ -250,6 +251,24 @@ def test_two_process_first_stages_killed_and_resumed_match_one_process(tiny_run,
   a, b = _generated_training_views(tiny_run), _generated_training_views(two)
   assert a.shape == b.shape and a.size
   assert np.mean(np.abs(a - b) > 1) < 0.01 and np.abs(a - b).mean() < 0.1
+
+
+def test_two_processes_generate_the_one_process_runs_views_from_its_mvld(tiny_run, tmp_path):
+  """DIMVIDA's own multi-host step in the default suite: two processes x 4 devices, reusing the
+  tiny run's trained MVLD (mvld_workdir), generate the classifier-training views split over both
+  hosts; the tiny run's views (one process, 8 devices) from the same weights and keys. Its MVLD
+  training killed and resumed on two processes is the slow test above (and MVLD's, in the
+  default suite)."""
+  two = tmp_path / "two"
+  args = [TINY, ONE_ARCH, f"--config.mvld_workdir={tiny_run / 'mvld'}",
+          "--stages=data,train_mvld,generate_train"]
+  out = launch_two(args, two, free_port(), {})
+  assert out.returncode == 0, two_process.failure(out)
+  assert out.stdout.count("reusing the MVLD run") == 1  # process 0 alone prints
+  assert not (two / "mvld").exists()
+  a, b = _generated_training_views(tiny_run), _generated_training_views(two)
+  assert a.shape == b.shape and a.size
+  assert np.array_equal(a, b)
 
 
 def _record(acc):

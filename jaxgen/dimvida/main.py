@@ -204,7 +204,8 @@ def _stage_data(run: Run) -> None:
 
 def _stage_train_mvld(run: Run) -> None:
   if run.config.mvld_workdir:
-    print(f"[train_mvld] reusing the MVLD run in {run.mvld_dir}", flush=True)
+    if is_main_process():  # one line per job, not per host
+      print(f"[train_mvld] reusing the MVLD run in {run.mvld_dir}", flush=True)
     return
   mvld_main.main(mvld_config(run.config), run.mvld_dir, stages=list(run.config.mvld.stages))
 
