@@ -6,12 +6,14 @@ trains, evaluates on every host's share and writes the single-process results.""
 import json
 import os
 
+import ml_collections
 import numpy as np
 import pytest
 
 from jaxgen import main as jaxgen_main
 from jaxgen.classifier.sampling import SyntheticReplacement
 from jaxgen.data.memory import ArrayBatches, ClassBalancedBatches
+from jaxgen.parallel.mesh import make_mesh
 from processes import TwoProcesses, free_port, launch_two, run_two
 
 
@@ -37,6 +39,53 @@ def late_gather():
   procs = TwoProcesses(_LATE_GATHER, "40")
   yield procs
   procs.kill()
+
+
+# The numbers every method's FID, KID and PRDC are made of, from `mesh` (defined by the caller):
+# run in two processes (_FID) and in this one (8 devices).
+_FID_NUMBERS = """
+import jax.numpy as jnp, numpy as np
+from jaxgen.metrics import extract_features, feature_statistics, fid, fid_from_stats
+rng = np.random.default_rng(0)
+real = rng.integers(0, 256, (50, 8, 8, 3)).astype(np.uint8)  # 50: the last batch of 16 is padded
+fake = np.clip(real.astype(int) + rng.integers(-40, 40, real.shape), 0, 255).astype(np.uint8)
+proj = jnp.asarray(np.random.default_rng(1).normal(size=(8 * 8 * 3, 6)) / 14, jnp.float32)
+feats = lambda x: jnp.tanh((x.reshape(x.shape[0], -1).astype(jnp.float32) / 127.5 - 1) @ proj)
+out = {"streamed": float(fid_from_stats(feature_statistics(feats, real, 16, mesh),
+                                        feature_statistics(feats, fake, 16, mesh))),
+       "features": extract_features(feats, real, 16, mesh).tolist()}
+out["from_features"] = float(fid(jnp.asarray(out["features"]),
+                                 extract_features(feats, fake, 16, mesh)))
+"""
+
+_FID = """
+import json
+import ml_collections
+from jaxgen.parallel import mesh as m
+m.initialize_distributed()
+mesh = m.make_mesh(ml_collections.ConfigDict({"data": -1, "model": 1}))
+""" + _FID_NUMBERS + """
+print(json.dumps(out), flush=True)
+m.sync_processes("done")
+"""
+
+
+def test_fid_of_two_processes_equals_one_process_on_8_devices():
+  """Feature extraction and FID statistics split over both hosts' devices (each host its share of
+  every batch, the moments summed over all eight devices, padding rows dropped) give what one
+  process on 8 devices gives."""
+  two = [json.loads(out.strip().splitlines()[-1]) for out in run_two(_FID)]
+  assert two[0] == two[1]  # every host gets the whole result
+  env = {"mesh": make_mesh(ml_collections.ConfigDict({"data": -1, "model": 1}))}
+  assert env["mesh"].size == 8
+  exec(_FID_NUMBERS, env)  # pylint: disable=exec-used
+  one = env["out"]
+  assert len(one["features"]) == 50 and one["streamed"] > 0
+  # float32 rounding only: the two processes also compile with XLA's default code generation
+  # (processes.TwoProcesses sets XLA_FLAGS), the suite with launch/test.sh's cheaper one
+  np.testing.assert_allclose(two[0]["features"], one["features"], rtol=1e-5, atol=1e-6)
+  for key in ("streamed", "from_features"):
+    np.testing.assert_allclose(two[0][key], one[key], rtol=1e-4)
 
 
 def _global(make, processes, steps=3):
