@@ -39,7 +39,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
       # 'conv' (strided convolutions, GroupNorm) or 'mld_cub' (the authors' CUB ResNet autoencoder)
       "kind": "conv",
       "latent_dim": 64,  # numbers per view (paper 000 IV-A)
-      "channels": [16, 32, 64],  # conv only
+      "channels": (16, 32, 64),  # conv only
       # Paper 000 IV-A uses TrivialAugmentWide (the nmr preset does). An earlier comparison at
       # the embedded default's CPU budget found it cost reconstruction quality, so it is off here.
       "augment": "none",  # or 'trivial_augment_wide'
@@ -56,7 +56,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
       "score_net": ml_collections.ConfigDict({
           # 'mlp' (residual MLP U-Net), 'attention' (views as tokens) or 'unet_mlp' (the authors')
           "kind": "mlp",
-          "widths": [512, 256, 128],  # mlp
+          "widths": (512, 256, 128),  # mlp
           "blocks_per_level": 1,  # mlp
           "time_embed_dim": 128,  # mlp, attention
           "attention_width": 256,
@@ -64,7 +64,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
           "attention_heads": 4,
           # unet_mlp at paper 000's size: init_dim 1536, dim_mults (1, 1), time_dim 512, 70.4M params
           "unet_init_dim": 1536,
-          "unet_dim_mults": [1, 1],
+          "unet_dim_mults": (1, 1),
           "unet_time_dim": 512,
           "unet_groups": 32,
           # matmul operands of mlp / unet_mlp: 'float32', or 'bfloat16' with float32 accumulation
@@ -104,7 +104,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
                                    arch_kw={"width": 16, "small_input": False})
   c.evaluate = ml_collections.ConfigDict({
       "num_objects": 200,  # test objects; every conditioning set of each size is evaluated
-      "observed_counts": [1, 2, 3],
+      "observed_counts": (1, 2, 3),
       "batch_size": 200,
       "inception_path": "",  # FID InceptionV3 weight file: if set, FID uses it instead
       "lpips_backbone_path": "",  # torchvision squeezenet1_1 file ...
@@ -113,7 +113,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   })
   c.transmission = ml_collections.ConfigDict({
       "enabled": True,
-      "bits": [32, 16, 8, 4],
+      "bits": (32, 16, 8, 4),
       "bit_error_rate": 0.0,  # simulated channel: independent bit flips of the quantised latents
       "view_loss_prob": 0.0,  # probability that a sent view is lost on the channel
       "num_objects": 50,
@@ -144,18 +144,18 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
 
   if preset == "tiny":
     c.data.update(image_size=16, num_train=48, num_test=8)
-    c.autoencoder.channels = [8, 16]
+    c.autoencoder.channels = (8, 16)
     c.autoencoder.latent_dim = 16
     c.autoencoder.train.update(num_steps=20, batch_size=16, steps_per_call=5, log_every=10,
                                checkpoint_every=10)
-    c.diffusion.score_net.widths = [64, 32]
+    c.diffusion.score_net.widths = (64, 32)
     c.diffusion.train.update(num_steps=20, batch_size=16, steps_per_call=5, log_every=10,
                              checkpoint_every=10)
     c.sampler.num_steps = 10
     c.classifier = classifier_config("resnet18", num_steps=10, batch_size=16, lr=1e-3,
                                      arch_kw={"width": 8})
     c.evaluate.update(num_objects=8, batch_size=16, num_grid_objects=2)
-    c.transmission.update(bits=[32, 4], num_objects=4)
+    c.transmission.update(bits=(32, 4), num_objects=4)
     c.transmission.baselines.update(jpeg_qualities=(50,), webp_qualities=(), downsample_factors=(),
                                     png=False)
     c.sampler_study.update(samplers=("ddim",), nfe=(4,), repaint=False, num_objects=4,
@@ -166,7 +166,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     # (239k) and the 4x4x64 map before the latent as in the default, at ~1.4x its convolution
     # FLOPs per image; measured, its training takes 2.2x as long (495 s vs 226 s).
     c.data.image_size = 64
-    c.autoencoder.channels = [8, 16, 32, 64]
+    c.autoencoder.channels = (8, 16, 32, 64)
     c.evaluate.num_grid_objects = 4
     c.transmission.baselines.enabled = False
     c.sampler_study.enabled = False
