@@ -239,7 +239,8 @@ def _generated_training_views(workdir):
 # Slow group: CI's 15 minutes. With it the default suite took 762 s here (2026-12-06; CI has run
 # 1.02-1.14x local), and its kill and resume are MVLD's training loop on two processes, which
 # tests/test_mvld_end_to_end.py runs in the default suite; what DIMVIDA adds (the generated views
-# split over both hosts) runs in the default suite from the tiny run's MVLD (next test, ~5 s).
+# split over both hosts, killed and resumed) runs in the default suite from the tiny run's MVLD
+# (next test, ~15 s).
 @pytest.mark.slow
 def test_two_process_first_stages_killed_and_resumed_match_one_process(tiny_run, tmp_path):
   """MVLD trained by two processes x 4 devices, SIGKILLed in the diffusion training and launched
@@ -253,18 +254,26 @@ def test_two_process_first_stages_killed_and_resumed_match_one_process(tiny_run,
   assert np.mean(np.abs(a - b) > 1) < 0.01 and np.abs(a - b).mean() < 0.1
 
 
-def test_two_processes_generate_the_one_process_runs_views_from_its_mvld(tiny_run, tmp_path):
+def test_two_processes_killed_while_generating_resume_to_the_one_process_runs_views(tiny_run,
+                                                                                      tmp_path):
   """DIMVIDA's own multi-host step in the default suite: two processes x 4 devices, reusing the
   tiny run's trained MVLD (mvld_workdir), generate the classifier-training views split over both
-  hosts; the tiny run's views (one process, 8 devices) from the same weights and keys. Its MVLD
-  training killed and resumed on two processes is the slow test above (and MVLD's, in the
-  default suite)."""
+  hosts, are SIGKILLed once the third of six shards is written, and are launched again: the
+  written shards are read, the rest generated, and the views equal the tiny run's (one process,
+  8 devices, same weights and keys) bit for bit. Its MVLD training killed and resumed on two
+  processes is the slow test above (and MVLD's, in the default suite)."""
   two = tmp_path / "two"
   args = [TINY, ONE_ARCH, f"--config.mvld_workdir={tiny_run / 'mvld'}",
           "--stages=data,train_mvld,generate_train"]
-  out = launch_two(args, two, free_port(), {})
+  port = free_port()
+  killed = launch_two(args, two, port, {"JAXGEN_KILL_AT": "classifier_train:2"})
+  assert killed.returncode != 0, two_process.failure(killed)
+  assert killed.stdout.count("reusing the MVLD run") == 1  # process 0 alone prints
+  cache = two / "generated" / "classifier_train"
+  assert len(list(cache.glob("shard_*.npz"))) == 3, two_process.failure(killed)
+  out = launch_two(args, two, port, {})
   assert out.returncode == 0, two_process.failure(out)
-  assert out.stdout.count("reusing the MVLD run") == 1  # process 0 alone prints
+  assert out.stdout.count("48 items, 3 of 6 shards generated, 3 read from the cache") == 1
   assert not (two / "mvld").exists()
   a, b = _generated_training_views(tiny_run), _generated_training_views(two)
   assert a.shape == b.shape and a.size

@@ -26,6 +26,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from jaxgen.errors import DataError
+from jaxgen.faults import kill_if_requested
 from jaxgen.io.files import atomic_save_npz, atomic_write_json, read_json
 from jaxgen.io import paths
 
@@ -115,7 +116,8 @@ def build_shards(cache_dir: str, num_items: int, shard_size: int, make_shard: Ma
 
   Shards already in `cache_dir` are read when they hold their items with the `shapes` given
   (per-item shapes of the named arrays); the others are made by `make_shard` and written (unless
-  `write=False`, for processes other than the main one). `manifest` must equal the cache's.
+  `write=False`, for processes other than the main one, which also do not log). `manifest` must
+  equal the cache's.
   `collect=False` returns {} and holds one shard at a time (a cache larger than memory; read
   it back with `jaxgen.data.cached.CachedSource`).
   """
@@ -137,10 +139,12 @@ def build_shards(cache_dir: str, num_items: int, shard_size: int, make_shard: Ma
       if write:
         atomic_save_npz(path, **arrays)
       made += 1
+      kill_if_requested(os.path.basename(os.path.normpath(cache_dir)), s)  # tests only
     if collect:
       parts.append(arrays)
-  log(f"[cache] {cache_dir}: {num_items} items, {made} of {num_shards} shards generated, "
-      f"{num_shards - made} read from the cache")
+  if write:  # the process that writes reports, once per job (not once per host)
+    log(f"[cache] {cache_dir}: {num_items} items, {made} of {num_shards} shards generated, "
+        f"{num_shards - made} read from the cache")
   return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
 
 

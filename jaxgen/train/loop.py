@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import os
-import signal
 from typing import Any, Callable, Iterator, Protocol
 
 import jax
@@ -23,6 +22,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from jaxgen.errors import TrainingDivergedError
+from jaxgen.faults import kill_if_requested
 from jaxgen.parallel.mesh import batch_sharding, is_main_process, replicated, shard_batch
 from jaxgen.parallel.partitioning import state_shardings
 from jaxgen.train.checkpoint import Checkpointer
@@ -101,17 +101,6 @@ def _first_nonfinite(metrics: dict[str, np.ndarray]) -> tuple[int, str, float] |
   return None
 
 
-def _fault_injection(name: str, step: int) -> None:
-  """`JAXGEN_KILL_AT=<stage>:<step>` SIGKILLs this process once `step` is reached in `stage`.
-
-  A fault-injection hook for the kill-and-resume tests: a real, uncatchable kill at a chosen
-  point, exactly what a pre-empted job or an out-of-memory kill does.
-  """
-  target = os.environ.get("JAXGEN_KILL_AT")
-  if target and target.rsplit(":", 1)[0] == name and step >= int(target.rsplit(":", 1)[1]):
-    os.kill(os.getpid(), signal.SIGKILL)
-
-
 def _stack(batches: list[Any]) -> Any:
   return jax.tree.map(lambda *xs: np.stack(xs), *batches)
 
@@ -180,7 +169,7 @@ def train(*, name: str, state: Any, step_fn: StepFn, batches: BatchIterator, cfg
         ckpt.save(step, state, batches.get_state(), meta={"stage": name})
       if on_block is not None:
         on_block(state, step)
-      _fault_injection(name, step)
+      kill_if_requested(name, step)
   finally:
     # Finish any in-flight asynchronous save so the last good checkpoint is complete on disk.
     ckpt.close()
