@@ -4,6 +4,7 @@ as two processes)."""
 
 import json
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -253,9 +254,17 @@ def test_tiny_end_to_end(tiny_run, tmp_path):  # ~55-70 s on 2 cores with the Co
 
 
 def test_two_process_first_stages_killed_and_resumed_match_one_process(tiny_run, tmp_path):
-  """Classifier C, its soft labels and the `soft` GAN trained by two processes x 4 devices,
-  SIGKILLed in the GAN training and launched again: the tiny run's losses (tests/two_process.py)."""
-  two_process.first_stages_match("softlabel_gan", tiny_run, tmp_path / "two")
+  """The soft labels of classifier C and the `soft` GAN trained by two processes x 4 devices,
+  SIGKILLed in the GAN training and launched again: the tiny run's GAN losses
+  (tests/two_process.py). C is the tiny run's, copied in (its stage is then done; ~17 s less):
+  training C is the shared classifier trainer, whose two-process kill and resume
+  tests/test_multiprocess.py runs, and the slow whole-run test trains C on two processes."""
+  two = tmp_path / "two"
+  for part in ("checkpoints/classifier", "eval/classifier.json", "stages/train_classifier.json"):
+    source, target = tiny_run / part, two / part
+    target.parent.mkdir(parents=True, exist_ok=True)
+    (shutil.copytree if source.is_dir() else shutil.copy2)(source, target)
+  two_process.first_stages_match("softlabel_gan", tiny_run, two)
 
 
 def test_comparisons_pair_each_label_augmented_variant_with_its_own_model_family():

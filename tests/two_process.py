@@ -40,8 +40,9 @@ class FirstStages(NamedTuple):
 
 # Each stage list ends with the method's first training of its own (MVLD / DIMVIDA: the multi-view
 # latent diffusion and, for DIMVIDA, the generated views split over both hosts; LR-GMM-NN: the
-# autoencoder and the EM sharded over both hosts' devices; Softlabel-GAN: classifier C, its soft
-# labels and a GAN; Diff-Mix: the fine-tuning of the one-process run's backbone).
+# autoencoder and the EM sharded over both hosts' devices; Softlabel-GAN: classifier C (the
+# one-process run's, copied in, in the first-stage test), its soft labels and a GAN; Diff-Mix: the
+# fine-tuning of the one-process run's backbone).
 FIRST_STAGES = {
     "mvld": FirstStages((f"--config.diffusion.{SYNC}",),
                         "data,train_autoencoder,train_diffusion", "diffusion:15", 1e-5, 2e-3),
@@ -136,8 +137,10 @@ def assert_same_losses(one: pathlib.Path, two: pathlib.Path, later_rtol: float,
                                err_msg=str(key))
 
 
-def losses(workdir: pathlib.Path, suffixes: tuple[str, ...] = ("/l1", "/loss")) -> dict:
-  """{(metric, step): value} of the losses in WORKDIR/logs/metrics.jsonl."""
+def losses(workdir: pathlib.Path,
+           suffixes: tuple[str, ...] = ("/l1", "/loss", "/d_loss", "/g_loss")) -> dict:
+  """{(metric, step): value} of the losses in WORKDIR/logs/metrics.jsonl (a GAN's loop logs its
+  discriminator's and generator's: d_loss, g_loss)."""
   out = {}
   for line in open(workdir / "logs" / "metrics.jsonl"):
     record = json.loads(line)
