@@ -66,6 +66,9 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   del c.mvld["mesh"]  # MVLD runs on this config's mesh
   c.mvld.stages = ("data", "train_autoencoder", "train_diffusion", "sample")
   c.mvld.transmission.enabled = False
+  # DIMVIDA's published page (docs/results_dimvida.md) was measured with MVLD's autoencoder
+  # trained on eq. 1's L1 alone; MVLD's feature loss is not yet measured for DIMVIDA.
+  c.mvld.autoencoder.perceptual_weight = 0.0
   c.mvld_workdir = ""  # a finished MVLD workdir to reuse instead of training one
   c.generate = ml_collections.ConfigDict({
       "num_generated": -1,  # generated views per sample; -1 = V - 1 (paper: 3)

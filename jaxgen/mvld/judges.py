@@ -28,27 +28,34 @@ def _batched_pairs(fn, x: np.ndarray, y: np.ndarray, batch_size: int, mesh=None)
   return np.zeros((0,), np.float32) if out is None else out
 
 
-def check_judge_architecture(config: ml_collections.ConfigDict, section: str) -> None:
-  """Before anything trains: without both LPIPS weight files, LPIPS is computed on the judge
-  classifier's LPIPS_LAYERS, so the architecture of `config[section]` must have them (traced on
-  abstract shapes; nothing is computed)."""
-  ev = config.evaluate
-  if ev.lpips_backbone_path and ev.lpips_linear_path:
-    return
+def has_feature_layers(section: ml_collections.ConfigDict, image_size: int,
+                       layers: tuple[str, ...]) -> bool:
+  """Whether the classifier of config `section` has the submodules `layers` to take features
+  from (traced on abstract shapes; nothing is computed)."""
   from jaxgen.classifier.config import build_model  # pylint: disable=import-outside-toplevel
   from jaxgen.metrics.lpips import capture_features  # pylint: disable=import-outside-toplevel
-  image_size = config.data.image_size
-  model = build_model(config[section], 2, image_size=image_size)
+  model = build_model(section, 2, image_size=image_size)
   x = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
   variables = jax.eval_shape(lambda k, x: model.init(k, x, train=False), jax.random.key(0), x)
   try:
-    jax.eval_shape(lambda v, x: capture_features(model.apply, v, x, LPIPS_LAYERS, {"train": False}),
+    jax.eval_shape(lambda v, x: capture_features(model.apply, v, x, layers, {"train": False}),
                    variables, x)
   except ValueError:
+    return False
+  return True
+
+
+def check_judge_architecture(config: ml_collections.ConfigDict, section: str) -> None:
+  """Before anything trains: without both LPIPS weight files, LPIPS is computed on the judge
+  classifier's LPIPS_LAYERS, so the architecture of `config[section]` must have them."""
+  ev = config.evaluate
+  if ev.lpips_backbone_path and ev.lpips_linear_path:
+    return
+  if not has_feature_layers(config[section], config.data.image_size, LPIPS_LAYERS):
     raise ConfigError(f"{section}.arch", config[section].arch,
                       f"a judge with the submodules {', '.join(LPIPS_LAYERS)} for the in-domain LPIPS "
                       "(resnet18, resnet50), or both evaluate.lpips_backbone_path and "
-                      "evaluate.lpips_linear_path") from None
+                      "evaluate.lpips_linear_path")
 
 
 def build_judges(config: ml_collections.ConfigDict, classifier, mesh,

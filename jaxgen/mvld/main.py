@@ -32,7 +32,7 @@ from jaxgen.mvld import transmission_baselines as baselines
 from jaxgen.mvld import validation
 from jaxgen.mvld.data import load_views
 from jaxgen.mvld.judges import build_judges
-from jaxgen.mvld.train import train_autoencoder, train_diffusion
+from jaxgen.mvld.train import feature_distance_fn, train_autoencoder, train_diffusion
 from jaxgen.parallel.mesh import is_main_process, place_if_divisible, to_host
 from jaxgen.stages import MethodRun, require_stage, run_method
 from jaxgen.io import paths
@@ -94,10 +94,21 @@ def _stage_data(run: Run) -> None:
 
 
 def _stage_autoencoder(run: Run) -> None:
-  params = train_autoencoder(run.spec, run.config.autoencoder, run.data["train_views"],
-                             workdir=run.workdir,
-                             mesh=run.mesh, key=run.key("train_autoencoder"), writer=run.writer,
-                             seed=run.config.seed)
+  cfg, views = run.config.autoencoder, run.data["train_views"]
+  feature_distance = None
+  if cfg.perceptual_weight > 0:
+    # The feature loss's network: a classifier of the autoencoder's own training views, trained
+    # first (checkpoints/perceptual; resumed like any training), never the judge of stage
+    # train_classifier, so the judge stays independent of the autoencoder's training.
+    labels = run.data["train_labels"]
+    view_labels = None if run.data["streamed"] else np.repeat(labels, len(views) // len(labels))
+    network = fit_classifier(cfg.perceptual, views, view_labels, run.data["num_classes"],
+                             workdir=run.workdir, name="perceptual", mesh=run.mesh,
+                             key=run.key("train_autoencoder", 1), writer=run.writer)
+    feature_distance = feature_distance_fn(network, cfg.perceptual_layers)
+  params = train_autoencoder(run.spec, cfg, views, workdir=run.workdir, mesh=run.mesh,
+                             key=run.key("train_autoencoder"), writer=run.writer,
+                             seed=run.config.seed, feature_distance=feature_distance)
   if is_main_process():
     save_params(run.path("models", "autoencoder.msgpack"), params)
 
@@ -112,9 +123,9 @@ def _stage_diffusion(run: Run) -> None:
     atomic_save_npz(run.path("models", "latent_stats.npz"), mean=np.asarray(stats.mean),
                     std=np.asarray(stats.std), lo=z.reshape(-1, z.shape[-1]).min(0),
                     hi=z.reshape(-1, z.shape[-1]).max(0))
-  params = train_diffusion(run.spec, run.config.diffusion, z.reshape((len(z), -1)), workdir=run.workdir,
-                           mesh=run.mesh, key=run.key("train_diffusion"), writer=run.writer,
-                           seed=run.config.seed)
+  params = train_diffusion(run.spec, run.config.diffusion, z.reshape((len(z), -1)),
+                           workdir=run.workdir, mesh=run.mesh, key=run.key("train_diffusion"),
+                           writer=run.writer, seed=run.config.seed)
   if is_main_process():
     save_params(run.path("models", "score_net.msgpack"), params)
 

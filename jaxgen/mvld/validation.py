@@ -18,7 +18,7 @@ from jaxgen.errors import ConfigError
 from jaxgen.mvld import model as mvld_model
 from jaxgen.mvld import sampler_study
 from jaxgen.mvld import transmission_baselines as baselines
-from jaxgen.mvld.judges import check_judge_architecture
+from jaxgen.mvld.judges import check_judge_architecture, has_feature_layers
 from jaxgen.nets.mixed_precision import COMPUTE_DTYPES
 from jaxgen.nets.mld_autoencoder import num_levels as mld_num_levels
 from jaxgen.sde.samplers import ODE_METHODS, PREDICTORS
@@ -113,6 +113,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
     configlib.require(config.sampler.jump_length <= config.sampler.num_steps, "sampler.jump_length",
                       config.sampler.jump_length, f"at most sampler.num_steps = {config.sampler.num_steps}")
   validate_classifier_config(config, "classifier", dp)
+  _validate_perceptual(config, dp)
   configlib.require(config.evaluate.num_objects <= config.data.num_test, "evaluate.num_objects",
                     config.evaluate.num_objects, f"at most data.num_test = {config.data.num_test}")
   configlib.require(config.transmission.num_objects <= config.data.num_test,
@@ -139,12 +140,34 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
   configlib.trace_once(config, ("classifier", "evaluate", "data.image_size"),
                        functools.partial(check_judge_architecture, config, "classifier"))
   n_views = config.data.num_train * v
-  for key in ("autoencoder.train.batch_size", "classifier.train.batch_size"):
+  for key in ("autoencoder.train.batch_size", "classifier.train.batch_size",
+              "autoencoder.perceptual.train.batch_size"):
     configlib.require(configlib.get_path(config, key) <= n_views, key, configlib.get_path(config, key),
                       f"at most the {n_views} training views")
   configlib.require(config.diffusion.train.batch_size <= config.data.num_train,
                     "diffusion.train.batch_size", config.diffusion.train.batch_size,
                     f"at most data.num_train = {config.data.num_train} objects")
+
+
+def _validate_perceptual(config: ml_collections.ConfigDict, dp: int) -> None:
+  """The autoencoder's feature loss: its weight, its network (checked whether used or not, as
+  every section) and the layers it reads (traced)."""
+  weight = config.autoencoder.perceptual_weight
+  configlib.require(isinstance(weight, (int, float)) and 0 <= weight < float("inf"),
+                    "autoencoder.perceptual_weight", weight, "a number >= 0 (0: eq. 1's L1 alone)")
+  validate_classifier_config(config, "autoencoder.perceptual", dp)
+  layers = config.autoencoder.perceptual_layers
+  configlib.require(isinstance(layers, (tuple, list)) and bool(layers)
+                    and all(isinstance(n, str) and n for n in layers),
+                    "autoencoder.perceptual_layers", layers, "a non-empty list of submodule names")
+  net = config.autoencoder.perceptual
+  configlib.trace_once(config, ("autoencoder.perceptual", "autoencoder.perceptual_layers",
+                                "data.image_size"),
+                       lambda: configlib.require(
+                           has_feature_layers(net, config.data.image_size, tuple(layers)),
+                           "autoencoder.perceptual_layers", list(layers),
+                           f"submodules of autoencoder.perceptual.arch={net.arch} (a resnet's "
+                           "'stage1' ... 'stage4')"))
 
 
 def _validate_unet_mlp(config: ml_collections.ConfigDict) -> None:
