@@ -104,6 +104,39 @@ def _cli(workdir, env_extra=None):
                         env=env, capture_output=True, text=True, timeout=600)
 
 
+def test_results_page_compares_the_autoencoder_loss_with_eq1_alone_over_seeds(tiny_run):
+  """`--baseline-root`: the same seeds with eq. 1 alone against the feature loss, per metric and
+  views, with compare_over_seeds' verdict in words; refused when the runs differ elsewhere."""
+  import copy
+  from jaxgen.mvld import claims, results_page
+  results = json.loads((tiny_run / "results.json").read_text())
+
+  def variant(weight, coherence_shift):
+    r = copy.deepcopy(results)
+    r["config"]["autoencoder"]["perceptual_weight"] = weight
+    for row in r["table1"].values():
+      if "coherence" in row and row is not r["table1"]["real_views"]:
+        row["coherence"] = min(1.0, row["coherence"] * 0.5 + coherence_shift)
+    return r
+
+  ours = {s: variant(0.5, 0.4 + 0.01 * s) for s in range(3)}
+  base = {s: variant(0.0, 0.01 * s) for s in range(3)}
+  page = results_page.build(claims.summarise(ours), ours[0],
+                            (claims.summarise(base), base[0]))
+  section = page.split("## Autoencoder loss: eq. 1 alone against the default")[1]
+  coherence_rows = [line for line in section.splitlines() if line.startswith("| coherence")]
+  assert len(coherence_rows) == 4 and all("better, beyond one std" in r for r in coherence_rows)
+  assert "autoencoder ceiling" in section and "| psnr (up) |" in section
+  sources = [claims.summarise(ours), ours[0], results_page.PAPER_TABLE1, claims.summarise(base), base[0]]
+  assert results_page.check_numbers(page, sources) == []
+  other = copy.deepcopy(base[0])
+  other["config"]["sampler"]["num_steps"] += 1
+  with pytest.raises(ValueError, match="more than autoencoder.perceptual"):
+    results_page.build(claims.summarise(ours), ours[0], (claims.summarise(base), other))
+  with pytest.raises(ValueError, match="feature loss too"):
+    results_page.build(claims.summarise(ours), ours[0], (claims.summarise(ours), ours[0]))
+
+
 @pytest.mark.slow  # ~90 s; the train loop's own kill-and-resume test runs in the default suite
 def test_kill_and_resume_both_training_stages_reproduce_the_uninterrupted_run(tmp_path):
   full, killed = tmp_path / "full", tmp_path / "killed"

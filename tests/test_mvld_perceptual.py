@@ -1,6 +1,7 @@
 """MVLD's autoencoder feature loss (`autoencoder.perceptual_weight`): the distance equals the
-in-domain LPIPS of jaxgen.metrics, it trains the autoencoder through its reconstruction only, and
-the stage that trains its network resumes after a kill like the other training stages."""
+in-domain LPIPS of jaxgen.metrics, it trains the autoencoder through its reconstruction only, the
+stage that trains its network resumes after a kill like the other training stages; and the
+cross-architecture check of the autoencoder ceiling (`jaxgen.mvld.judge_transfer`)."""
 
 import json
 import os
@@ -15,6 +16,7 @@ import pytest
 from jaxgen import main as jaxgen_main
 from jaxgen.classifier.inference import Classifier
 from jaxgen.metrics.lpips import domain_lpips
+from jaxgen.mvld import judge_transfer
 from jaxgen.mvld.judges import LPIPS_LAYERS
 from jaxgen.mvld.train import feature_distance_fn
 from jaxgen.nets.classifiers import build_classifier
@@ -61,15 +63,23 @@ def _metrics(workdir):
   return out
 
 
-def test_tiny_autoencoder_trains_with_the_feature_loss_of_its_own_network(tmp_path):
-  """With perceptual_weight > 0 the autoencoder stage first trains its feature network
-  (checkpoints/perceptual, not the judge's checkpoints/classifier) and logs the L1 and the
-  feature distance; with 0 it trains no network and logs the L1 alone."""
-  on, off = tmp_path / "on", tmp_path / "off"
+@pytest.fixture(scope="module")
+def tiny_runs(tmp_path_factory):
+  """The tiny preset's data and autoencoder, with the feature loss (weight 0.5) and without."""
+  root = tmp_path_factory.mktemp("perceptual")
   stages = "--stages=data,train_autoencoder"
+  on, off = root / "on", root / "off"
   assert jaxgen_main.run(["jaxgen.main", TINY, f"--workdir={on}", stages,
                           "--config.autoencoder.perceptual_weight=0.5"]) == 0
   assert jaxgen_main.run(["jaxgen.main", TINY, f"--workdir={off}", stages]) == 0
+  return on, off
+
+
+def test_tiny_autoencoder_trains_with_the_feature_loss_of_its_own_network(tiny_runs):
+  """With perceptual_weight > 0 the autoencoder stage first trains its feature network
+  (checkpoints/perceptual, not the judge's checkpoints/classifier) and logs the L1 and the
+  feature distance; with 0 it trains no network and logs the L1 alone."""
+  on, off = tiny_runs
   assert (on / "checkpoints" / "perceptual").is_dir() and not (on / "checkpoints" / "classifier").exists()
   assert not (off / "checkpoints" / "perceptual").exists()
   m_on, m_off = _metrics(on), _metrics(off)
@@ -79,6 +89,34 @@ def test_tiny_autoencoder_trains_with_the_feature_loss_of_its_own_network(tmp_pa
   # Same data, initialisation and batches: only the loss differs, so the trained L1 differs.
   l1 = lambda m: [v for (k, s), v in sorted(m.items(), key=lambda kv: kv[0][1]) if k == "autoencoder/l1"]
   assert l1(m_on) and len(l1(m_on)) == len(l1(m_off)) and l1(m_on)[-1] != l1(m_off)[-1]
+
+
+@pytest.mark.slow  # ~35 s: trains a MobileNetV3 (compilation); its refusal below is in the default suite
+def test_judge_transfer_scores_each_runs_reconstructions(tiny_runs, tmp_path):
+  """`python -m jaxgen.mvld.judge_transfer` on the two runs (as seed 0): accuracies of a
+  MobileNetV3 judge on the real test views and on each run's reconstructions, in [0, 1], with
+  mean / std over the seeds."""
+  on, off = tiny_runs
+  out = tmp_path / "jt"
+  assert judge_transfer.main(["--runs", f"l1={off}", f"perceptual={on}", "--seeds", "0",
+                              "--out", str(out), "--judge-steps", "4"]) == 0
+  record = json.loads((out / "judge_transfer.json").read_text())
+  assert set(record["per_seed"]["0"]) == {"real", "l1", "perceptual"}
+  assert all(0.0 <= v <= 1.0 for v in record["per_seed"]["0"].values())
+  assert record["summary"]["real"]["values"] == [record["per_seed"]["0"]["real"]]
+  assert record["judge_steps"] == 4
+
+
+def test_judge_transfer_refuses_runs_of_other_data_before_training(tiny_runs, tmp_path):
+  _, off = tiny_runs
+  other = tmp_path / "other"
+  other.mkdir()
+  config = json.loads((off / "config.json").read_text())
+  (other / "config.json").write_text(json.dumps({**config, "seed": 1}))
+  with pytest.raises(SystemExit, match="other data or seed"):
+    judge_transfer.main(["--runs", f"l1={off}", f"x={other}", "--seeds", "0",
+                         "--out", str(tmp_path / "jt")])
+  assert not (tmp_path / "jt").exists()
 
 
 @pytest.mark.slow  # ~60 s: three processes; the loop's and the classifier's resumes are in the default suite

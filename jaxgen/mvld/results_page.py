@@ -3,6 +3,11 @@
   python -m jaxgen.mvld.results_page --root=workdirs/mvld-claims --out=docs/results_mvld.md
   python -m jaxgen.mvld.results_page --root=workdirs/mvld-64 --out=docs/results_mvld_64.md
       # claims of another preset (`python -m jaxgen.mvld.claims --config=configs/mvld.py:64`)
+  python -m jaxgen.mvld.results_page --root=workdirs/mvld-claims \
+      --baseline-root=workdirs/mvld-claims-l1
+      # adds the comparison with the same seeds run with eq. 1's loss alone
+      # (`python -m jaxgen.mvld.claims --root=workdirs/mvld-claims-l1 -- \
+      #  --config.autoencoder.perceptual_weight=0`)
 
 Every number in the page's tables and claim lines is formatted from the JSON files and checked
 against them before writing (`jaxgen.io.report.unlisted_numbers`). The example figures of the
@@ -17,7 +22,8 @@ import re
 import sys
 
 from jaxgen.io.files import atomic_write_text, read_json
-from jaxgen.io.report import json_numbers, markdown_table, reproduction_scope, unlisted_numbers
+from jaxgen.io.report import (MIN_SEEDS, compare_over_seeds, json_numbers, markdown_table,
+                              reproduction_scope, unlisted_numbers)
 from jaxgen.mvld.evaluate import EXTRA_METRICS, METRICS
 from jaxgen.mvld.report import BASELINES_NOTE, HIGHER_IS_BETTER, PAPER_TABLE1
 from jaxgen.mvld.sampler_study import tolerance_text
@@ -62,7 +68,79 @@ def check_numbers(markdown: str, sources: list) -> list[str]:
   return unlisted_numbers(markdown, known, _NUMBER, ("|", "- "))
 
 
-def build(claims: dict, first: dict) -> str:
+def _autoencoder_line(ae: dict) -> str:
+  """Its loss: eq. 1 alone, or with the feature term (whose network shares the judge's
+  architecture, which matters for reading FID and LPIPS)."""
+  line = f"- autoencoder: {ae['kind']}, {ae['latent_dim']} numbers per view, trained on "
+  weight = ae.get("perceptual_weight", 0.0)
+  if not weight:
+    return line + "eq. 1's L1 alone"
+  net = ae["perceptual"]
+  return (line + f"L1 + {weight} x the in-domain LPIPS distance in the "
+          f"{', '.join(ae['perceptual_layers'])} features of a {net['arch']} trained on the "
+          "training views first, not the judge (docs/mvld.md, 'Autoencoder loss'); FID and "
+          "LPIPS below use the judge's features, a network of that same architecture, so part "
+          "of their gain over eq. 1 alone is that loss's own objective")
+
+
+COMPARED_METRICS = ("coherence", "psnr", "ssim", "fid")
+
+
+def _verdict(v: dict, same_seeds: bool) -> str:
+  """`compare_over_seeds` in words only (the page's numbers all come from the JSON files)."""
+  if v["num_seeds"] < MIN_SEEDS or not same_seeds:
+    return f"not claimed (needs the same {MIN_SEEDS}+ seeds on both sides)"
+  if v["beats_beyond_one_std"]:
+    return "better, beyond one std of either"
+  if v["loses_beyond_one_std"]:
+    return "worse, beyond one std of either"
+  if v["beats_paired"]:
+    return "better when paired by seed; within one std unpaired"
+  if v["loses_paired"]:
+    return "worse when paired by seed; within one std unpaired"
+  return "not shown (within one std)"
+
+
+def _differs_only_in_autoencoder_loss(a: dict, b: dict) -> bool:
+  strip = lambda c: {**c, "autoencoder": {k: v for k, v in c["autoencoder"].items()  # noqa: E731
+                                          if not k.startswith("perceptual")}}
+  return strip(a) == strip(b)
+
+
+def loss_comparison(claims: dict, first: dict, baseline: dict, baseline_first: dict) -> list[str]:
+  """Markdown lines: Table I's metrics of the generated views and of the autoencoder ceiling, the
+  default against the same seeds trained with eq. 1's loss alone."""
+  if not _differs_only_in_autoencoder_loss(first["config"], baseline_first["config"]):
+    raise ValueError("the baseline claims differ from these in more than autoencoder.perceptual*")
+  if baseline_first["config"]["autoencoder"].get("perceptual_weight", 0.0):
+    raise ValueError("the baseline claims were trained with the feature loss too")
+  seeds, b_seeds = claims["seeds"], baseline["seeds"]
+  rows = []
+  for metric in COMPARED_METRICS:
+    for k in [*claims["observed_counts"], "autoencoder"]:
+      ours, base = claims["table1"][k][metric], baseline["table1"][k][metric]
+      sign = 1.0 if HIGHER_IS_BETTER[metric] else -1.0
+      v = compare_over_seeds([sign * x for x in ours["values"]],
+                             [sign * x for x in base["values"]], seeds, b_seeds)
+      where = "autoencoder ceiling" if k == "autoencoder" else f"{k} observed"
+      arrow = " (up)" if HIGHER_IS_BETTER[metric] else " (down)"
+      rows.append([metric + arrow, where, fmt_stat(base), fmt_stat(ours),
+                   _verdict(v, list(seeds) == list(b_seeds))])
+  weight = first["config"]["autoencoder"]["perceptual_weight"]
+  gap, b_gap = claims["ceiling_coherence_gap"], baseline["ceiling_coherence_gap"]
+  return ["## Autoencoder loss: eq. 1 alone against the default", "",
+          f"The same seeds ({', '.join(map(str, b_seeds))}) and config trained with eq. 1's L1 "
+          f"alone (`--config.autoencoder.perceptual_weight=0`) and with the default's feature loss "
+          f"(weight {weight}; docs/mvld.md, 'Autoencoder loss'). 'better' / 'worse': "
+          "`jaxgen.io.report.compare_over_seeds` (the mean - std of one above the mean + std of "
+          "the other, or the per-seed differences' mean - std above 0 when paired by seed).", "",
+          markdown_table(["metric", "views", "eq. 1 alone", "with the feature loss", "verdict"],
+                         rows), "",
+          f"- the autoencoder caps coherence {fmt_stat(b_gap)} below the real views with eq. 1 "
+          f"alone and {fmt_stat(gap)} with the feature loss.", ""]
+
+
+def build(claims: dict, first: dict, baseline: tuple[dict, dict] | None = None) -> str:
   cfg = first["config"]
   counts = claims["observed_counts"]
   seeds = claims["seeds"]
@@ -86,6 +164,7 @@ def build(claims: dict, first: dict) -> str:
       f"- feature network: {claims['feature_network']}",
       f"- LPIPS: {claims['lpips_network']}",
       f"- sampler: {sampler['name']}, {sampler['num_steps']} steps, SDE {cfg['diffusion']['sde']}",
+      _autoencoder_line(cfg["autoencoder"]),
       *([f"- run on: {first['environment']['backend']} x{first['environment']['device_count']} "
          f"(jax {first['environment']['jax']}). Same config and seed give the same numbers on the "
          "same machine type and library versions, on 1 or 8 devices to float tolerance.", ""]
@@ -123,6 +202,8 @@ def build(claims: dict, first: dict) -> str:
               f"{fmt_stat(claims['ceiling_coherence_gap'])} below the real views."]
   lines += ["",
             f"![Table I examples]({img}table1_examples.png)", ""]
+  if baseline is not None:
+    lines += loss_comparison(claims, first, *baseline)
   if "transmission" in claims:
     lines += ["## Transmission study (paper 002 Fig. 1)", "",
               "k of the V views' latents are sent at b bits per number; the receiver decodes them "
@@ -210,12 +291,19 @@ def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--root", default="workdirs/mvld-claims")
   parser.add_argument("--out", default="docs/results_mvld.md")
+  parser.add_argument("--baseline-root", default="",
+                      help="claims of the same config with autoencoder.perceptual_weight=0")
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
   claims = read_json(os.path.join(args.root, "claims.json"))
   first_dir = os.path.join(args.root, f"seed{claims['seeds'][0]}")
   first = read_json(os.path.join(first_dir, "results.json"))
-  page = build(claims, first)
-  bad = check_numbers(page, [claims, first, PAPER_TABLE1])
+  baseline = None
+  if args.baseline_root:
+    b_claims = read_json(os.path.join(args.baseline_root, "claims.json"))
+    baseline = (b_claims, read_json(os.path.join(args.baseline_root,
+                                                 f"seed{b_claims['seeds'][0]}", "results.json")))
+  page = build(claims, first, baseline)
+  bad = check_numbers(page, [claims, first, PAPER_TABLE1, *(baseline or ())])
   if bad:
     print(f"results_page: numbers not in the JSON files: {bad[:10]}", file=sys.stderr)
     return 1
