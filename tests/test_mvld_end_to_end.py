@@ -3,6 +3,7 @@ kill-and-resume of both trainings."""
 
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -88,14 +89,7 @@ def test_two_process_first_stages_killed_and_resumed_match_one_process(tiny_run,
 
 def _losses(workdir):
   """Last logged value per (stage, step): a resumed run re-logs the steps after its checkpoint."""
-  out = {}
-  with open(os.path.join(workdir, "logs", "metrics.jsonl")) as f:
-    for line in f:
-      record = json.loads(line)
-      for key, value in record.items():
-        if key.endswith("/l1") or key.endswith("/loss"):
-          out[(key, record["step"])] = value
-  return out
+  return two_process.losses(pathlib.Path(workdir), ("/l1", "/loss"))
 
 
 def _cli(workdir, env_extra=None):

@@ -21,6 +21,7 @@ from jaxgen.mvld.judges import LPIPS_LAYERS
 from jaxgen.mvld.train import feature_distance_fn
 from jaxgen.nets.classifiers import build_classifier
 from jaxgen.nets.common import to_model_range
+import two_process
 
 TINY = "--config=configs/mvld.py:tiny"
 
@@ -52,15 +53,9 @@ def test_feature_distance_is_the_mean_domain_lpips_and_differentiates_the_recons
 
 
 def _metrics(workdir):
-  """Last logged value per (key, step) of the autoencoder's training."""
-  out = {}
-  with open(os.path.join(workdir, "logs", "metrics.jsonl")) as f:
-    for line in f:
-      record = json.loads(line)
-      for key, value in record.items():
-        if key.startswith("autoencoder/") and key != "autoencoder/steps_per_s":
-          out[(key, record["step"])] = value
-  return out
+  """{(key, step): value} of the autoencoder's logged L1, feature distance and gradient norm."""
+  return {k: v for k, v in two_process.losses(workdir, ("/l1", "/feature_distance", "/grad_norm")).items()
+          if k[0].startswith("autoencoder/")}
 
 
 @pytest.fixture(scope="module")
