@@ -18,10 +18,10 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from jaxgen.data.batches import is_streamed, select_keys, training_batches
-from jaxgen.data.sources import Source
 from jaxgen.classifier.inference import Classifier
 from jaxgen.classifier.losses import normalize
+from jaxgen.data.batches import is_streamed, select_keys, training_batches
+from jaxgen.data.sources import Source
 from jaxgen.data.trivial_augment import trivial_augment_wide
 from jaxgen.metrics.lpips import capture_features, distance_from_features
 from jaxgen.mvld import model as mvld_model
