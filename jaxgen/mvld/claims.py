@@ -25,7 +25,7 @@ from jaxgen.seeds import run_claims
 TRANSMISSION_METRICS = ("psnr", "ssim", "coherence", "lpips")
 
 
-def _stat(values) -> dict:
+def stat_over_seeds(values) -> dict:
   """Mean, std (ddof 1; None for one seed or non-finite values, e.g. a lossless PSNR) and values."""
   v = np.asarray(values, np.float64)
   finite = bool(np.all(np.isfinite(v)))
@@ -39,7 +39,7 @@ def summarise(results: dict[int, dict]) -> dict:
   counts = [str(k) for k in first["config"]["evaluate"]["observed_counts"]]
   table = {}
   for column in first["table1"]:
-    table[column] = {m: _stat([results[s]["table1"][column][m] for s in seeds])
+    table[column] = {m: stat_over_seeds([results[s]["table1"][column][m] for s in seeds])
                      for m, v in first["table1"][column].items() if isinstance(v, (int, float))}
   verdicts = {s: trend_verdict(results[s]["table1"], counts) for s in seeds}
   trend = {m: {"on_every_seed": all(verdicts[s][m] for s in seeds),
@@ -54,14 +54,14 @@ def summarise(results: dict[int, dict]) -> dict:
   if "real_views" in first["table1"] and "autoencoder" in first["table1"]:
     # How far the autoencoder caps coherence: the judge's accuracy on real test views minus its
     # accuracy on their reconstructions (the ceiling of every generated view's coherence).
-    out["ceiling_coherence_gap"] = _stat([results[s]["table1"]["real_views"]["coherence"] -
+    out["ceiling_coherence_gap"] = stat_over_seeds([results[s]["table1"]["real_views"]["coherence"] -
                                           results[s]["table1"]["autoencoder"]["coherence"]
                                           for s in seeds])
   if "transmission" in first:
     rows = []
     for i, row in enumerate(first["transmission"]):
       rows.append({**{k: row[k] for k in ("views_sent", "bits", "bytes", "raw_bytes", "png_bytes")},
-                   **{m: _stat([results[s]["transmission"][i][m] for s in seeds])
+                   **{m: stat_over_seeds([results[s]["transmission"][i][m] for s in seeds])
                       for m in TRANSMISSION_METRICS if m in row}})
     budget = []
     for a in rows:
@@ -70,15 +70,16 @@ def summarise(results: dict[int, dict]) -> dict:
           diff = [results[s]["transmission"][rows.index(a)]["psnr"] -
                   results[s]["transmission"][rows.index(b)]["psnr"] for s in seeds]
           budget.append({"bytes": a["bytes"], "more_views": [a["views_sent"], a["bits"]],
-                         "fewer_views": [b["views_sent"], b["bits"]], "psnr_gain_db": _stat(diff),
+                         "fewer_views": [b["views_sent"], b["bits"]], "psnr_gain_db": stat_over_seeds(diff),
                          "holds_on_every_seed": all(d > 0 for d in diff)})
     out["transmission"] = rows
     out["byte_budget"] = budget
   if first.get("sampler_study"):
     study = first["sampler_study"]
     out["sampler_study"] = {
-        name: {nfe: {"nfe": run["nfe"], **{m: _stat([results[s]["sampler_study"][name][nfe][m] for s in seeds])
-                                           for m in METRICS}}
+        name: {nfe: {"nfe": run["nfe"],
+                     **{m: stat_over_seeds([results[s]["sampler_study"][name][nfe][m] for s in seeds])
+                        for m in METRICS}}
                for nfe, run in runs.items()}
         for name, runs in study.items()}
     reaches = {s: results[s].get("sampler_study_reaches") or {} for s in seeds}
@@ -89,7 +90,7 @@ def summarise(results: dict[int, dict]) -> dict:
   if "transmission_baselines" in first:
     out["transmission_baselines"] = [
         {**{k: row[k] for k in ("codec", "param", "fill", "views_sent")},
-         **{m: _stat([results[s]["transmission_baselines"][i][m] for s in seeds])
+         **{m: stat_over_seeds([results[s]["transmission_baselines"][i][m] for s in seeds])
             for m in ("bytes", "file_bytes") + TRANSMISSION_METRICS}}
         for i, row in enumerate(first["transmission_baselines"])]
     out["equal_psnr"] = _equal_psnr(results, seeds)
@@ -120,11 +121,11 @@ def _equal_psnr(results: dict[int, dict], seeds: list[int]) -> list[dict]:
       families[name] = {
           "seeds_reached": len(reached),
           "seeds_upper_bound": sum(n["how"] == "at most" for n in reached),  # cheapest setting already better
-          "ratio": _stat([n["ratio"] for n in reached]) if reached else None,
+          "ratio": stat_over_seeds([n["ratio"] for n in reached]) if reached else None,
           "mvld_cheaper_on_every_seed": len(needs) == len(seeds) and all(
               n["bytes"] is None or (n["how"] == "interpolated" and n["ratio"] > 1) for n in needs)}
     out.append({"views_sent": key[0], "bits": key[1], "bytes": row["bytes"],
-                "psnr": _stat([p["psnr"] for p in per]), "baselines": families})
+                "psnr": stat_over_seeds([p["psnr"] for p in per]), "baselines": families})
   return out
 
 

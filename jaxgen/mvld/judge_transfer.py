@@ -30,8 +30,10 @@ from jaxgen.classifier.train import fit_classifier
 from jaxgen.io.files import atomic_write_json, read_json
 from jaxgen.io.params import load_params
 from jaxgen.mvld import model as mvld_model
+from jaxgen.mvld.claims import stat_over_seeds
 from jaxgen.mvld.data import load_views
 from jaxgen.mvld.evaluate import reconstruct_fn
+from jaxgen.parallel.batching import batched_apply
 from jaxgen.parallel.mesh import make_mesh
 
 ARCHS = {  # the 2-core CPU recipe of DIMVIDA's MobileNetV3 (configs/dimvida.py), 2x the steps
@@ -73,8 +75,7 @@ def accuracies(runs: dict[str, str], arch: str, workdir: str, seed: int,
   for label, wd in runs.items():
     rec = reconstruct_fn(mvld_model.build_spec(configs[label]),
                          load_params(os.path.join(wd, "models", "autoencoder.msgpack")))
-    images = np.concatenate([np.asarray(rec(test[i:i + 50])) for i in range(0, len(test), 50)])
-    out[label] = acc(images.reshape(flat.shape))
+    out[label] = acc(batched_apply(rec, test, 50, pad="edge").reshape(flat.shape))
   return out
 
 
@@ -94,11 +95,7 @@ def main(argv: list[str] | None = None) -> int:
                                 args.arch, args.out, seed, args.judge_steps)
     print(f"[judge_transfer] seed {seed}: {per_seed[seed]}", flush=True)
   keys = list(per_seed[seeds[0]])
-  summary = {}
-  for key in keys:
-    v = np.array([per_seed[s][key] for s in seeds])
-    summary[key] = {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else None,
-                    "values": v.tolist()}
+  summary = {key: stat_over_seeds([per_seed[s][key] for s in seeds]) for key in keys}
   gaps = {k: summary["real"]["mean"] - summary[k]["mean"] for k in keys if k != "real"}
   record = {"judge": args.arch, "judge_steps": judge_config(args.arch, args.judge_steps).train.num_steps,
             "seeds": seeds, "runs": runs, "per_seed": per_seed,

@@ -74,6 +74,13 @@ class Run(MethodRun):
     return load_classifier(self.config.classifier, self.data["num_classes"], shape,
                            workdir=self.workdir, name="classifier", mesh=self.mesh)
 
+  def view_labels(self) -> np.ndarray | None:
+    """The class of each single training view (None when streamed: the records carry it)."""
+    if self.data["streamed"]:
+      return None
+    labels = self.data["train_labels"]
+    return np.repeat(labels, len(self.data["train_views"]) // len(labels))
+
   def encode(self, ae_params: Any, images: np.ndarray | Source) -> np.ndarray:
     """Raw latents [N, V, L] of uint8 [N, V, H, W, 3] (or of a source's objects, streamed in
     order), in batches."""
@@ -100,9 +107,7 @@ def _stage_autoencoder(run: Run) -> None:
     # The feature loss's network: a classifier of the autoencoder's own training views, trained
     # first (checkpoints/perceptual; resumed like any training), never the judge of stage
     # train_classifier, so the judge stays independent of the autoencoder's training.
-    labels = run.data["train_labels"]
-    view_labels = None if run.data["streamed"] else np.repeat(labels, len(views) // len(labels))
-    network = fit_classifier(cfg.perceptual, views, view_labels, run.data["num_classes"],
+    network = fit_classifier(cfg.perceptual, views, run.view_labels(), run.data["num_classes"],
                              workdir=run.workdir, name="perceptual", mesh=run.mesh,
                              key=run.key("train_autoencoder", 1), writer=run.writer)
     feature_distance = feature_distance_fn(network, cfg.perceptual_layers)
@@ -131,11 +136,9 @@ def _stage_diffusion(run: Run) -> None:
 
 
 def _stage_classifier(run: Run) -> None:
-  views, labels = run.data["train_views"], run.data["train_labels"]
-  view_labels = None if run.data["streamed"] else np.repeat(labels, len(views) // len(labels))
-  fit_classifier(run.config.classifier, views, view_labels, run.data["num_classes"],
-                 workdir=run.workdir,
-                 name="classifier", mesh=run.mesh, key=run.key("train_classifier"), writer=run.writer)
+  fit_classifier(run.config.classifier, run.data["train_views"], run.view_labels(),
+                 run.data["num_classes"], workdir=run.workdir, name="classifier", mesh=run.mesh,
+                 key=run.key("train_classifier"), writer=run.writer)
 
 
 def _generator(run: Run):
