@@ -286,7 +286,9 @@ def test_softlabel_gan_streams_an_image_folder_through_classifier_soft_labels_an
   np.testing.assert_array_equal(probs, run.classifier().probabilities(
       in_memory, config.classifier.eval_batch_size).astype(np.float32))
   # The GAN's real batches: decoded at image_size, each image with its own row of T_y.
-  batches = sg_train.real_batches(source, probs, labels, config.gan, VARIANTS["soft"], seed=0,
+  batches = sg_train.real_batches(source, probs, labels,
+                                  config.gan.train.batch_size * config.gan.d_steps,
+                                  VARIANTS["soft"].sampling, seed=0,
                                   image_size=config.data.image_size)
   batch = next(batches)
   size = config.gan.train.batch_size * config.gan.d_steps
