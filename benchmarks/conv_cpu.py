@@ -7,7 +7,13 @@ gradient (each its own jitted call) for:
   - jaxgen's im2col path (`jaxgen.nets.conv`, shifted slices + one matmul; compiled with the
     'eigen' route, so its matmul is YNNPACK's), which `conv_general_dilated` takes on CPU for
     outputs with at most SMALL_OUTPUT_POSITIONS positions (SMALL_OUTPUT_POSITIONS_EIGEN with the
-    'eigen' route).
+    'eigen' route),
+  - with the 'eigen' route, on maps whose input has fewer positions than the kernel has taps (the
+    2x2 maps here), the dense product over the taps that touch the input, which
+    `conv_general_dilated` takes there instead of im2col.
+The 'eigen' route's stored-input weight gradient (`jaxgen.nets.conv`) saves time only where the
+convolution's input comes out of a fusion (batch norm, ReLU), so it shows in
+`benchmarks/classifier.py`, not in these isolated convolutions.
 Then the 3x3/2 stem max-pool's forward + backward: `flax.linen.max_pool` (reduce-window) against
 `jaxgen.nets.pooling.max_pool` (same values and gradient bit for bit). The threshold in
 `jaxgen/nets/conv.py` and the route choice are read from this table (benchmarks/RESULTS.md).
@@ -61,18 +67,25 @@ def main() -> None:
         f"{conv_lib.SMALL_OUTPUT_POSITIONS} output positions (route xla), <= "
         f"{conv_lib.SMALL_OUTPUT_POSITIONS_EIGEN} (route eigen)")
   contenders = [(f"lax[{route}]", route, False) for route in COMPILER_OPTIONS]
-  contenders.append(("im2col[eigen]", "eigen", True))
+  contenders.append(("im2col[eigen]", "eigen", "im2col"))
+  contenders.append(("dense[eigen]", "eigen", "dense"))
   for cin, cout, hw, k, s in SHAPES:
     x = jax.random.normal(jax.random.key(0), (args.batch, hw, hw, cin))
     w = jax.random.normal(jax.random.key(1), (k, k, cin, cout)) * 0.1
     pads, strides = ((k // 2, (k - 1) // 2),) * 2, (s, s)
     lax_conv = lambda x, w: lax.conv_general_dilated(x, w, strides, pads,
                                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    im2col = lambda x, w: conv_lib._im2col_conv(x, w, strides, pads, None, None)  # pylint: disable=protected-access
+    paths = {
+        False: lax_conv,
+        "im2col": lambda x, w: conv_lib._im2col_conv(x, w, strides, pads, None, None),  # pylint: disable=protected-access
+        "dense": lambda x, w: conv_lib._dense_small_map_conv(x, w, strides, pads, None, None),  # pylint: disable=protected-access
+    }
     out = (hw + 2 * (k // 2) - k) // s + 1
     cells = []
-    for name, route, use_im2col in contenders:
-      t = _three_passes(im2col if use_im2col else lax_conv, x, w, step_compiler_options(route))
+    for name, route, path in contenders:
+      if path == "dense" and not conv_lib._fewer_inputs_than_taps(x.shape, w.shape):  # pylint: disable=protected-access
+        continue
+      t = _three_passes(paths[path], x, w, step_compiler_options(route))
       cells.append(f"{name} {t[0]:6.1f}/{t[1]:6.1f}/{t[2]:6.1f} (sum {sum(t):6.1f})")
     print(f"{cin:>3}->{cout:<3} {hw:>2}x{hw:<2} k{k} s{s} (out {out}x{out}): " + " | ".join(cells),
           flush=True)

@@ -82,3 +82,61 @@ def test_flax_conv_same_params_and_outputs():
   if jax.default_backend() == "cpu":
     jaxpr = str(jax.make_jaxpr(lambda v: ours.apply(v, x))(variables))
     assert "conv_general_dilated" not in jaxpr and "dot_general" in jaxpr
+
+
+# The 'eigen' route's two extra paths (jaxgen/train/xla_cpu.py): dense products on small maps and
+# a weight gradient that reads a stored input. Same tolerance as above against lax.
+DENSE_CASES = [  # (input hw, cin, cout, kernel, stride, padding): fewer input positions than taps
+    (2, 8, 6, 3, 1, ((1, 1), (1, 1))),  # ResNet-18's last stage at 64x64 inputs
+    (1, 8, 6, 3, 1, ((1, 1), (1, 1))),  # ... at 32x32 inputs: only the centre tap touches
+    (2, 5, 7, 3, 2, ((1, 1), (1, 1))),  # the stride-2 convolution into it
+    (2, 3, 4, (3, 2), (1, 2), ((1, 0), (0, 1))),  # non-square kernel, asymmetric padding
+]
+
+
+@pytest.mark.parametrize("hw,cin,cout,kernel,stride,padding", DENSE_CASES)
+def test_eigen_route_dense_small_maps_match_lax(monkeypatch, hw, cin, cout, kernel, stride,
+                                                padding):
+  monkeypatch.setenv("JAXGEN_XLA_CPU_CONV", "eigen")
+  kernel = (kernel, kernel) if isinstance(kernel, int) else kernel
+  strides = (stride, stride) if isinstance(stride, int) else stride
+  x = jax.random.normal(jax.random.key(0), (3, hw, hw, cin))
+  w = jax.random.normal(jax.random.key(1), kernel + (cin, cout))
+  if jax.default_backend() == "cpu":
+    # The one product contracts over the input positions x channels, not im2col's taps x channels.
+    jaxpr = str(jax.make_jaxpr(lambda x, w: _ours(x, w, strides, padding))(x, w))
+    assert f"f32[3,{hw * hw * cin}]" in jaxpr and "conv_general_dilated" not in jaxpr, jaxpr
+  np.testing.assert_allclose(_ours(x, w, strides, padding), _reference(x, w, strides, padding),
+                             rtol=1e-5, atol=1e-5)
+  loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w, strides, padding)))
+  got = jax.jit(jax.grad(loss(_ours), argnums=(0, 1)))(x, w)
+  want = jax.grad(loss(_reference), argnums=(0, 1))(x, w)
+  for g, r in zip(got, want):
+    np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5)
+
+
+def test_eigen_route_stored_input_gradient_matches_lax(monkeypatch):
+  """Large maps stay on lax's convolution with a custom gradient: same first and second
+  derivatives (a gradient penalty differentiates through it), also in bfloat16."""
+  monkeypatch.setenv("JAXGEN_XLA_CPU_CONV", "eigen")
+  x = jax.random.normal(jax.random.key(0), (4, 8, 8, 5))
+  w = jax.random.normal(jax.random.key(1), (3, 3, 5, 6))
+  strides, padding = (1, 1), ((1, 1), (1, 1))
+  if jax.default_backend() == "cpu":
+    assert "custom_vjp" in str(jax.make_jaxpr(lambda x, w: _ours(x, w, strides, padding))(x, w))
+  # The input comes out of an elementwise producer, the case the stored input is for.
+  loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(jax.nn.relu(x * 1.5 - 0.1), w, strides,
+                                                  padding)))
+  got = jax.jit(jax.grad(loss(_ours), argnums=(0, 1)))(x, w)
+  want = jax.jit(jax.grad(loss(_reference), argnums=(0, 1)))(x, w)
+  for g, r in zip(got, want):
+    np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5)
+  penalty = lambda f: lambda w: jnp.sum(jax.grad(loss(f))(x, w) ** 2)
+  np.testing.assert_allclose(jax.jit(jax.grad(penalty(_ours)))(w),
+                             jax.jit(jax.grad(penalty(_reference)))(w), rtol=1e-4, atol=1e-4)
+  xb, wb = x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)
+  got = jax.jit(jax.grad(loss(_ours), argnums=(0, 1)))(xb, wb)
+  want = jax.jit(jax.grad(loss(_reference), argnums=(0, 1)))(xb, wb)
+  for g, r in zip(got, want):
+    np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(r, np.float32), rtol=2e-2,
+                               atol=2e-2)

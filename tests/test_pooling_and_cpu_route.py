@@ -72,9 +72,11 @@ def test_bad_conv_route_exits_2_before_anything_is_written(capsys, tmp_path, mon
 
 
 def test_eigen_route_gives_the_same_gradients_to_float_rounding():
-  """A one-stage ResNet (stem convolution and pool, a block, batch norm), compiled both ways."""
+  """A two-stage ResNet (stem convolution and pool, a block on 4x4 maps, a stride-2 block on 2x2
+  maps, batch norm), traced and compiled each way: the eigen route's stored-input gradient and
+  dense small-map products (jaxgen/nets/conv.py) included."""
   from jaxgen.nets.resnet import ResNet  # pylint: disable=import-outside-toplevel
-  model = ResNet(stage_sizes=(1,), bottleneck=False, num_classes=5, width=4, small_input=False)
+  model = ResNet(stage_sizes=(1, 1), bottleneck=False, num_classes=5, width=4, small_input=False)
   x = jax.random.normal(jax.random.key(0), (4, 16, 16, 3))
   variables = jax.jit(model.init)(jax.random.key(1), x)
 
@@ -82,7 +84,10 @@ def test_eigen_route_gives_the_same_gradients_to_float_rounding():
     logits, _ = model.apply({**variables, "params": params}, x, train=True, mutable=["batch_stats"])
     return jnp.mean(logits ** 2)
 
-  grads = {route: jax.jit(jax.grad(loss), compiler_options=xla_cpu.step_compiler_options(route))(
-      variables["params"]) for route in xla_cpu.COMPILER_OPTIONS}
+  grads = {}
+  for route in xla_cpu.COMPILER_OPTIONS:
+    with xla_cpu.use_conv_route(route):
+      grads[route] = jax.jit(jax.grad(loss), compiler_options=xla_cpu.step_compiler_options(
+          route))(variables["params"])
   for a, b in zip(jax.tree.leaves(grads["xla"]), jax.tree.leaves(grads["eigen"])):
     np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-6)
