@@ -8,9 +8,10 @@ gradient (each its own jitted call) for:
     'eigen' route, so its matmul is YNNPACK's), which `conv_general_dilated` takes on CPU for
     outputs with at most SMALL_OUTPUT_POSITIONS positions (SMALL_OUTPUT_POSITIONS_EIGEN with the
     'eigen' route),
-  - with the 'eigen' route, on maps whose input has fewer positions than the kernel has taps (the
-    2x2 maps here), the dense product over the taps that touch the input, which
-    `conv_general_dilated` takes there instead of im2col.
+  - with the 'eigen' route, the dense product over the taps that touch the input (block matrix
+    of input x output positions), on the 2x2 maps here for comparison; `conv_general_dilated`
+    takes it instead of im2col only where that matrix is no larger than the kernel (1x1 maps
+    and into them, ResNet-18's last stage at 32x32 inputs).
 The 'eigen' route's stored-input weight gradient (`jaxgen.nets.conv`) saves time only where the
 convolution's input comes out of a fusion (batch norm, ReLU), so it shows in
 `benchmarks/classifier.py`, not in these isolated convolutions.
@@ -83,7 +84,7 @@ def main() -> None:
     out = (hw + 2 * (k // 2) - k) // s + 1
     cells = []
     for name, route, path in contenders:
-      if path == "dense" and not conv_lib._fewer_inputs_than_taps(x.shape, w.shape):  # pylint: disable=protected-access
+      if path == "dense" and hw * hw >= k * k:  # no fewer products than im2col
         continue
       t = _three_passes(paths[path], x, w, step_compiler_options(route))
       cells.append(f"{name} {t[0]:6.1f}/{t[1]:6.1f}/{t[2]:6.1f} (sum {sum(t):6.1f})")

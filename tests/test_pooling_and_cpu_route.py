@@ -72,12 +72,12 @@ def test_bad_conv_route_exits_2_before_anything_is_written(capsys, tmp_path, mon
 
 
 def test_eigen_route_gives_the_same_gradients_to_float_rounding():
-  """A two-stage ResNet (stem convolution and pool, a block on 4x4 maps, a stride-2 block on 2x2
-  maps, batch norm), traced and compiled each way: the eigen route's stored-input gradient and
-  dense small-map products (jaxgen/nets/conv.py) included."""
+  """A two-stage ResNet on 8x8 inputs (stem convolution to 4x4 and pool, a block on 2x2 maps, a
+  stride-2 block into 1x1 maps, batch norm), traced and compiled each way: the eigen route's
+  stored-input gradient (stem), im2col (2x2) and dense products (1x1) of jaxgen/nets/conv.py."""
   from jaxgen.nets.resnet import ResNet  # pylint: disable=import-outside-toplevel
   model = ResNet(stage_sizes=(1, 1), bottleneck=False, num_classes=5, width=4, small_input=False)
-  x = jax.random.normal(jax.random.key(0), (4, 16, 16, 3))
+  x = jax.random.normal(jax.random.key(0), (4, 8, 8, 3))
   variables = jax.jit(model.init)(jax.random.key(1), x)
 
   def loss(params):
@@ -90,4 +90,6 @@ def test_eigen_route_gives_the_same_gradients_to_float_rounding():
       grads[route] = jax.jit(jax.grad(loss), compiler_options=xla_cpu.step_compiler_options(
           route))(variables["params"])
   for a, b in zip(jax.tree.leaves(grads["xla"]), jax.tree.leaves(grads["eigen"])):
-    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-6)
+    # Batch norm over 4 values per channel on the 1x1 maps amplifies rounding (seen: 4e-5
+    # relative on a -0.04 gradient); 1e-4 relative is still far below any real difference.
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-6)

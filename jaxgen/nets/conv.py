@@ -12,9 +12,10 @@ their names are those of `flax.linen.Conv`, so checkpoints and weight import are
 With the opt-in 'eigen' route of `jaxgen/train/xla_cpu.py` (which already gives up bit-for-bit
 equality with the default route), two more CPU-only changes apply, both measured in
 `benchmarks/classifier.py`:
-- Small maps whose input has fewer positions than the kernel has taps (3x3 convolutions on 2x2 and
-  1x1 maps) are one dense product over the taps that touch the input, instead of im2col's, most
-  of whose patch entries are padding zeros (2.25x fewer products on 2x2 maps, 9x on 1x1).
+- Convolutions on maps so small that the block matrix of (input position, output position) taps is
+  no larger than the kernel (3x3 on 1x1 maps, and from 2x2 into 1x1: ResNet's last stage at 32x32
+  inputs) are one dense product over the taps that touch the input, instead of im2col's, most of
+  whose patch entries are padding zeros (9x fewer products on 1x1 maps, 2.25x into them).
 - Convolutions that stay on XLA's path get a gradient that stores their input before the weight
   gradient (see `_conv_stored_input`): same operations, same values.
 """
@@ -27,7 +28,6 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
 # im2col wins at or below this many output positions (benchmarks/conv_cpu.py): with XLA's default
@@ -102,8 +102,16 @@ def _im2col_conv(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int],
                  preferred_element_type=preferred_element_type)
 
 
-def _fewer_inputs_than_taps(lhs_shape: Sequence[int], rhs_shape: Sequence[int]) -> bool:
-  return lhs_shape[1] * lhs_shape[2] < rhs_shape[0] * rhs_shape[1]
+def _dense_is_smaller(lhs_shape: Sequence[int], rhs_shape: Sequence[int],
+                      window_strides: Sequence[int], pads: Sequence[tuple[int, int]]) -> bool:
+  """Whether the dense form's block matrix (input x output positions) is no larger than the
+  kernel (its taps): true on 1x1 maps and into them (1 and 4 blocks against 9 taps for 3x3), false
+  on 2x2 -> 2x2, where its 16 blocks made the product slower than im2col's
+  (benchmarks/conv_cpu.py)."""
+  blocks = lhs_shape[1] * lhs_shape[2]
+  for size, window, stride, pad in zip(lhs_shape[1:3], rhs_shape[:2], window_strides, pads):
+    blocks *= _output_size(size, window, stride, pad)
+  return blocks <= rhs_shape[0] * rhs_shape[1]
 
 
 def _dense_small_map_conv(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int],
@@ -119,18 +127,19 @@ def _dense_small_map_conv(lhs: jax.Array, rhs: jax.Array, window_strides: Sequen
   (sh, sw), (pad_h, pad_w) = window_strides, pads
   ho = _output_size(hi, kh, sh, pad_h)
   wo = _output_size(wi, kw, sw, pad_w)
-  # Static [input position, output position, tap] selector, built with NumPy at trace time.
-  selector = np.zeros((hi * wi, ho * wo, kh * kw), np.float32)
+  # Block (input position, output position): the tap connecting them (static, from the shapes).
+  taps = rhs.reshape(kh * kw, cin, cout)
+  zero = jnp.zeros((cin, cout), rhs.dtype)
+  rows = []
   for a in range(hi):
     for b in range(wi):
+      row = []
       for p in range(ho):
         for q in range(wo):
           i, j = a - p * sh + pad_h[0], b - q * sw + pad_w[0]
-          if 0 <= i < kh and 0 <= j < kw:
-            selector[a * wi + b, p * wo + q, i * kw + j] = 1.0
-  taps = np.flatnonzero(selector.any(axis=(0, 1)))
-  blocks = jnp.einsum("pqt,tio->piqo", jnp.asarray(selector[:, :, taps], rhs.dtype),
-                      rhs.reshape(kh * kw, cin, cout)[taps], precision=precision)
+          row.append(taps[i * kw + j] if 0 <= i < kh and 0 <= j < kw else zero)
+      rows.append(jnp.concatenate(row, axis=1) if len(row) > 1 else row[0])
+  blocks = jnp.concatenate(rows, axis=0) if len(rows) > 1 else rows[0]
   out = jnp.dot(lhs.reshape(batch, hi * wi * cin), blocks.reshape(hi * wi * cin, ho * wo * cout),
                 precision=precision, preferred_element_type=preferred_element_type)
   return out.reshape(batch, ho, wo, cout)
@@ -192,7 +201,7 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
                  rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
                  feature_group_count=feature_group_count, batch_group_count=batch_group_count):
     pads = _pads(lhs.shape, rhs.shape, window_strides, padding)
-    if _eigen_route() and _fewer_inputs_than_taps(lhs.shape, rhs.shape):
+    if _eigen_route() and _dense_is_smaller(lhs.shape, rhs.shape, window_strides, pads):
       return _dense_small_map_conv(lhs, rhs, tuple(window_strides), pads, precision,
                                    preferred_element_type)
     return _im2col_conv(lhs, rhs, tuple(window_strides), pads, precision, preferred_element_type)
