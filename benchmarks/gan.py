@@ -1,7 +1,7 @@
 """Softlabel-GAN training throughput: jaxgen's G+D step vs the same step in PyTorch.
 
   .venv/bin/python benchmarks/gan.py                             # jaxgen only
-  .venv-torch/bin/python benchmarks/gan.py [--ch 8,64] [--steps 20] [--warmup 3]
+  .venv-torch/bin/python benchmarks/gan.py [--ch 8,64] [--steps 8] [--rounds 4] [--warmup 3]
   .venv-torch/bin/python benchmarks/gan.py --torch_threads 1   # CPU shared with another job
 
 One step = `d_steps` (here 1) D updates on 64 real images and 64 fakes (real and fake through D in
@@ -12,9 +12,11 @@ and buffers: `jaxgen.softlabel_gan.train.make_step_fn` for the 'soft' variant ag
 `ch` (8: the CPU default of configs/softlabel_gan.py, 64: the paper's BigGAN CIFAR width). Both
 start from jaxgen's initial weights and train on the same random uint8 images and soft labels,
 put on the device once. jaxgen runs as its training loop does (`jaxgen.train.loop`: one jitted
-call per step on CPU, `steps_per_call` steps fused in one lax.scan on GPU/TPU). steps/s =
-timed steps / wall time, waiting for the last result; the warm-up steps (compilation included)
-are timed apart. GPU when jax / torch see one (torch on CUDA when available), else CPU.
+call per step on CPU, `steps_per_call` steps fused in one lax.scan on GPU/TPU). Every contender
+of a width (each jaxgen route, torch eager, torch.compile) is compiled and warmed up first (timed
+apart), then they take turns for `--rounds` rounds of `--steps` steps; steps/s = the median over
+rounds of steps / wall time, waiting for the last result. GPU when jax / torch see one (torch on
+CUDA when available), else CPU.
 """
 
 from __future__ import annotations
@@ -95,7 +97,7 @@ def bench_jax(args: argparse.Namespace, ch: int, images: np.ndarray, labels: np.
 
   warm_calls, timed_calls = max(1, math.ceil(args.warmup / block)), math.ceil(args.steps / block)
   warm_s = steps(warm_calls)
-  return {"steps_per_s": timed_calls * block / steps(timed_calls), "warmup_s": warm_s,
+  return {"rate": lambda: timed_calls * block / steps(timed_calls), "warmup_s": warm_s,
           "warmup_steps": warm_calls * block, "block": block, "init": init, "cfg": cfg}
 
 
@@ -131,7 +133,7 @@ def bench_torch(args: argparse.Namespace, jax_result: dict[str, Any], images: np
     return time.perf_counter() - t0
 
   warm_s = steps(max(1, args.warmup))
-  return {"steps_per_s": args.steps / steps(args.steps), "warmup_s": warm_s,
+  return {"rate": lambda: args.steps / steps(args.steps), "warmup_s": warm_s,
           "warmup_steps": max(1, args.warmup)}
 
 
@@ -143,7 +145,9 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--ch", type=lambda s: tuple(int(c) for c in s.split(",")), default=(8, 64),
                       help="comma-separated G/D widths")
-  parser.add_argument("--steps", type=int, default=20, help="timed steps per side")
+  parser.add_argument("--steps", type=int, default=8, help="timed steps per contender and round")
+  parser.add_argument("--rounds", type=int, default=4,
+                      help="interleaved rounds; steps/s is the median over rounds")
   parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation)")
   parser.add_argument("--batch_size", type=int, default=64, help="real images per D step")
   parser.add_argument("--d_steps", type=int, default=1)
@@ -188,26 +192,35 @@ def main() -> None:
   routes = args.routes.split(",")
   rows = []
   for ch in args.ch:
+    contenders = {}  # every route and torch kind of this width, compiled and warmed up first
     for route in routes:
       with use_conv_route(route):  # read when the step is jitted and traced (jaxgen/train/xla_cpu.py)
         ours = bench_jax(args, ch, images, labels)
-      print(f"ch={ch}: jaxgen [{route}] {ours['steps_per_s']:.2f} steps/s (block {ours['block']}, "
-            f"warm-up {ours['warmup_steps']} steps {ours['warmup_s']:.1f}s)", flush=True)
-      rows.append({"ch": ch, "route": route, "jax": ours, "eager": None, "compile": None})
-    row = rows[-1]
+      contenders[route] = ours
+      print(f"ch={ch}: jaxgen [{route}] warm-up {ours['warmup_steps']} steps "
+            f"{ours['warmup_s']:.1f}s (block {ours['block']})", flush=True)
     if torch is not None:
       for kind in ("eager", "compile"):
         try:
-          row[kind] = bench_torch(args, ours, images, labels, compiled=kind == "compile")
+          contenders[kind] = bench_torch(args, ours, images, labels, compiled=kind == "compile")
         except Exception as e:  # pylint: disable=broad-except
           # torch.compile needs a working toolchain (C++ compiler / Triton); report, go on.
           print(f"ch={ch}: torch {kind} failed: {type(e).__name__}: {str(e).splitlines()[0]}")
           continue
-        r = row[kind]
-        print(f"ch={ch}: torch {kind} {r['steps_per_s']:.2f} steps/s (warm-up "
-              f"{r['warmup_steps']} steps {r['warmup_s']:.1f}s)", flush=True)
-    for other in rows[-len(routes):-1]:  # every route of this width against the same torch run
-      other["eager"], other["compile"] = row["eager"], row["compile"]
+        print(f"ch={ch}: torch {kind} warm-up {contenders[kind]['warmup_steps']} steps "
+              f"{contenders[kind]['warmup_s']:.1f}s", flush=True)
+    # Interleaved rounds: a slow spell of a shared machine lands on every contender, not on one.
+    for _ in range(args.rounds):
+      for c in contenders.values():
+        c.setdefault("rates", []).append(c["rate"]())
+    for name, c in contenders.items():
+      c["steps_per_s"] = float(np.median(c["rates"]))
+      label = f"jaxgen [{name}]" if name in routes else f"torch {name}"
+      print(f"ch={ch}: {label} median {c['steps_per_s']:.2f} steps/s over {args.rounds} rounds "
+            f"of {args.steps} steps ({', '.join(f'{r:.2f}' for r in c['rates'])})", flush=True)
+    for route in routes:
+      rows.append({"ch": ch, "route": route, "jax": contenders[route],
+                   "eager": contenders.get("eager"), "compile": contenders.get("compile")})
 
   rate = lambda r: r["steps_per_s"] if r else None  # noqa: E731
   ratio = lambda a, b: a / b if a and b else None  # noqa: E731
