@@ -22,6 +22,7 @@ from typing import Callable
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from benchmarks import devices  # noqa: E402
 
 
 def jax_trainer(args: argparse.Namespace, images: np.ndarray, labels: np.ndarray,
@@ -95,17 +96,13 @@ def torch_trainer(args: argparse.Namespace, images: np.ndarray, labels: np.ndarr
   return run
 
 
-def interleaved_rates(runners: dict[str, Callable[[int], None]], steps: int, rounds: int,
-                      batch_size: int) -> dict[str, list[float]]:
-  """images/s of each runner in each round; the runners take turns, so a slow spell of a shared
-  machine lands on all of them rather than on one."""
-  rates: dict[str, list[float]] = {name: [] for name in runners}
-  for _ in range(rounds):
-    for name, run in runners.items():
-      start = time.perf_counter()
-      run(steps)
-      rates[name].append(batch_size * steps / (time.perf_counter() - start))
-  return rates
+def images_per_s(run: Callable[[int], None], steps: int, batch_size: int) -> Callable[[], float]:
+  """A measure for devices.interleaved_rates: images/s of `steps` steps of `run`."""
+  def measure() -> float:
+    start = time.perf_counter()
+    run(steps)
+    return batch_size * steps / (time.perf_counter() - start)
+  return measure
 
 
 def main() -> None:
@@ -149,7 +146,9 @@ def main() -> None:
     start = time.perf_counter()
     run(args.warmup)
     print(f"{name}: warm-up {args.warmup} steps {time.perf_counter() - start:.1f} s", flush=True)
-  rates = interleaved_rates(runners, args.steps, args.rounds, args.batch_size)
+  rates = devices.interleaved_rates(
+      {name: images_per_s(run, args.steps, args.batch_size) for name, run in runners.items()},
+      args.rounds)
   median = {name: float(np.median(r)) for name, r in rates.items()}
   for name, r in rates.items():
     print(f"{name}: median {median[name]:7.1f} images/s over {args.rounds} rounds "

@@ -1,9 +1,10 @@
-"""Device setup and the header lines the side-by-side benchmarks print (jaxgen vs PyTorch)."""
+"""Device setup, the header lines and the interleaved timing of the side-by-side benchmarks
+(jaxgen vs PyTorch)."""
 
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Callable
 
 
 def jax_line() -> str:
@@ -25,3 +26,14 @@ def setup_torch(torch: Any, threads: int | None) -> str:
     return torch.cuda.get_device_name()
   torch.set_num_threads(threads or os.cpu_count() or 1)
   return f"cpu, {torch.get_num_threads()} threads"
+
+
+def interleaved_rates(measures: dict[str, Callable[[], float]], rounds: int
+                      ) -> dict[str, list[float]]:
+  """Each measure's rate in each round; the contenders take turns, so a slow spell of a shared
+  machine lands on all of them rather than on one."""
+  rates: dict[str, list[float]] = {name: [] for name in measures}
+  for _ in range(rounds):
+    for name, measure in measures.items():
+      rates[name].append(measure())
+  return rates

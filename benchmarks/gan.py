@@ -209,12 +209,10 @@ def main() -> None:
           continue
         print(f"ch={ch}: torch {kind} warm-up {contenders[kind]['warmup_steps']} steps "
               f"{contenders[kind]['warmup_s']:.1f}s", flush=True)
-    # Interleaved rounds: a slow spell of a shared machine lands on every contender, not on one.
-    for _ in range(args.rounds):
-      for c in contenders.values():
-        c.setdefault("rates", []).append(c["rate"]())
+    rates = devices.interleaved_rates({name: c["rate"] for name, c in contenders.items()},
+                                      args.rounds)
     for name, c in contenders.items():
-      c["steps_per_s"] = float(np.median(c["rates"]))
+      c["rates"], c["steps_per_s"] = rates[name], float(np.median(rates[name]))
       label = f"jaxgen [{name}]" if name in routes else f"torch {name}"
       print(f"ch={ch}: {label} median {c['steps_per_s']:.2f} steps/s over {args.rounds} rounds "
             f"of {args.steps} steps ({', '.join(f'{r:.2f}' for r in c['rates'])})", flush=True)
