@@ -13,9 +13,12 @@ and buffers: `jaxgen.softlabel_gan.train.make_step_fn` for the 'soft' variant ag
 start from jaxgen's initial weights and train on the same random uint8 images and soft labels,
 put on the device once. jaxgen runs as its training loop does (`jaxgen.train.loop`: one jitted
 call per step on CPU, `steps_per_call` steps fused in one lax.scan on GPU/TPU). Every contender
-of a width (each jaxgen route, torch eager, torch.compile) is compiled and warmed up first (timed
-apart), then they take turns for `--rounds` rounds of `--steps` steps; steps/s = the median over
-rounds of steps / wall time, waiting for the last result. GPU when jax / torch see one (torch on
+of a width (jaxgen per XLA:CPU convolution route, `--routes`, and per resampling, `--resample`:
+'plain' upsample / pool around the convolutions as written, 'fused' the same function as one
+cheaper convolution each, `gan.fused_resample`; torch eager; torch.compile, whose network is always
+the plain one) is compiled and warmed up first (timed apart), then they take turns for
+`--rounds` rounds of `--steps` steps; steps/s = the median over rounds of steps / wall time,
+waiting for the last result. GPU when jax / torch see one (torch on
 CUDA when available), else CPU.
 """
 
@@ -38,12 +41,12 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 GOAL = 1.5  # jaxgen steps/s over the best PyTorch steps/s
 
 
-def gan_config(args: argparse.Namespace, ch: int):
+def gan_config(args: argparse.Namespace, ch: int, fused_resample: bool = False):
   """The `gan` section of configs/softlabel_gan.py with the benchmark's width, batch, d_steps."""
   from configs.softlabel_gan import get_config  # pylint: disable=import-outside-toplevel
 
   cfg = get_config().gan
-  cfg.update(g_ch=ch, d_ch=ch, d_steps=args.d_steps)
+  cfg.update(g_ch=ch, d_ch=ch, d_steps=args.d_steps, fused_resample=fused_resample)
   cfg.train.batch_size = args.batch_size
   return cfg
 
@@ -58,8 +61,8 @@ def make_data(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
   return images, (probs / probs.sum(1, keepdims=True)).astype(np.float32)
 
 
-def bench_jax(args: argparse.Namespace, ch: int, images: np.ndarray, labels: np.ndarray
-              ) -> dict[str, Any]:
+def bench_jax(args: argparse.Namespace, ch: int, images: np.ndarray, labels: np.ndarray,
+              fused_resample: bool = False) -> dict[str, Any]:
   import jax  # pylint: disable=import-outside-toplevel
 
   from jaxgen.configlib import mesh_config  # pylint: disable=import-outside-toplevel
@@ -68,7 +71,7 @@ def bench_jax(args: argparse.Namespace, ch: int, images: np.ndarray, labels: np.
   from jaxgen.softlabel_gan.labels import VARIANTS  # pylint: disable=import-outside-toplevel
   from jaxgen.train import loop  # pylint: disable=import-outside-toplevel
 
-  cfg = gan_config(args, ch)
+  cfg = gan_config(args, ch, fused_resample)
   g, d = T.build_networks(cfg, args.num_classes, args.image_size)
   state = T.init_state(g, d, cfg, jax.random.key(0))
   # Host copies for the PyTorch side, taken before the jitted step donates the state.
@@ -164,6 +167,9 @@ def main() -> None:
   parser.add_argument("--no_torch", action="store_true")
   parser.add_argument("--routes", default="xla,eigen",
                       help="XLA:CPU convolution routes to time jaxgen with (jaxgen/train/xla_cpu.py)")
+  parser.add_argument("--resample", default="plain,fused",
+                      help="jaxgen's G upsample + conv and D conv + avg-pool: 'plain' as written, "
+                           "'fused' as one cheaper conv each (gan.fused_resample; PyTorch: plain)")
   args = parser.parse_args()
 
   import jax  # pylint: disable=import-outside-toplevel
@@ -189,15 +195,20 @@ def main() -> None:
     print(f"PyTorch reference unavailable ({why})")
 
   images, labels = make_data(args)
-  routes = args.routes.split(",")
+  resample = args.resample.split(",")
+  if set(resample) - {"plain", "fused"}:
+    parser.error(f"--resample {args.resample!r}: expected 'plain', 'fused' or both")
+  # A jaxgen contender per convolution route and resampling ('eigen+fused': both options).
+  variants = {route + ("+fused" if r == "fused" else ""): (route, r == "fused")
+              for route in args.routes.split(",") for r in resample}
   rows = []
   for ch in args.ch:
-    contenders = {}  # every route and torch kind of this width, compiled and warmed up first
-    for route in routes:
+    contenders = {}  # every jaxgen variant and torch kind of this width, compiled and warmed up first
+    for name, (route, fused) in variants.items():
       with use_conv_route(route):  # read when the step is jitted and traced (jaxgen/train/xla_cpu.py)
-        ours = bench_jax(args, ch, images, labels)
-      contenders[route] = ours
-      print(f"ch={ch}: jaxgen [{route}] warm-up {ours['warmup_steps']} steps "
+        ours = bench_jax(args, ch, images, labels, fused)
+      contenders[name] = ours
+      print(f"ch={ch}: jaxgen [{name}] warm-up {ours['warmup_steps']} steps "
             f"{ours['warmup_s']:.1f}s (block {ours['block']})", flush=True)
     if torch is not None:
       for kind in ("eager", "compile"):
@@ -213,21 +224,22 @@ def main() -> None:
                                       args.rounds)
     for name, c in contenders.items():
       c["rates"], c["steps_per_s"] = rates[name], float(np.median(rates[name]))
-      label = f"jaxgen [{name}]" if name in routes else f"torch {name}"
+      label = f"jaxgen [{name}]" if name in variants else f"torch {name}"
       print(f"ch={ch}: {label} median {c['steps_per_s']:.2f} steps/s over {args.rounds} rounds "
             f"of {args.steps} steps ({', '.join(f'{r:.2f}' for r in c['rates'])})", flush=True)
-    for route in routes:
-      rows.append({"ch": ch, "route": route, "jax": contenders[route],
+    for name in variants:
+      rows.append({"ch": ch, "route": name, "jax": contenders[name],
                    "eager": contenders.get("eager"), "compile": contenders.get("compile")})
 
   rate = lambda r: r["steps_per_s"] if r else None  # noqa: E731
   ratio = lambda a, b: a / b if a and b else None  # noqa: E731
   print()
-  print(f"{'width':>5} {'route':>6} {'jaxgen':>10} {'eager':>10} {'compile':>10} {'/eager':>8} "
-        f"{'/compile':>9}   (steps/s; ratio = jaxgen / torch; route: JAXGEN_XLA_CPU_CONV)")
+  print(f"{'width':>5} {'variant':>12} {'jaxgen':>10} {'eager':>10} {'compile':>10} {'/eager':>8} "
+        f"{'/compile':>9}   (steps/s; ratio = jaxgen / torch; variant: JAXGEN_XLA_CPU_CONV route, "
+        f"+fused: gan.fused_resample)")
   for row in rows:
     j, e, c = rate(row["jax"]), rate(row["eager"]), rate(row["compile"])
-    print(f"{row['ch']:>5} {row['route']:>6} {_fmt(j)} {_fmt(e)} {_fmt(c)} "
+    print(f"{row['ch']:>5} {row['route']:>12} {_fmt(j)} {_fmt(e)} {_fmt(c)} "
           f"{_fmt(ratio(j, e), '8.2f')} {_fmt(ratio(j, c), '9.2f')}")
   print("warm-up / compile seconds (excluded above):")
   for row in rows:

@@ -78,6 +78,9 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
       "hierarchical": False,  # 20 dims per latent chunk (paper: at 64x64 and 128x128)
       "g_attention": 0,  # resolution of G's self-attention block (0 = none)
       "d_attention": 0,
+      # G's upsample + conv and D's conv + avg-pool as one cheaper conv each (same function to
+      # float rounding, jaxgen/nets/resample_conv.py; off: the published pages were made without)
+      "fused_resample": False,
       "loss": "hinge",  # 'hinge' (paper eqs. 1-3), 'nonsaturating' or 'wasserstein'
       "d_steps": 1,  # discriminator steps per generator step (BigGAN-PyTorch CIFAR: 4)
       "diffaugment": "color,translation,cutout",  # DiffAugment policy for variants with augmentation

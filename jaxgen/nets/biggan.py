@@ -12,6 +12,9 @@ Class inputs are float vectors y [B, K] (one-hot or any probability vector) inst
 soft labels work (Softlabel-GAN, paper 003 Fig. 3b): G's shared embedding and D's projection
 matrix V are bias-free linear maps of y, equal to an embedding lookup for one-hot y.
 
+`fused_resample=True` runs G's upsample + conv and D's conv + avg-pool as one cheaper convolution
+each (`jaxgen.nets.resample_conv`): the same networks and parameters, float rounding apart.
+
 Collections: "params"; "batch_stats" (G's BatchNorm running statistics); "spectral" (the u
 vectors). `train=True` uses batch statistics, updates the running ones and runs one power
 iteration per SN layer (mutable=["batch_stats", "spectral"] for G, ["spectral"] for D);
@@ -27,6 +30,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxgen.nets.resample_conv import avg_pool_2x2
 from jaxgen.nets.spectral_norm import SNConv, SNDense
 
 SUPPORTED_RESOLUTIONS = (32, 64, 128)
@@ -72,14 +76,6 @@ def _attention_index(attention: int, block_res: list[int], who: str) -> int | No
     raise ValueError(f"BigGAN {who} attention={attention}: expected 0 or one of "
                      f"{sorted(set(block_res))}")
   return block_res.index(attention)
-
-
-def _upsample(x: jax.Array) -> jax.Array:
-  return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)  # nearest, F.interpolate(scale_factor=2)
-
-
-def _avg_pool(x: jax.Array) -> jax.Array:
-  return nn.avg_pool(x, (2, 2), strides=(2, 2))
 
 
 class SelfAttention(nn.Module):
@@ -132,16 +128,17 @@ class GBlock(nn.Module):
   bn_eps: float = 1e-5
   bn_momentum: float = 0.9
   dtype: Any = jnp.float32
+  fused_resample: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, cond: jax.Array, train: bool) -> jax.Array:
     conv = functools.partial(SNConv, self.out_ch, dtype=self.dtype)
+    up_conv = functools.partial(conv, resample="up", fused_resample=self.fused_resample)
     cbn = functools.partial(ConditionalBatchNorm, eps=self.bn_eps, momentum=self.bn_momentum,
                             dtype=self.dtype)
-    h = _upsample(nn.relu(cbn(name="bn1")(x, cond, train)))
-    h = conv(name="conv1")(h, train)
+    h = up_conv(name="conv1")(nn.relu(cbn(name="bn1")(x, cond, train)), train)
     h = conv(name="conv2")(nn.relu(cbn(name="bn2")(h, cond, train)), train)
-    return h + conv(kernel_size=(1, 1), name="conv_sc")(_upsample(x), train)
+    return h + up_conv(kernel_size=(1, 1), name="conv_sc")(x, train)
 
 
 class Generator(nn.Module):
@@ -163,6 +160,7 @@ class Generator(nn.Module):
   bn_eps: float = 1e-5
   bn_momentum: float = 0.9
   dtype: Any = jnp.float32
+  fused_resample: bool = False  # upsample + conv as one cheaper conv (jaxgen.nets.resample_conv)
 
   def __post_init__(self):
     # Fail at construction, before anything is traced.
@@ -193,8 +191,8 @@ class Generator(nn.Module):
     # torch's view(B, C, 4, 4) order, so BigGAN-PyTorch linear weights carry over unpermuted.
     h = h.reshape(-1, c0, BOTTOM_WIDTH, BOTTOM_WIDTH).transpose(0, 2, 3, 1)
     for i, out_ch in enumerate(arch["g_out"]):
-      h = GBlock(out_ch, self.bn_eps, self.bn_momentum, self.dtype, name=f"blocks_{i}")(
-          h, conds[i], train)
+      h = GBlock(out_ch, self.bn_eps, self.bn_momentum, self.dtype, self.fused_resample,
+                 name=f"blocks_{i}")(h, conds[i], train)
       if i == attn_at:
         h = SelfAttention(self.dtype, name="attention")(h, train)
     h = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
@@ -212,18 +210,18 @@ class DBlock(nn.Module):
   downsample: bool
   preactivation: bool
   dtype: Any = jnp.float32
+  fused_resample: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, update_stats: bool) -> jax.Array:
     conv = functools.partial(SNConv, self.out_ch, dtype=self.dtype)
     h = nn.relu(x) if self.preactivation else x
     h = conv(name="conv1")(h, update_stats)
-    h = conv(name="conv2")(nn.relu(h), update_stats)
-    if self.downsample:
-      h = _avg_pool(h)
+    h = conv(name="conv2", resample="down" if self.downsample else None,
+             fused_resample=self.fused_resample)(nn.relu(h), update_stats)
     # Pooling before the 1x1 conv in both orders BigGAN-PyTorch uses: the two linear maps
     # commute, and pooling first costs a quarter of the shortcut's FLOPs.
-    sc = _avg_pool(x) if self.downsample else x
+    sc = avg_pool_2x2(x) if self.downsample else x
     if self.downsample or x.shape[-1] != self.out_ch:
       sc = conv(kernel_size=(1, 1), name="conv_sc")(sc, update_stats)
     return h + sc
@@ -242,6 +240,7 @@ class Discriminator(nn.Module):
   ch: int = 64
   attention: int = 0
   dtype: Any = jnp.float32
+  fused_resample: bool = False  # conv + avg-pool as one cheaper conv (jaxgen.nets.resample_conv)
 
   def __post_init__(self):
     _attention_index(self.attention, arch_channels(self.resolution, self.ch)["d_res"], "D")
@@ -253,7 +252,8 @@ class Discriminator(nn.Module):
     attn_at = _attention_index(self.attention, arch["d_res"], "D")
     h = x.astype(self.dtype)
     for i, (out_ch, down) in enumerate(zip(arch["d_out"], arch["d_down"])):
-      h = DBlock(out_ch, down, preactivation=i > 0, dtype=self.dtype, name=f"blocks_{i}")(h, train)
+      h = DBlock(out_ch, down, preactivation=i > 0, dtype=self.dtype,
+                 fused_resample=self.fused_resample, name=f"blocks_{i}")(h, train)
       if i == attn_at:
         h = SelfAttention(self.dtype, name="attention")(h, train)
     # The head runs in float32: the sum over positions can exceed bfloat16's precision.

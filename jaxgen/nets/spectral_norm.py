@@ -31,6 +31,7 @@ from flax.linen import dtypes
 from jax import lax
 
 from jaxgen.nets.conv import conv_general_dilated
+from jaxgen.nets.resample_conv import avg_pool_2x2, conv_avg_pool, upsample_conv, upsample_nearest
 
 Initializer = Any
 
@@ -101,7 +102,12 @@ class SNDense(nn.Module):
 
 class SNConv(nn.Module):
   """NHWC `flax.linen.Conv` with a spectrally normalised HWIO kernel (BigGAN-PyTorch
-  `SNConv2d`), computed with `jaxgen.nets.conv.conv_general_dilated`."""
+  `SNConv2d`), computed with `jaxgen.nets.conv.conv_general_dilated`.
+
+  `resample='up'` upsamples the input (nearest, x2) before the convolution, `'down'` average-pools
+  the output (2x2) after it; with `fused_resample=True` either runs as one cheaper convolution of
+  the same function (`jaxgen.nets.resample_conv`; SAME padding, stride 1, 1x1 or 3x3 kernels).
+  """
 
   features: int
   kernel_size: int | Sequence[int] = (3, 3)
@@ -113,9 +119,13 @@ class SNConv(nn.Module):
   kernel_init: Initializer = nn.initializers.orthogonal()
   bias_init: Initializer = nn.initializers.zeros
   eps: float = 1e-12
+  resample: str | None = None  # None, 'up' (before the convolution) or 'down' (after it)
+  fused_resample: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, update_stats: bool = False) -> jax.Array:
+    if self.resample not in (None, "up", "down"):
+      raise ValueError(f"SNConv resample={self.resample!r}: expected None, 'up' or 'down'")
     ks = (self.kernel_size,) * 2 if isinstance(self.kernel_size, int) else tuple(self.kernel_size)
     strides = (self.strides,) * 2 if isinstance(self.strides, int) else tuple(self.strides)
     kernel = self.param("kernel", self.kernel_init, (*ks, x.shape[-1], self.features),
@@ -124,6 +134,16 @@ class SNConv(nn.Module):
     bias = (self.param("bias", self.bias_init, (self.features,), self.param_dtype)
             if self.use_bias else None)
     x, kernel, bias = dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    if self.resample and self.fused_resample:
+      if strides != (1, 1) or self.padding != "SAME":
+        raise ValueError(f"SNConv fused_resample: expected strides (1, 1) and padding 'SAME', got "
+                         f"{strides} and {self.padding!r}")
+      fused = upsample_conv if self.resample == "up" else conv_avg_pool
+      y = fused(x, kernel)
+      return y + bias if bias is not None else y
+    if self.resample == "up":
+      x = upsample_nearest(x)
     y = conv_general_dilated(x, kernel, strides, self.padding,
                              dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    return y + bias if bias is not None else y
+    y = y + bias if bias is not None else y
+    return avg_pool_2x2(y) if self.resample == "down" else y

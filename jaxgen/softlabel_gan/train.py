@@ -64,9 +64,10 @@ def build_networks(cfg: ml_collections.ConfigDict, num_classes: int, image_size:
                    ) -> tuple[Generator, Discriminator]:
   """BigGAN G and projection D of the config's `gan` section."""
   g = Generator(num_classes=num_classes, resolution=image_size, ch=cfg.g_ch, dim_z=cfg.dim_z,
-                shared_dim=cfg.shared_dim, hierarchical=cfg.hierarchical, attention=cfg.g_attention)
+                shared_dim=cfg.shared_dim, hierarchical=cfg.hierarchical, attention=cfg.g_attention,
+                fused_resample=cfg.fused_resample)
   d = Discriminator(num_classes=num_classes, resolution=image_size, ch=cfg.d_ch,
-                    attention=cfg.d_attention)
+                    attention=cfg.d_attention, fused_resample=cfg.fused_resample)
   return g, d
 
 
