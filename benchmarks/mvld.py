@@ -22,6 +22,10 @@ Networks (--net):
       [--groups 32] [--batch 16,256] [--train-batch 64] [--repeats 3] [--torch-threads 0]
   PYTHONPATH=. .venv-torch/bin/python benchmarks/mvld.py ...   # with the PyTorch comparison
 
+jaxgen is compiled once per XLA:CPU route (`--routes`, default xla,eigen; jaxgen/train/xla_cpu.py:
+the sampler with the route's sampling options, the training scan with its training-step
+options) and printed as jaxgen[route]; other backends ignore the route.
+
 --batch takes one or more comma-separated sampling batches (one block of lines each); training is
 timed at --train-batch (default: at each sampling batch, in the same block). The paper-size run
 (250 Euler-Maruyama steps, 1 observed view of 4, sampling at batch 16 and 256, training steps/s at
@@ -66,6 +70,7 @@ from jaxgen.nets.score_nets import ResidualMLPScoreNet  # noqa: E402
 from jaxgen.nets.unet_mlp import UnetMLP  # noqa: E402
 from jaxgen.train.optim import make_optimizer  # noqa: E402
 from jaxgen.train.state import TrainState  # noqa: E402
+from jaxgen.train.xla_cpu import sampling_compiler_options, step_compiler_options  # noqa: E402
 
 VIEWS, LATENT = 4, 64
 T_EPS = 1e-3
@@ -117,19 +122,22 @@ def num_params(params) -> int:
   return sum(v.size for v in jax.tree_util.tree_leaves(params))
 
 
-def jax_sample(args, spec, params, batch: int) -> tuple[float, float]:
-  """Seconds of one conditional generation of `batch` objects (and of its first call)."""
+def jax_sample(args, spec, params, batch: int, route: str) -> tuple[float, float]:
+  """Seconds of one conditional generation of `batch` objects (and of its first call), compiled
+  with the XLA:CPU route's sampling options (jaxgen/train/xla_cpu.py)."""
   z = jax.random.normal(jax.random.key(1), (batch, VIEWS * LATENT))
   observed = jnp.zeros((batch, VIEWS)).at[:, 0].set(1.0)
   sampler = ml_collections.ConfigDict({"name": "euler_maruyama", "num_steps": args.steps,
                                        "t_eps": T_EPS, "denoise": True})
-  sample = jax.jit(lambda p, k, z, o: mvld_model.sample_latents(spec, p, k, z, o, sampler))
+  sample = jax.jit(lambda p, k, z, o: mvld_model.sample_latents(spec, p, k, z, o, sampler),
+                   compiler_options=sampling_compiler_options(route))
   return _time(lambda: sample(params, jax.random.key(2), z, observed).block_until_ready(),
                args.repeats)
 
 
-def jax_train(args, spec, params, batch: int) -> tuple[float, float]:
-  """Seconds of INNER training steps at `batch` in one jitted scan (and of its first call)."""
+def jax_train(args, spec, params, batch: int, route: str) -> tuple[float, float]:
+  """Seconds of INNER training steps at `batch` in one jitted scan (and of its first call),
+  compiled with the route's training-step options."""
   z = jax.random.normal(jax.random.key(1), (batch, VIEWS * LATENT))
   cfg = ml_collections.ConfigDict({"joint_prob": 0.2, "mask_mode": "per_example", "lambda_weighting": True,
                                    "likelihood_weighting": False, "importance_sampling": False,
@@ -137,12 +145,13 @@ def jax_train(args, spec, params, batch: int) -> tuple[float, float]:
   tcfg = train_config(1000, batch, lr=1e-4)
   state = TrainState.create(params, make_optimizer(tcfg.optim, 1000), ema_decay=0.999)
 
-  @jax.jit
   def train_block(state, key, z):
     def body(state, k):
       grads = jax.grad(lambda p: mvld_model.diffusion_loss(spec, p, k, z, cfg)[0])(state.params)
       return state.apply_gradients(grads), None
     return jax.lax.scan(body, state, jax.random.split(key, INNER))[0]
+
+  train_block = jax.jit(train_block, compiler_options=step_compiler_options(route))
 
   return _time(lambda: jax.block_until_ready(train_block(state, jax.random.key(3), z)),
                args.repeats)
@@ -332,12 +341,16 @@ def main() -> None:
                       help="matmul operands of both networks (float32 accumulation either way): "
                            "jaxgen's diffusion.score_net.compute_dtype, PyTorch's autocast")
   parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--routes", default="xla,eigen",
+                      help="XLA:CPU routes to compile jaxgen with (jaxgen/train/xla_cpu.py; one line "
+                           "per route; other backends ignore the route)")
   parser.add_argument("--torch-threads", type=int, default=0,
                       help="PyTorch CPU threads (0: torch's default; 1 avoids OpenMP spin-waits on "
                            "cores another job holds)")
   args = parser.parse_args()
 
   sample_batches = tuple(args.batch)
+  routes = args.routes.split(",")
   train_batches = sample_batches if args.train_batch is None else (args.train_batch,)
   blocks = list(dict.fromkeys(sample_batches + train_batches))
 
@@ -363,15 +376,18 @@ def main() -> None:
           f"batch {batch}, {args.steps} sampler steps, {net_description(args)}, {args.dtype} matmuls, "
           f"{VIEWS} views x {LATENT} latents{only}", flush=True)
     # rates[side] = {"sample_objects_per_s": ..., "train_steps_per_s": ...}
-    rates = {"jaxgen": {}}
-    if do_sample:
-      t, _ = jax_sample(args, spec, params, batch)
-      rates["jaxgen"]["sample_objects_per_s"] = batch / t
-    if do_train:
-      t, _ = jax_train(args, spec, params, batch)
-      rates["jaxgen"]["train_steps_per_s"] = INNER / t
-    for k, v in rates["jaxgen"].items():
-      print(f"jaxgen  {k}: {v:.2f}", flush=True)
+    rates = {}
+    for route in routes:
+      ours = rates[f"jaxgen[{route}]"] = {}
+      if do_sample:
+        t, _ = jax_sample(args, spec, params, batch, route)
+        ours["sample_objects_per_s"] = batch / t
+      if do_train:
+        t, _ = jax_train(args, spec, params, batch, route)
+        ours["train_steps_per_s"] = INNER / t
+      for k, v in ours.items():
+        print(f"jaxgen[{route}]  {k}: {v:.2f}", flush=True)
+    jaxgen_sides = list(rates)
 
     if ref_net is not None:
       kinds = [("pytorch", ref_net)]
@@ -391,7 +407,8 @@ def main() -> None:
             t, warm = fn()
             r = rates[kind][key] = (batch if key.startswith("sample") else INNER) / t
             extra = "" if kind == "pytorch" else f", first call {warm:.1f}s"
-            ratio = f"ratio jaxgen/{kind}: {rates['jaxgen'][key] / r:.2f}"
+            ratio = ", ".join(f"ratio {side}/{kind}: {rates[side][key] / r:.2f}"
+                              for side in jaxgen_sides)
             print(f"{kind} {key}: {r:.2f} ({where}{extra})  {ratio}", flush=True)
         except Exception as e:  # pylint: disable=broad-except
           if kind == "pytorch":

@@ -58,6 +58,10 @@ def test_conv_route_reads_the_environment(monkeypatch):
   monkeypatch.setenv(xla_cpu.ENV_VAR, "eigen")
   assert xla_cpu.conv_route() == "eigen"
   assert "xla_cpu_experimental_ynn_fusion_type" in xla_cpu.step_compiler_options()
+  # Sampling keeps YNNPACK for dots only (its fused GroupNorm sums are the slow part there).
+  assert xla_cpu.sampling_compiler_options() == {
+      "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+  assert xla_cpu.sampling_compiler_options("xla") is None
   monkeypatch.setenv(xla_cpu.ENV_VAR, "onednn")
   with pytest.raises(EnvironmentSettingError, match="JAXGEN_XLA_CPU_CONV='onednn': expected xla or eigen"):
     xla_cpu.conv_route()
@@ -93,3 +97,36 @@ def test_eigen_route_gives_the_same_gradients_to_float_rounding():
     # Batch norm over 4 values per channel on the 1x1 maps amplifies rounding (seen: 4e-5
     # relative on a -0.04 gradient); 1e-4 relative is still far below any real difference.
     np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-6)
+
+
+def test_eigen_route_generates_the_same_views_to_float_rounding(monkeypatch):
+  """MVLD's generation (encoder, 4 Euler-Maruyama steps of the score network, decoder: the tiny
+  preset's networks at random weights) compiled by `make_generator` under each route: the same
+  images up to float rounding (at most one grey level here and there; identical at this size),
+  and the route's options reach the compiler (no YNNPACK fusion computes a sum under 'eigen')."""
+  from configs.mvld import get_config  # pylint: disable=import-outside-toplevel
+  from jaxgen.mvld import evaluate as mvld_eval  # pylint: disable=import-outside-toplevel
+  from jaxgen.mvld import model as mvld_model  # pylint: disable=import-outside-toplevel
+  cfg = get_config("tiny")
+  spec = mvld_model.build_spec(cfg)
+  size, views = cfg.data.image_size, cfg.data.num_views
+  ae = spec.autoencoder.init(jax.random.key(0), jnp.zeros((1, size, size, 3)))["params"]
+  score = spec.score_net.init(jax.random.key(1), jnp.zeros((1, views * spec.latent_dim)),
+                              jnp.zeros((1, views)))["params"]
+  score = jax.tree.map(lambda p: p + 0.01, score)  # the zero-initialised output layer would hide it
+  stats = mvld_model.LatentStats(jnp.zeros(spec.latent_dim), jnp.ones(spec.latent_dim))
+  sampler = cfg.sampler.copy_and_resolve_references()
+  sampler.update(name="euler_maruyama", num_steps=4)
+  images = jax.random.randint(jax.random.key(2), (3, views, size, size, 3), 0, 256).astype(jnp.uint8)
+  observed = jnp.zeros((3, views)).at[:, 0].set(1.0)
+  out, ynn_sums = {}, {}
+  for route in xla_cpu.SAMPLING_COMPILER_OPTIONS:
+    monkeypatch.setenv(xla_cpu.ENV_VAR, route)
+    generate = mvld_eval.make_generator(spec, ae, score, stats, sampler)
+    out[route] = np.asarray(generate(jax.random.key(3), images, observed)).astype(int)
+    hlo = generate.lower(jax.random.key(3), images, observed).compile().as_text().splitlines()
+    ynn_sums[route] = sum("__ynn_fusion" in line and "reduce" in line for line in hlo)
+  assert ynn_sums["xla"] > 0 and ynn_sums["eigen"] == 0, ynn_sums
+  assert out["xla"].shape == out["eigen"].shape == images.shape
+  assert np.abs(out["xla"] - out["eigen"]).max() <= 1
+  assert np.mean(out["xla"] != out["eigen"]) < 0.01

@@ -40,7 +40,7 @@ from jaxgen.io import shard_cache
 from jaxgen.io.files import atomic_write_json, read_json
 from jaxgen.io.images import image_grid
 from jaxgen.mvld import main as mvld_main
-from jaxgen.mvld import model as mvld_model
+from jaxgen.mvld.evaluate import make_generator
 from jaxgen.parallel.mesh import batch_sharding, is_main_process
 from jaxgen.stages import MethodRun, require_stage, run_method
 from jaxgen.io import paths
@@ -214,9 +214,7 @@ def _generator(run: Run):
   from jaxgen.mvld.api import MVLD  # pylint: disable=import-outside-toplevel
   model = MVLD.from_workdir(run.mvld_dir)
   sampler = run.config.mvld.sampler
-  fn = jax.jit(functools.partial(
-      mvld_model.generate_views, model.spec, model.ae_params, model.score_params,
-      model.stats, sampler=sampler))
+  fn = make_generator(model.spec, model.ae_params, model.score_params, model.stats, sampler)
   sharding = batch_sharding(run.mesh)
 
   def generate(key, images, observed):

@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 
 import jax
@@ -18,6 +17,7 @@ from jaxgen.errors import DataError
 from jaxgen.io.files import read_json
 from jaxgen.io.params import load_params
 from jaxgen.mvld import model as mvld_model
+from jaxgen.mvld.evaluate import make_generator
 from jaxgen.io import paths
 
 
@@ -75,7 +75,6 @@ class MVLD:
     sampler = sampler or self.config.sampler
     cache_key = str(sampler)
     if cache_key not in self._generate:
-      self._generate[cache_key] = jax.jit(functools.partial(
-          mvld_model.generate_views, self.spec, self.ae_params, self.score_params, self.stats,
-          sampler=sampler))
+      self._generate[cache_key] = make_generator(self.spec, self.ae_params, self.score_params,
+                                                 self.stats, sampler)
     return np.asarray(self._generate[cache_key](key, images, mask))

@@ -33,6 +33,7 @@ from jaxgen.mvld import masking
 from jaxgen.mvld import model as mvld_model
 from jaxgen.parallel.batching import batched_apply
 from jaxgen.parallel.mesh import place_if_divisible, to_host
+from jaxgen.train.xla_cpu import sampling_compiler_options
 
 METRICS = ("psnr", "ssim", "lpips", "fid", "coherence")
 HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "coherence": True, "lpips": False, "fid": False}
@@ -58,9 +59,10 @@ class Judges:
 
 def make_generator(spec: mvld_model.MVLDSpec, ae_params: Any, score_params: Any,
                    stats: mvld_model.LatentStats, sampler) -> Callable:
-  """jit(generate_views) with the parameters closed over: (key, images, observed) -> images."""
+  """jit(generate_views) with the parameters closed over: (key, images, observed) -> images,
+  compiled with the sampling options of the XLA:CPU route (jaxgen/train/xla_cpu.py)."""
   return jax.jit(functools.partial(mvld_model.generate_views, spec, ae_params, score_params, stats,
-                                   sampler=sampler))
+                                   sampler=sampler), compiler_options=sampling_compiler_options())
 
 
 def _batched(fn: Callable, arrays: tuple[np.ndarray, ...], batch_size: int,

@@ -35,6 +35,7 @@ from jaxgen.mvld.judges import build_judges
 from jaxgen.mvld.train import feature_distance_fn, train_autoencoder, train_diffusion
 from jaxgen.parallel.mesh import is_main_process, place_if_divisible, to_host
 from jaxgen.stages import MethodRun, require_stage, run_method
+from jaxgen.train.xla_cpu import sampling_compiler_options
 from jaxgen.io import paths
 
 # Each stage's random key is folded from its index here: new stages go at the end.
@@ -192,7 +193,7 @@ def _stage_transmission(run: Run) -> None:
   judges = build_judges(run.config, run.classifier(), run.mesh)
   spec = run.spec
 
-  @jax.jit
+  @functools.partial(jax.jit, compiler_options=sampling_compiler_options())
   def receive(key, z_rx, received):
     z = mvld_model.sample_latents(spec, score, key, z_rx.reshape((z_rx.shape[0], -1)), received,
                                   run.config.sampler)

@@ -9,8 +9,13 @@ reductions are the faster ones (a batch-norm sum over 128x32x32x64 values: ~1.5 
 step (RESULTS.md).
 
 `JAXGEN_XLA_CPU_CONV=eigen` compiles every training step (the one loop in `jaxgen.train.loop`)
-with YNNPACK kept for dots and reductions only, so convolutions run in Eigen. It is opt-in: the
-sums are the same up to float rounding, but training amplifies rounding, so a run with it does
+with YNNPACK kept for dots and reductions only, so convolutions run in Eigen, and MVLD's
+generation (its sampling loop with the autoencoder around it: `jaxgen.mvld.evaluate.
+make_generator` and the transmission receiver) with YNNPACK for dots only: there YNNPACK's
+reductions are the slow part, because it fuses each GroupNorm's sums into the next matmul
+(docs/classifiers.md has the figures), while in a training step the batch-norm sums over large
+convolution maps are faster in YNNPACK. It is opt-in:
+the sums are the same up to float rounding, but training amplifies rounding, so a run with it does
 not reproduce the published results pages bit for bit (they were made with XLA's default,
 `JAXGEN_XLA_CPU_CONV=xla`). Other backends ignore it.
 """
@@ -36,6 +41,13 @@ COMPILER_OPTIONS: dict[str, dict[str, Any] | None] = {
 }
 
 
+# The same for jitted sampling (inference only, no batch statistics).
+SAMPLING_COMPILER_OPTIONS: dict[str, dict[str, Any] | None] = {
+    "xla": None,
+    "eigen": {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"},
+}
+
+
 def conv_route() -> str:
   """The value of JAXGEN_XLA_CPU_CONV ('xla' when unset); EnvironmentSettingError if unknown."""
   value = os.environ.get(ENV_VAR, "xla")
@@ -46,12 +58,21 @@ def conv_route() -> str:
 
 def step_compiler_options(route: str | None = None) -> dict[str, Any] | None:
   """`compiler_options` for a training step's `jax.jit` on this backend (None off the CPU)."""
+  return _options(COMPILER_OPTIONS, route)
+
+
+def sampling_compiler_options(route: str | None = None) -> dict[str, Any] | None:
+  """`compiler_options` for a jitted sampling loop on this backend (None off the CPU)."""
+  return _options(SAMPLING_COMPILER_OPTIONS, route)
+
+
+def _options(table: dict[str, dict[str, Any] | None], route: str | None) -> dict[str, Any] | None:
   route = conv_route() if route is None else route
-  if route not in COMPILER_OPTIONS:
-    raise ValueError(f"route must be one of {', '.join(COMPILER_OPTIONS)}, got {route!r}")
+  if route not in table:
+    raise ValueError(f"route must be one of {', '.join(table)}, got {route!r}")
   if jax.default_backend() != "cpu":
     return None
-  options = COMPILER_OPTIONS[route]
+  options = table[route]
   return dict(options) if options else None
 
 
