@@ -23,17 +23,14 @@ The sums run in another order than the plain composition's, so results agree to 
 
 from __future__ import annotations
 
-from typing import Callable
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from jaxgen.nets.conv import conv_general_dilated
 
-ConvFn = Callable[..., jax.Array]
-
 _NHWC = ("NHWC", "HWIO", "NHWC")
+
 
 def upsample_nearest(x: jax.Array) -> jax.Array:
   """Nearest-neighbour x2 upsampling of NHWC maps (torch's F.interpolate(scale_factor=2))."""
