@@ -27,14 +27,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxgen.nets.autoencoder import upsample_nearest
 from jaxgen.nets.conv import conv_general_dilated
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
-
-
-def upsample_nearest(x: jax.Array) -> jax.Array:
-  """Nearest-neighbour x2 upsampling of NHWC maps (torch's F.interpolate(scale_factor=2))."""
-  return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
 
 
 def avg_pool_2x2(x: jax.Array) -> jax.Array:

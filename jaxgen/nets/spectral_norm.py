@@ -31,7 +31,8 @@ from flax.linen import dtypes
 from jax import lax
 
 from jaxgen.nets.conv import conv_general_dilated
-from jaxgen.nets.resample_conv import avg_pool_2x2, conv_avg_pool, upsample_conv, upsample_nearest
+from jaxgen.nets.autoencoder import upsample_nearest
+from jaxgen.nets.resample_conv import avg_pool_2x2, conv_avg_pool, upsample_conv
 
 Initializer = Any
 

@@ -14,10 +14,10 @@ generation (its sampling loop with the autoencoder around it: `jaxgen.mvld.evalu
 make_generator` and the transmission receiver) with YNNPACK for dots only: there YNNPACK's
 reductions are the slow part, because it fuses each GroupNorm's sums into the next matmul
 (docs/classifiers.md has the figures), while in a training step the batch-norm sums over large
-convolution maps are faster in YNNPACK. It is opt-in:
-the sums are the same up to float rounding, but training amplifies rounding, so a run with it does
-not reproduce the published results pages bit for bit (they were made with XLA's default,
-`JAXGEN_XLA_CPU_CONV=xla`). Other backends ignore it.
+convolution maps are faster in YNNPACK. It is opt-in: the sums are the same up to float
+rounding, but training amplifies rounding, so a run with it does not reproduce the published
+results pages bit for bit (they were made with XLA's default, `JAXGEN_XLA_CPU_CONV=xla`). Other
+backends ignore it.
 """
 
 from __future__ import annotations
