@@ -15,16 +15,21 @@ gradient (each its own jitted call) for:
 The 'eigen' route's stored-input weight gradient (`jaxgen.nets.conv`) saves time only where the
 convolution's input comes out of a fusion (batch norm, ReLU), so it shows in
 `benchmarks/classifier.py`, not in these isolated convolutions.
+With `--torch` (run with `.venv-torch/bin/python`), PyTorch's own CPU convolution (eager, NCHW as
+`benchmarks/classifier.py` runs it, all CPU threads) on the same shapes, its three passes timed
+apart through `aten.convolution_backward`: the per-layer side of the classifier benchmark's ratio.
 Then the 3x3/2 stem max-pool's forward + backward: `flax.linen.max_pool` (reduce-window) against
 `jaxgen.nets.pooling.max_pool` (same values and gradient bit for bit). The threshold in
 `jaxgen/nets/conv.py` and the route choice are read from this table (benchmarks/RESULTS.md).
 
   python benchmarks/conv_cpu.py [--batch 128]
+  PYTHONPATH=. .venv-torch/bin/python benchmarks/conv_cpu.py --torch
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import flax.linen as nn
@@ -59,9 +64,40 @@ def _three_passes(f, x, w, options) -> tuple[float, float, float]:
   return _ms(fwd, x, w), _ms(dx, x, w, g), _ms(dw, x, w, g)
 
 
+def _torch_three_passes(batch: int, cin: int, cout: int, hw: int, k: int, s: int
+                        ) -> tuple[float, float, float]:
+  """PyTorch eager: ms of conv2d forward, its input gradient and its weight gradient."""
+  import torch  # pylint: disable=import-outside-toplevel
+
+  torch.set_num_threads(os.cpu_count() or 1)
+  x = torch.randn(batch, cin, hw, hw)
+  w = torch.randn(cout, cin, k, k) * 0.1
+  pad = k // 2
+  with torch.no_grad():
+    g = torch.randn_like(torch.nn.functional.conv2d(x, w, stride=s, padding=pad))
+
+  def backward(mask):
+    return lambda: torch.ops.aten.convolution_backward(
+        g, x, w, None, [s, s], [pad, pad], [1, 1], False, [0, 0], 1, mask)
+
+  passes = (lambda: torch.nn.functional.conv2d(x, w, stride=s, padding=pad),
+            backward([True, False, False]), backward([False, True, False]))
+  times = []
+  with torch.no_grad():
+    for fn in passes:
+      fn()
+      start = time.perf_counter()
+      for _ in range(3):
+        fn()
+      times.append((time.perf_counter() - start) / 3 * 1e3)
+  return times[0], times[1], times[2]
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--batch", type=int, default=128)
+  parser.add_argument("--torch", action="store_true",
+                      help="add PyTorch's eager convolution (needs torch: .venv-torch)")
   args = parser.parse_args()
   print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), batch {args.batch}, "
         f"float32; ms of forward / input gradient / weight gradient; im2col is taken at <= "
@@ -88,6 +124,9 @@ def main() -> None:
         continue
       t = _three_passes(paths[path], x, w, step_compiler_options(route))
       cells.append(f"{name} {t[0]:6.1f}/{t[1]:6.1f}/{t[2]:6.1f} (sum {sum(t):6.1f})")
+    if args.torch:
+      t = _torch_three_passes(args.batch, cin, cout, hw, k, s)
+      cells.append(f"torch {t[0]:6.1f}/{t[1]:6.1f}/{t[2]:6.1f} (sum {sum(t):6.1f})")
     print(f"{cin:>3}->{cout:<3} {hw:>2}x{hw:<2} k{k} s{s} (out {out}x{out}): " + " | ".join(cells),
           flush=True)
   x = jax.nn.relu(jax.random.normal(jax.random.key(0), (args.batch, 32, 32, 64)))
