@@ -6,7 +6,9 @@ prediction guided as eps_u + w (eps_c - eps_u) (Ho & Salimans 2022; w = 7.5 in S
 the unconditional branch conditioned on the empty prompt). The two branches run as one U-Net call
 on a doubled batch. Text encoding, the whole sampling loop (`lax.scan`) and decoding are one
 compiled call; `guidance_scale` and `strength` are traced arrays, so changing them (or mixing
-strengths in a batch) does not recompile.
+strengths in a batch) does not recompile. On XLA:CPU each is compiled with the sampling options of
+the `JAXGEN_XLA_CPU_CONV` route (`jaxgen.train.xla_cpu.sampling_jit`; the default route compiles
+as plain `jax.jit`).
 
 SDEdit (Meng et al. 2022) as diffusers' img2img: the reference's latents are noised to the grid
 index k = K - int(K s) of strength s (per example) and denoised with the target prompt by the
@@ -15,7 +17,6 @@ remaining steps; s = 1 starts from (almost) pure noise, small s stays close to t
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import jax
@@ -25,6 +26,7 @@ from jaxgen.errors import ConfigError
 from jaxgen.sde.fast_samplers import sample_ddim, sample_dpmpp_2m
 from jaxgen.t2i import backbone as bb
 from jaxgen.t2i.schedules import SamplerSpec, sampler_grid, start_index
+from jaxgen.train.xla_cpu import sampling_jit
 
 Array = jax.Array
 
@@ -51,7 +53,7 @@ def _check_context(config: bb.BackboneConfig, context: Array, batch: int, name: 
                       f"[batch={batch}, tokens, width={config.text.width}]")
 
 
-@functools.partial(jax.jit, static_argnames=("config", "spec", "dtype", "attention_impl"))
+@sampling_jit(static_argnames=("config", "spec", "dtype", "attention_impl"))
 def sample_latents(unet_variables: dict, config: bb.BackboneConfig, spec: SamplerSpec,
                    key: Array, context: Array, uncond_context: Array | None = None,
                    guidance_scale: Any = 7.5, *, init_latents: Array | None = None,
@@ -104,7 +106,7 @@ def sample_latents(unet_variables: dict, config: bb.BackboneConfig, spec: Sample
                          lower_order_final=grid.lower_order_final, **kwargs)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "spec", "dtype", "attention_impl"))
+@sampling_jit(static_argnames=("config", "spec", "dtype", "attention_impl"))
 def text_to_image(params: dict, config: bb.BackboneConfig, spec: SamplerSpec, key: Array,
                   token_ids: Array, uncond_ids: Array | None = None,
                   guidance_scale: Any = 7.5, dtype: Any = jnp.float32,
@@ -118,7 +120,7 @@ def text_to_image(params: dict, config: bb.BackboneConfig, spec: SamplerSpec, ke
   return jnp.clip(bb.decode_latents(params["vae"], config, latents), -1.0, 1.0)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "spec", "dtype", "attention_impl"))
+@sampling_jit(static_argnames=("config", "spec", "dtype", "attention_impl"))
 def image_to_image(params: dict, config: bb.BackboneConfig, spec: SamplerSpec, key: Array,
                    images: Array, strength: Array, token_ids: Array,
                    uncond_ids: Array | None = None, guidance_scale: Any = 7.5,

@@ -9,12 +9,12 @@ reductions are the faster ones (a batch-norm sum over 128x32x32x64 values: ~1.5 
 step (RESULTS.md).
 
 `JAXGEN_XLA_CPU_CONV=eigen` compiles every training step (the one loop in `jaxgen.train.loop`)
-with YNNPACK kept for dots and reductions only, so convolutions run in Eigen, and MVLD's
-generation (its sampling loop with the autoencoder around it: `jaxgen.mvld.evaluate.
-make_generator` and the transmission receiver) with YNNPACK for dots only: there YNNPACK's
-reductions are the slow part, because it fuses each GroupNorm's sums into the next matmul
-(docs/classifiers.md has the figures), while in a training step the batch-norm sums over large
-convolution maps are faster in YNNPACK. It is opt-in: the sums are the same up to float
+with YNNPACK kept for dots and reductions only, so convolutions run in Eigen, and the sampling
+loops (MVLD's generation with the autoencoder around it: `jaxgen.mvld.evaluate.make_generator`,
+the transmission receiver; the text-to-image sampling through `sampling_jit`) with YNNPACK for
+dots only: there YNNPACK's reductions are the slow part, because it fuses each GroupNorm's sums
+into the next matmul (docs/classifiers.md has the figures), while in a training step the
+batch-norm sums over large convolution maps are faster in YNNPACK. It is opt-in: the sums are the same up to float
 rounding, but training amplifies rounding, so a run with it does not reproduce the published
 results pages bit for bit (they were made with XLA's default, `JAXGEN_XLA_CPU_CONV=xla`). Other
 backends ignore it.
@@ -23,8 +23,9 @@ backends ignore it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import jax
 
@@ -64,6 +65,32 @@ def step_compiler_options(route: str | None = None) -> dict[str, Any] | None:
 def sampling_compiler_options(route: str | None = None) -> dict[str, Any] | None:
   """`compiler_options` for a jitted sampling loop on this backend (None off the CPU)."""
   return _options(SAMPLING_COMPILER_OPTIONS, route)
+
+
+def sampling_jit(fn: Callable | None = None, **jit_kwargs: Any) -> Callable:
+  """`jax.jit(fn, **jit_kwargs)` compiled with `sampling_compiler_options()` of the route set when
+  it is called (one jitted function per route), for module-level sampling functions; usable as
+  `@sampling_jit(static_argnames=...)`. The default route compiles exactly as `jax.jit` does, and
+  so does a call inside another jit (traced arguments), where the outer options apply."""
+  if fn is None:
+    return functools.partial(sampling_jit, **jit_kwargs)
+  plain = jax.jit(fn, **jit_kwargs)
+  per_route: dict[str, Callable] = {}
+
+  @functools.wraps(fn)
+  def call(*args: Any, **kwargs: Any) -> Any:
+    # Called inside another jit, the enclosing jit's options apply (XLA takes them at the top).
+    if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((args, kwargs))):
+      return plain(*args, **kwargs)
+    route = conv_route()
+    if route not in per_route:
+      options = sampling_compiler_options(route)
+      per_route[route] = plain if options is None else jax.jit(fn, compiler_options=options,
+                                                               **jit_kwargs)
+    return per_route[route](*args, **kwargs)
+
+  call.for_route = lambda route: per_route.get(route)  # the jitted function (tests, .lower)
+  return call
 
 
 def _options(table: dict[str, dict[str, Any] | None], route: str | None) -> dict[str, Any] | None:
