@@ -40,6 +40,11 @@ images/s = batch x timed calls / wall time. With strength < 1 diffusers runs int
 while jaxgen's scan still runs 25 (per-example start indices are masked), so 1.0 is the like-for-
 like setting.
 
+On CPU jaxgen is timed once per XLA:CPU route (`--routes`, default xla,eigen;
+jaxgen/train/xla_cpu.py): the training step compiled with the route's step options, as
+`jaxgen.train.loop` compiles it, img2img with its sampling options, as `sampling_jit` does;
+other backends ignore the route and time jaxgen once.
+
 The warm-up (compilation included) is timed apart: `--warmup` training steps and
 `--warmup_calls` img2img calls. GPU when jax / torch see one (torch on CUDA when available),
 else CPU; float32 on a GPU is TF32 matmuls on both sides (XLA's default, torch's 'high'
@@ -68,6 +73,7 @@ GOAL = 1.3  # jaxgen throughput over the best PyTorch throughput, on a GPU, bf16
 SIZES = ("embedded", "sd15")
 WORKLOADS = ("train", "img2img")
 TORCH_MODES = ("eager", "compile")
+ROUTES = ("xla", "eigen")  # jaxgen.train.xla_cpu.COMPILER_OPTIONS
 EMBEDDED_VOCAB = 64
 LR = 1e-4
 
@@ -154,11 +160,12 @@ def jax_train(args: argparse.Namespace, config, params: dict, data: dict) -> dic
 
   from jaxgen.t2i import backbone as bb  # pylint: disable=import-outside-toplevel
   from jaxgen.t2i.train import denoising_loss  # pylint: disable=import-outside-toplevel
+  from jaxgen.train.xla_cpu import step_compiler_options  # pylint: disable=import-outside-toplevel
 
   dtype = _jax_dtype(args.dtype)
   opt = optax.adam(LR)
 
-  @functools.partial(jax.jit, donate_argnums=(0, 1, 2))
+  @functools.partial(jax.jit, donate_argnums=(0, 1, 2), compiler_options=step_compiler_options())
   def step(p, opt_state, key, x0, context):
     key, k_loss = jax.random.split(key)
 
@@ -351,6 +358,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       help="PyTorch CPU threads (0: all cores; 1 avoids OpenMP spin-waits on "
                            "cores another job holds)")
   parser.add_argument("--skip_torch", action="store_true", help="jaxgen only (no torch needed)")
+  parser.add_argument("--routes", type=_csv(ROUTES), default=ROUTES,
+                      help="XLA:CPU routes to time jaxgen with (jaxgen/train/xla_cpu.py; CPU only)")
   args = parser.parse_args(argv)
   sd15 = args.size == "sd15"
   if args.quick:
@@ -416,38 +425,45 @@ def main(argv: list[str] | None = None) -> None:
   units = {"train": "steps/s", "img2img": "images/s"}
   jax_fns = {"train": jax_train, "img2img": jax_img2img}
   torch_fns = {"train": torch_train, "img2img": torch_img2img}
-  rows = []
+  from jaxgen.train.xla_cpu import use_conv_route  # pylint: disable=import-outside-toplevel
+
+  routes = args.routes if jax.default_backend() == "cpu" else args.routes[:1]
+  rows = []  # one per workload and jaxgen route; the PyTorch numbers are shared by the routes
   for what in args.what:
-    row = {"what": what, "jax": jax_fns[what](args, config, params, data)}
-    print(f"{what}: jaxgen {row['jax']['rate']:.2f} {units[what]} (warm-up "
-          f"{row['jax']['warmup_s']:.1f}s)", flush=True)
+    torch_rates = {}
     for kind in TORCH_MODES:
-      row[kind] = None
+      torch_rates[kind] = None
       if torch is None or kind not in args.torch_modes:
         continue
       try:
-        row[kind] = torch_fns[what](args, config, params, data, compiled=kind == "compile")
+        torch_rates[kind] = torch_fns[what](args, config, params, data, compiled=kind == "compile")
       except Exception as e:  # pylint: disable=broad-except
         # torch.compile needs a working toolchain (C++ compiler / Triton); report, go on.
         print(f"{what}: torch {kind} failed: {type(e).__name__}: {str(e).splitlines()[0]}")
         _release()
         continue
-      print(f"{what}: torch {kind} {row[kind]['rate']:.2f} {units[what]} (warm-up "
-            f"{row[kind]['warmup_s']:.1f}s)", flush=True)
-    rows.append(row)
+      print(f"{what}: torch {kind} {torch_rates[kind]['rate']:.2f} {units[what]} (warm-up "
+            f"{torch_rates[kind]['warmup_s']:.1f}s)", flush=True)
+    for route in routes:
+      with use_conv_route(route):  # read when the jaxgen side is jitted
+        row = {"what": what, "route": route, "jax": jax_fns[what](args, config, params, data),
+               **torch_rates}
+      print(f"{what}: jaxgen [{route}] {row['jax']['rate']:.2f} {units[what]} (warm-up "
+            f"{row['jax']['warmup_s']:.1f}s)", flush=True)
+      rows.append(row)
 
   rate = lambda r: r["rate"] if r else None  # noqa: E731
   ratio = lambda a, b: a / b if a and b else None  # noqa: E731
   print()
-  print(f"{'workload':>8} {'unit':>9} {'jaxgen':>10} {'eager':>10} {'compile':>10} {'/eager':>8} "
-        f"{'/compile':>9}   (ratio = jaxgen / torch)")
+  print(f"{'workload':>8} {'route':>6} {'unit':>9} {'jaxgen':>10} {'eager':>10} {'compile':>10} "
+        f"{'/eager':>8} {'/compile':>9}   (ratio = jaxgen / torch; route: JAXGEN_XLA_CPU_CONV)")
   for row in rows:
     j, e, cc = rate(row["jax"]), rate(row["eager"]), rate(row["compile"])
-    print(f"{row['what']:>8} {units[row['what']]:>9} {_fmt(j)} {_fmt(e)} {_fmt(cc)} "
-          f"{_fmt(ratio(j, e), '8.2f')} {_fmt(ratio(j, cc), '9.2f')}")
+    print(f"{row['what']:>8} {row['route']:>6} {units[row['what']]:>9} {_fmt(j)} {_fmt(e)} "
+          f"{_fmt(cc)} {_fmt(ratio(j, e), '8.2f')} {_fmt(ratio(j, cc), '9.2f')}")
   print("warm-up / compile seconds (excluded above):")
   for row in rows:
-    parts = [f"jaxgen {row['jax']['warmup_s']:.1f}"]
+    parts = [f"jaxgen [{row['route']}] {row['jax']['warmup_s']:.1f}"]
     parts += [f"torch {k} {row[k]['warmup_s']:.1f}" for k in TORCH_MODES if row[k]]
     print(f"  {row['what']}: " + ", ".join(parts))
   print(f"goal >= {GOAL}x the best PyTorch on a GPU, bf16 both sides"
@@ -463,7 +479,7 @@ def main(argv: list[str] | None = None) -> None:
       continue
     r = rate(row["jax"]) / best
     verdict = ("met" if r >= GOAL else "not met") if on_gpu else "n/a on CPU"
-    print(f"  {row['what']}: {r:.2f}x the best PyTorch ({best:.2f} {units[row['what']]}): "
+    print(f"  {row['what']} [{row['route']}]: {r:.2f}x the best PyTorch ({best:.2f} {units[row['what']]}): "
           f"{verdict}")
 
 
