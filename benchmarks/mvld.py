@@ -39,7 +39,11 @@ and jaxgen / PyTorch compiled (higher = jaxgen faster), then the achieved GFLOP/
 counted analytically and identically for both: 2 x the multiply-accumulates of the Dense / Linear
 layers (the sum of in x out over the flax params tree's Dense kernels) x batch per network
 evaluation, N + 1 evaluations per sampled object and x3 for a training step (forward + backward);
-norms, activations and the optimiser are not counted. The first call of every measurement is
+norms, activations and the optimiser are not counted. With --ceiling, each sampling block also
+times the network's Dense matmuls alone (every kernel once per evaluation on a [batch, in] input,
+nothing else; jaxgen: one lax.scan over the evaluations per route, PyTorch: eager torch.mm): the
+rate a sampler made of these matmuls could at most reach in each framework, read against the
+GFLOP/s of the whole samplers above. The first call of every measurement is
 untimed (jit compilation, torch.compile, warm-up). If torch.compile fails (e.g. no C++
 compiler), one line says why and the run goes on with eager.
 """
@@ -59,6 +63,7 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
 import ml_collections  # noqa: E402
 from flax import traverse_util  # noqa: E402
 
@@ -133,6 +138,31 @@ def jax_sample(args, spec, params, batch: int, route: str) -> tuple[float, float
                    compiler_options=sampling_compiler_options(route))
   return _time(lambda: sample(params, jax.random.key(2), z, observed).block_until_ready(),
                args.repeats)
+
+
+def dense_kernels(params) -> list:
+  """The 2-D Dense kernels of a flax params tree, in its flattened order."""
+  flat = traverse_util.flatten_dict(params)
+  return [v for k, v in flat.items() if k[-1] == "kernel" and v.ndim == 2]
+
+
+def jax_matmul_ceiling(args, params, batch: int, route: str) -> tuple[float, float]:
+  """Seconds of `steps + 1` evaluations of the network's Dense matmuls alone at `batch` in one
+  lax.scan (a scalar from each evaluation feeds the next, so none is hoisted or skipped)."""
+  kernels = [k.astype(COMPUTE_DTYPES[args.dtype]) for k in dense_kernels(params)]
+  inputs = [jax.random.normal(jax.random.key(i), (batch, k.shape[0]), k.dtype)
+            for i, k in enumerate(kernels)]
+
+  def matmuls(inputs, kernels):
+    def evaluate(carry, _):
+      outs = [jnp.dot(x + carry.astype(x.dtype), k, preferred_element_type=jnp.float32)
+              for x, k in zip(inputs, kernels)]
+      return sum(o[0, 0] for o in outs) * 1e-30, None
+
+    return jax.lax.scan(evaluate, jnp.float32(0), None, length=args.steps + 1)[0]
+
+  run = jax.jit(matmuls, compiler_options=sampling_compiler_options(route))
+  return _time(lambda: run(inputs, kernels).block_until_ready(), args.repeats)
 
 
 def jax_train(args, spec, params, batch: int, route: str) -> tuple[float, float]:
@@ -290,6 +320,22 @@ def torch_sample(args, torch, net, batch: int, device) -> tuple[float, float]:
   return _time(sample, args.repeats)
 
 
+def torch_matmul_ceiling(args, torch, params, batch: int, device) -> tuple[float, float]:
+  """Seconds of `steps + 1` evaluations of the network's Dense matmuls alone (torch.mm, eager)."""
+  dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
+  kernels = [torch.from_numpy(np.array(k)).to(device, dtype) for k in dense_kernels(params)]
+  inputs = [torch.randn(batch, k.shape[0], device=device, dtype=dtype) for k in kernels]
+
+  def run():
+    with torch.no_grad():
+      for _ in range(args.steps + 1):
+        for x, k in zip(inputs, kernels):
+          torch.mm(x, k)
+      _sync(torch, device)
+
+  return _time(run, args.repeats)
+
+
 def torch_train(args, torch, net, parameters, batch: int, device) -> tuple[float, float]:
   """Seconds of INNER Adam steps of the multi-time masked loss at `batch`."""
   z = torch.randn(batch, VIEWS * LATENT, device=device)
@@ -341,6 +387,8 @@ def main() -> None:
                       help="matmul operands of both networks (float32 accumulation either way): "
                            "jaxgen's diffusion.score_net.compute_dtype, PyTorch's autocast")
   parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--ceiling", action="store_true",
+                      help="also time the network's matmuls alone per sampling batch (see above)")
   parser.add_argument("--routes", default="xla,eigen",
                       help="XLA:CPU routes to compile jaxgen with (jaxgen/train/xla_cpu.py; one line "
                            "per route; other backends ignore the route)")
@@ -418,6 +466,14 @@ def main() -> None:
                 flush=True)
           compile_ok = False
           torch._dynamo.reset()
+
+    if args.ceiling and do_sample:
+      for route in routes:
+        t, _ = jax_matmul_ceiling(args, params, batch, route)
+        rates[f"jaxgen[{route}] matmuls only"] = {"sample_objects_per_s": batch / t}
+      if ref_net is not None:
+        t, _ = torch_matmul_ceiling(args, torch, params, batch, device)
+        rates["pytorch matmuls only"] = {"sample_objects_per_s": batch / t}
 
     mflop = 2 * macs / 1e6
     print(f"GFLOP/s ({num_params(params):,} parameters, 2 x {macs:,} Dense MACs = {mflop:.2f} MFLOP "
