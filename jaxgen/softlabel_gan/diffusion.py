@@ -45,6 +45,7 @@ from jaxgen.softlabel_gan.train import real_batches
 from jaxgen.train import loop
 from jaxgen.train.optim import make_optimizer
 from jaxgen.train.state import TrainState
+from jaxgen.train.xla_cpu import sampling_jit
 
 Array = jax.Array
 SAMPLERS = ("dpmpp_2m", "ddim")
@@ -147,7 +148,7 @@ def _sampler(net_cfg: LabelUNetConfig, sde: VPSDE, sampler: str, num_steps: int,
     x = solve(jax.random.key(0), score, sde, noise.shape, num_steps, t_eps=t_eps, x_init=noise)
     return to_uint8(jnp.clip(x, -1.0, 1.0))
 
-  return jax.jit(run)
+  return sampling_jit(run)  # on XLA:CPU, the route's sampling options (jaxgen/train/xla_cpu.py)
 
 
 def sample(net_cfg: LabelUNetConfig, cfg: ml_collections.ConfigDict, params: Any, key: Array,
