@@ -41,7 +41,7 @@ layers (the sum of in x out over the flax params tree's Dense kernels) x batch p
 evaluation, N + 1 evaluations per sampled object and x3 for a training step (forward + backward);
 norms, activations and the optimiser are not counted. With --ceiling, each sampling block also
 times the network's Dense matmuls alone (every kernel once per evaluation on a [batch, in] input,
-nothing else; jaxgen: one lax.scan over the evaluations per route, PyTorch: eager torch.mm): the
+nothing else; jaxgen: one lax.scan over the evaluations per route, PyTorch: eager F.linear): the
 rate a sampler made of these matmuls could at most reach in each framework, read against the
 GFLOP/s of the whole samplers above. The first call of every measurement is
 untimed (jit compilation, torch.compile, warm-up). If torch.compile fails (e.g. no C++
@@ -321,16 +321,17 @@ def torch_sample(args, torch, net, batch: int, device) -> tuple[float, float]:
 
 
 def torch_matmul_ceiling(args, torch, params, batch: int, device) -> tuple[float, float]:
-  """Seconds of `steps + 1` evaluations of the network's Dense matmuls alone (torch.mm, eager)."""
+  """Seconds of `steps + 1` evaluations of the network's Dense matmuls alone (eager F.linear)."""
   dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
-  kernels = [torch.from_numpy(np.array(k)).to(device, dtype) for k in dense_kernels(params)]
-  inputs = [torch.randn(batch, k.shape[0], device=device, dtype=dtype) for k in kernels]
+  # [out, in] weights through F.linear: nn.Linear's layout and kernel, as the samplers use.
+  weights = [torch.from_numpy(np.array(k).T.copy()).to(device, dtype) for k in dense_kernels(params)]
+  inputs = [torch.randn(batch, w.shape[1], device=device, dtype=dtype) for w in weights]
 
   def run():
     with torch.no_grad():
       for _ in range(args.steps + 1):
-        for x, k in zip(inputs, kernels):
-          torch.mm(x, k)
+        for x, w in zip(inputs, weights):
+          torch.nn.functional.linear(x, w)
       _sync(torch, device)
 
   return _time(run, args.repeats)
