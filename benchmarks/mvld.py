@@ -324,7 +324,8 @@ def torch_matmul_ceiling(args, torch, params, batch: int, device) -> tuple[float
   """Seconds of `steps + 1` evaluations of the network's Dense matmuls alone (eager F.linear)."""
   dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
   # [out, in] weights through F.linear: nn.Linear's layout and kernel, as the samplers use.
-  weights = [torch.from_numpy(np.array(k).T.copy()).to(device, dtype) for k in dense_kernels(params)]
+  weights = [torch.from_numpy(np.array(k).T.copy()).to(device, dtype)
+             for k in dense_kernels(params)]
   inputs = [torch.randn(batch, w.shape[1], device=device, dtype=dtype) for w in weights]
 
   def run():

@@ -479,7 +479,8 @@ def main(argv: list[str] | None = None) -> None:
       continue
     r = rate(row["jax"]) / best
     verdict = ("met" if r >= GOAL else "not met") if on_gpu else "n/a on CPU"
-    print(f"  {row['what']} [{row['route']}]: {r:.2f}x the best PyTorch ({best:.2f} {units[row['what']]}): "
+    print(f"  {row['what']} [{row['route']}]: {r:.2f}x the best PyTorch "
+          f"({best:.2f} {units[row['what']]}): "
           f"{verdict}")
 
 

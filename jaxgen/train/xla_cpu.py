@@ -11,13 +11,13 @@ step (RESULTS.md).
 `JAXGEN_XLA_CPU_CONV=eigen` compiles every training step (the one loop in `jaxgen.train.loop`)
 with YNNPACK kept for dots and reductions only, so convolutions run in Eigen, and the sampling
 loops (MVLD's generation with the autoencoder around it: `jaxgen.mvld.evaluate.make_generator`,
-the transmission receiver; the text-to-image sampling through `sampling_jit`) with YNNPACK for
-dots only: there YNNPACK's reductions are the slow part, because it fuses each GroupNorm's sums
-into the next matmul (docs/classifiers.md has the figures), while in a training step the
-batch-norm sums over large convolution maps are faster in YNNPACK. It is opt-in: the sums are the same up to float
-rounding, but training amplifies rounding, so a run with it does not reproduce the published
-results pages bit for bit (they were made with XLA's default, `JAXGEN_XLA_CPU_CONV=xla`). Other
-backends ignore it.
+the transmission receiver; the text-to-image and Softlabel-GAN Table 7 diffusion sampling through
+`sampling_jit`) with YNNPACK for dots only: there YNNPACK's reductions are the slow part, because
+it fuses each GroupNorm's sums into the next matmul (docs/classifiers.md has the figures), while
+in a training step the batch-norm sums over large convolution maps are faster in YNNPACK. It is
+opt-in: the sums are the same up to float rounding, but training amplifies rounding, so a run
+with it does not reproduce the published results pages bit for bit (they were made with XLA's
+default, `JAXGEN_XLA_CPU_CONV=xla`). Other backends ignore it.
 """
 
 from __future__ import annotations
