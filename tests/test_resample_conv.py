@@ -133,3 +133,23 @@ def test_the_config_key_reaches_both_networks():
   assert not any(n.fused_resample for n in build_networks(cfg, 4, 32))
   cfg.fused_resample = True
   assert all(n.fused_resample for n in build_networks(cfg, 4, 32))
+
+
+@pytest.mark.parametrize("shape", [(2, 6, 8, 5), (1, 2, 2, 3), (4, 32, 32, 3)])
+def test_avg_pool_equals_flax_reduce_window_pool(shape):
+  """avg_pool_2x2 (strided slices, summed pairwise) against flax.linen.avg_pool (a reduce-window):
+  the same values to float rounding (XLA's reduce-window sums in an order that depends on how it
+  is compiled) and the same input gradients bit for bit (each input gets a quarter of its
+  window's cotangent either way)."""
+  import flax.linen as nn  # pylint: disable=import-outside-toplevel
+  x = jax.random.normal(jax.random.key(0), shape)
+  g = jax.random.normal(jax.random.key(1), (shape[0], shape[1] // 2, shape[2] // 2, shape[3]))
+  ref = lambda v: nn.avg_pool(v, (2, 2), strides=(2, 2))  # noqa: E731
+  for f in (rc.avg_pool_2x2, ref):
+    assert jax.jit(f)(x).shape == g.shape
+  np.testing.assert_allclose(np.asarray(jax.jit(rc.avg_pool_2x2)(x)), np.asarray(jax.jit(ref)(x)),
+                             rtol=1e-6, atol=1e-7)
+  grad = lambda f: jax.jit(lambda v: jax.vjp(f, v)[1](g)[0])(x)  # noqa: E731
+  np.testing.assert_array_equal(np.asarray(grad(rc.avg_pool_2x2)), np.asarray(grad(ref)))
+  with pytest.raises(ValueError, match="even height and width"):
+    rc.avg_pool_2x2(jnp.zeros((1, 5, 4, 3)))

@@ -23,7 +23,6 @@ The sums run in another order than the plain composition's, so results agree to 
 
 from __future__ import annotations
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -34,8 +33,18 @@ _NHWC = ("NHWC", "HWIO", "NHWC")
 
 
 def avg_pool_2x2(x: jax.Array) -> jax.Array:
-  """2x2 average pooling with stride 2 of NHWC maps (torch's F.avg_pool2d(x, 2))."""
-  return nn.avg_pool(x, (2, 2), strides=(2, 2))
+  """2x2 average pooling with stride 2 of NHWC maps (torch's F.avg_pool2d(x, 2)).
+
+  The sum of the window's four strided slices, not a reduce-window: XLA:CPU's YNNPACK reduction
+  fusions take a reduce-window in together with the convolutions around it, and YNNPACK's
+  convolutions are the slow ones (D's first block at width 64: ~0.5 s of an ~8 s step in one
+  such fusion; benchmarks/RESULTS.md)."""
+  if x.ndim != 4 or x.shape[1] % 2 or x.shape[2] % 2:
+    raise ValueError(f"expected NHWC maps of even height and width, got shape {x.shape}")
+  # Pairwise: inside the GAN step the reduce-window it replaces summed in this order (G, D and
+  # EMA parameters after 3 steps bit-identical on the default route, with and without fusing).
+  total = (x[:, 0::2, 0::2] + x[:, 0::2, 1::2]) + (x[:, 1::2, 0::2] + x[:, 1::2, 1::2])
+  return total * 0.25
 
 
 def _check(x: jax.Array, kernel: jax.Array) -> int:
