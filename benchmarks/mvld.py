@@ -116,11 +116,16 @@ def net_description(args) -> str:
           f"groups {args.groups}")
 
 
+def dense_kernels(params) -> list:
+  """The 2-D Dense kernels of a flax params tree, in its flattened order."""
+  flat = traverse_util.flatten_dict(params)
+  return [v for k, v in flat.items() if k[-1] == "kernel" and v.ndim == 2]
+
+
 def dense_macs(params) -> int:
   """Multiply-accumulates per example of one network evaluation: sum of in x out over the Dense
   kernels of the flax params tree (every Dense of both networks acts once on each example)."""
-  flat = traverse_util.flatten_dict(params)
-  return sum(v.shape[0] * v.shape[1] for k, v in flat.items() if k[-1] == "kernel" and v.ndim == 2)
+  return sum(k.shape[0] * k.shape[1] for k in dense_kernels(params))
 
 
 def num_params(params) -> int:
@@ -138,12 +143,6 @@ def jax_sample(args, spec, params, batch: int, route: str) -> tuple[float, float
                    compiler_options=sampling_compiler_options(route))
   return _time(lambda: sample(params, jax.random.key(2), z, observed).block_until_ready(),
                args.repeats)
-
-
-def dense_kernels(params) -> list:
-  """The 2-D Dense kernels of a flax params tree, in its flattened order."""
-  flat = traverse_util.flatten_dict(params)
-  return [v for k, v in flat.items() if k[-1] == "kernel" and v.ndim == 2]
 
 
 def jax_matmul_ceiling(args, params, batch: int, route: str) -> tuple[float, float]:
