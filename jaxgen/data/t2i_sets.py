@@ -50,7 +50,7 @@ MAX_FINE_CLASSES = 16
 # FINE_HUE_CENTRE +- FINE_HUE_SPAN / 2 = [0.405, 0.545], the teal gap between the "green" and
 # "blue" bands (0.015 from each), and back-hue parameter back_dh = FINE_BACK_DH[c % 2] (back hue
 # = front + 0.3 + 0.4 back_dh, see renderer). At K = 10 the levels are 0.035 turns apart, what a
-# small CNN judge trained on 40 images per class reads (test accuracy 0.82; 0.42 at 0.02 turns
+# small CNN judge trained on 40 images per class reads (test accuracy 0.815; 0.525 at 0.02 turns
 # with back offsets 0.46 / 0.54, where only a hand-made hue histogram still separated them):
 # CUB-like, the species are subtle for the prompts but learnable from images. K = 16 has 0.02.
 FINE_HUE_CENTRE = 0.475
