@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import ml_collections
 import numpy as np
 
-from jaxgen.errors import ConfigError
-from jaxgen.io.files import atomic_write_json
+from jaxgen.errors import ConfigError, DataError
+from jaxgen.io.files import atomic_write_json, json_value, read_json
 from jaxgen.io.images import save_png
 from jaxgen.parallel.mesh import is_main_process, make_mesh, sync_processes
 from jaxgen.train.writers import MetricWriter
@@ -63,12 +63,50 @@ def require_stage(workdir: str, name: str, needed_by: str) -> None:
                       f"stage {name!r} to have run first in {workdir} (run it, or all stages)")
 
 
+def _first_difference(old: Any, new: Any, key: str = "") -> tuple[str, Any, Any] | None:
+  """(dotted key, old value, new value) of the first place two JSON config trees differ."""
+  if isinstance(old, dict) and isinstance(new, dict):
+    for name in list(new) + [k for k in old if k not in new]:
+      sub = f"{key}.{name}" if key else name
+      if name not in old or name not in new:
+        return sub, old.get(name, "<absent>"), new.get(name, "<absent>")
+      found = _first_difference(old[name], new[name], sub)
+      if found:
+        return found
+    return None
+  return None if old == new else (key, old, new)
+
+
+def check_same_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """Refuse to go on with a run in `workdir` under another config than the one it was made with.
+
+  Finished stages are skipped and the others resume from their checkpoints and per-seed outputs,
+  all made under the recorded config: a changed value would be silently ignored by them, and the
+  config.json rewritten over it would then misstate what the results were made with.
+  """
+  path = os.path.join(workdir, "config.json")
+  if not paths.exists(path):
+    return
+  try:
+    old = read_json(path)
+  except ValueError:
+    raise DataError(f"{path}: not readable as JSON; expected the config.json of a jaxgen run "
+                    "(use a new --workdir)") from None
+  found = _first_difference(old, json_value(config.to_dict()))
+  if found:
+    key, before, after = found
+    raise ConfigError(key, after, (
+        f"{before!r}, the value {workdir} was run with (its finished stages and checkpoints "
+        "were made with it): use a new --workdir, or remove that one to start over"))
+
+
 class MethodRun:
   """Shared state of one method run: config, workdir, mesh, a root key per seed with one key per
   stage, the metric writer; writes the resolved `config.json` (for provenance and for APIs that
   reload a run). Methods subclass it and add their data and models."""
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str, stage_names: Sequence[str]):
+    check_same_config(workdir, config)
     self.config, self.workdir = config, workdir
     self.stage_names = tuple(stage_names)
     self.mesh = make_mesh(config.mesh)

@@ -62,7 +62,7 @@ def test_tiny_preset_end_to_end(tiny_run):
   # The Colab notebook on this run in a Jupyter kernel: its run call (a second run) finds every
   # stage done (results.json unchanged); report and figures render.
   before = (tiny_run / "results.json").read_text()
-  nb = run_notebook("lrgmm", tiny_run)
+  nb = run_notebook("lrgmm", tiny_run, two_process.reference_flags("lrgmm"))
   assert len(outputs_of(nb, "image/png")) == 6 and outputs_of(nb, "text/markdown")
   assert (tiny_run / "results.json").read_text() == before
 

@@ -56,3 +56,17 @@ def test_exit_code_from_a_real_process(tmp_path):
                          f"--workdir={tmp_path}"], capture_output=True, text=True, timeout=120)
   assert proc.returncode == 2
   assert proc.stderr.strip().count("\n") == 0 and "config.seed" in proc.stderr
+
+
+def test_a_finished_workdir_refuses_a_changed_config(capsys, tmp_path):
+  """Rerunning a workdir with another value fails in one line naming the key and the recorded value
+  (its stages would skip or resume under the old one); the recorded config.json stays."""
+  args = (CONFIG, "--stages=data", f"--workdir={tmp_path}")
+  assert _run(capsys, *args)[0] == 0
+  recorded = (tmp_path / "config.json").read_text()
+  code, err = _run(capsys, *args, "--config.sampler.num_steps=7")
+  assert code == 2 and len(err) == 1, err
+  assert err[0].startswith("jaxgen: error: config.sampler.num_steps=7: expected "), err[0]
+  assert "use a new --workdir" in err[0]
+  assert (tmp_path / "config.json").read_text() == recorded
+  assert _run(capsys, *args)[0] == 0

@@ -4,8 +4,10 @@ import json
 
 import jax
 import numpy as np
+import pytest
 
 from jaxgen import configlib
+from jaxgen.errors import ConfigError, DataError
 from jaxgen.stages import MethodRun, run_method
 
 
@@ -40,3 +42,23 @@ def test_run_method_skips_done_stages_and_closes_the_writer(tmp_path, capsys):
   run_method(run, plan, "toy", requested=["one"])
   assert calls == ["one", "report"] and "already done" in capsys.readouterr().out
 
+
+
+def test_a_workdir_refuses_another_config(tmp_path):
+  """Its stages would resume from outputs made with the recorded config (a changed value silently
+  ignored) and the rewritten config.json would misstate them."""
+  MethodRun(_config(True), str(tmp_path), ("a",)).writer.close()
+  recorded = (tmp_path / "config.json").read_text()
+  MethodRun(_config(True), str(tmp_path), ("a",)).writer.close()  # the same config goes on
+  changed = _config(True)
+  changed.seed = 7
+  with pytest.raises(ConfigError, match=r"^config\.seed=7: expected 0, the value .* was run with"):
+    MethodRun(changed, str(tmp_path), ("a",))
+  grown = _config(True)
+  grown.extra = {"depth": 2}
+  with pytest.raises(ConfigError, match=r"^config\.extra=\{'depth': 2\}: expected '<absent>'"):
+    MethodRun(grown, str(tmp_path), ("a",))
+  assert (tmp_path / "config.json").read_text() == recorded
+  (tmp_path / "config.json").write_text("{not json")
+  with pytest.raises(DataError, match="config.json: not readable as JSON"):
+    MethodRun(_config(True), str(tmp_path), ("a",))

@@ -67,6 +67,11 @@ def _to_json(value: Any) -> Any:
   return value
 
 
+def json_value(value: Any) -> Any:
+  """`value` as it reads back from `atomic_write_json` (tuples as lists, numpy as Python)."""
+  return json.loads(json.dumps(_to_json(value)))
+
+
 def atomic_write_json(path: str, value: Any) -> None:
   """JSON with numpy/jax scalars and arrays converted to Python numbers and lists."""
   atomic_write_text(path, json.dumps(_to_json(value), indent=2, sort_keys=False) + "\n")
