@@ -82,7 +82,9 @@ def check_same_config(workdir: str, config: ml_collections.ConfigDict) -> None:
 
   Finished stages are skipped and the others resume from their checkpoints and per-seed outputs,
   all made under the recorded config: a changed value would be silently ignored by them, and the
-  config.json rewritten over it would then misstate what the results were made with.
+  config.json rewritten over it would then misstate what the results were made with. The `mesh`
+  section may change: a checkpoint resumes under another mesh to the same numbers
+  (docs/scaling.md), e.g. a run moved to more devices.
   """
   path = os.path.join(workdir, "config.json")
   if not paths.exists(path):
@@ -92,7 +94,11 @@ def check_same_config(workdir: str, config: ml_collections.ConfigDict) -> None:
   except ValueError:
     raise DataError(f"{path}: not readable as JSON; expected the config.json of a jaxgen run "
                     "(use a new --workdir)") from None
-  found = _first_difference(old, json_value(config.to_dict()))
+  new = json_value(config.to_dict())
+  for tree in (old, new):
+    if isinstance(tree, dict):
+      tree.pop("mesh", None)
+  found = _first_difference(old, new)
   if found:
     key, before, after = found
     raise ConfigError(key, after, (

@@ -48,8 +48,11 @@ def test_a_workdir_refuses_another_config(tmp_path):
   """Its stages would resume from outputs made with the recorded config (a changed value silently
   ignored) and the rewritten config.json would misstate them."""
   MethodRun(_config(True), str(tmp_path), ("a",)).writer.close()
-  recorded = (tmp_path / "config.json").read_text()
   MethodRun(_config(True), str(tmp_path), ("a",)).writer.close()  # the same config goes on
+  moved = _config(True)
+  moved.mesh.model = 2  # another mesh resumes to the same numbers (docs/scaling.md)
+  MethodRun(moved, str(tmp_path), ("a",)).writer.close()
+  recorded = (tmp_path / "config.json").read_text()
   changed = _config(True)
   changed.seed = 7
   with pytest.raises(ConfigError, match=r"^config\.seed=7: expected 0, the value .* was run with"):
