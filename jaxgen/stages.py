@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import jax
 import ml_collections
 import numpy as np
 
 from jaxgen.errors import ConfigError, DataError
-from jaxgen.io.files import atomic_write_json, json_value, read_json
+from jaxgen.io.files import atomic_write_json, first_json_difference, json_value, read_json
 from jaxgen.io.images import save_png
 from jaxgen.parallel.mesh import is_main_process, make_mesh, sync_processes
 from jaxgen.train.writers import MetricWriter
@@ -63,20 +63,6 @@ def require_stage(workdir: str, name: str, needed_by: str) -> None:
                       f"stage {name!r} to have run first in {workdir} (run it, or all stages)")
 
 
-def _first_difference(old: Any, new: Any, key: str = "") -> tuple[str, Any, Any] | None:
-  """(dotted key, old value, new value) of the first place two JSON config trees differ."""
-  if isinstance(old, dict) and isinstance(new, dict):
-    for name in list(new) + [k for k in old if k not in new]:
-      sub = f"{key}.{name}" if key else name
-      if name not in old or name not in new:
-        return sub, old.get(name, "<absent>"), new.get(name, "<absent>")
-      found = _first_difference(old[name], new[name], sub)
-      if found:
-        return found
-    return None
-  return None if old == new else (key, old, new)
-
-
 def check_same_config(workdir: str, config: ml_collections.ConfigDict) -> None:
   """Refuse to go on with a run in `workdir` under another config than the one it was made with.
 
@@ -98,7 +84,7 @@ def check_same_config(workdir: str, config: ml_collections.ConfigDict) -> None:
   for tree in (old, new):
     if isinstance(tree, dict):
       tree.pop("mesh", None)
-  found = _first_difference(old, new)
+  found = first_json_difference(old, new, missing="<absent>")
   if found:
     key, before, after = found
     raise ConfigError(key, after, (

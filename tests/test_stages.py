@@ -43,7 +43,6 @@ def test_run_method_skips_done_stages_and_closes_the_writer(tmp_path, capsys):
   assert calls == ["one", "report"] and "already done" in capsys.readouterr().out
 
 
-
 def test_a_workdir_refuses_another_config(tmp_path):
   """Its stages would resume from outputs made with the recorded config (a changed value silently
   ignored) and the rewritten config.json would misstate them."""

@@ -72,6 +72,21 @@ def json_value(value: Any) -> Any:
   return json.loads(json.dumps(_to_json(value)))
 
 
+def first_json_difference(old: Any, new: Any, missing: Any = None, prefix: str = ""
+                          ) -> tuple[str, Any, Any] | None:
+  """(dotted key, old value, new value) of the first (sorted, nested) key where two JSON trees
+  differ, or None; a key one side lacks reads as `missing` there."""
+  for key in sorted(set(old) | set(new)):
+    a, b = old.get(key, missing), new.get(key, missing)
+    if isinstance(a, dict) and isinstance(b, dict):
+      found = first_json_difference(a, b, missing, f"{prefix}{key}.")
+      if found:
+        return found
+    elif a != b:
+      return f"{prefix}{key}", a, b
+  return None
+
+
 def atomic_write_json(path: str, value: Any) -> None:
   """JSON with numpy/jax scalars and arrays converted to Python numbers and lists."""
   atomic_write_text(path, json.dumps(_to_json(value), indent=2, sort_keys=False) + "\n")

@@ -27,7 +27,7 @@ import numpy as np
 
 from jaxgen.errors import DataError
 from jaxgen.faults import kill_if_requested
-from jaxgen.io.files import atomic_save_npz, atomic_write_json, read_json
+from jaxgen.io.files import atomic_save_npz, atomic_write_json, first_json_difference, read_json
 from jaxgen.io import paths
 
 _log = logging.getLogger(__name__)
@@ -57,15 +57,8 @@ def file_digest(path: str) -> str:
 
 def first_difference(old: Mapping, new: Mapping, prefix: str = "") -> str:
   """'key: old in the cache, new now' for the first differing (nested) key, or ''."""
-  for key in sorted(set(old) | set(new)):
-    a, b = old.get(key), new.get(key)
-    if isinstance(a, dict) and isinstance(b, dict):
-      found = first_difference(a, b, f"{prefix}{key}.")
-      if found:
-        return found
-    elif a != b:
-      return f"{prefix}{key}: {a!r} in the cache, {b!r} now"
-  return ""
+  found = first_json_difference(old, new, prefix=prefix)
+  return f"{found[0]}: {found[1]!r} in the cache, {found[2]!r} now" if found else ""
 
 
 def check_manifest(cache_dir: str, manifest: Mapping[str, Any], *, write: bool = True) -> None:
