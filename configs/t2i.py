@@ -66,7 +66,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   c.sampler = ml_collections.ConfigDict({
       "name": "dpmpp_2m",  # 'dpmpp_2m' or 'ddim' (jaxgen.t2i.schedules)
       "num_steps": 25,
-      "guidance_scale": 3.0,  # SD uses 7.5; 5 draws this backbone's solids better (docs/t2i.md)
+      "guidance_scale": 3.0,  # SD uses 7.5; 5 draws the solids a little better, FID worse (docs/t2i.md)
       "eta": 0.0,
       "timestep_spacing": "",  # '' = the scheduler's diffusers default
   })
