@@ -384,6 +384,11 @@ def test_tiny_preset_trains_its_own_backbone_then_its_notebook_runs(tiny_run):
   assert outputs_of(nb, "image/png") and outputs_of(nb, "text/markdown")
 
 
+# Slow group: CI's 15 minutes (the default suite took 846 s here and 893 s on CI, 2026-12-07, with
+# it and Softlabel-GAN's). Its kill and resume are the shared training loop's, which the default
+# suite runs on two processes for the classifier (tests/test_multiprocess.py), MVLD and LR-GMM-NN;
+# the whole tiny run on two processes is tests/test_multiprocess_methods.py, also slow.
+@pytest.mark.slow
 def test_two_process_fine_tuning_killed_and_resumed_matches_one_process(tiny_run, tmp_path):
   """The tiny run's backbone fine-tuned by two processes x 4 devices, SIGKILLed and launched
   again: the tiny run's fine-tuning losses (tests/two_process.py)."""

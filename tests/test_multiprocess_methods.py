@@ -5,8 +5,8 @@ training losses and the results tables of one uninterrupted process on 8 devices
 generation and evaluation split over both hosts). In the slow group.
 
 Each method's first training stages run this way in the method's own test file
-(tests/two_process.py; default suite but for DIMVIDA's), against the one-process tiny run of its
-end-to-end test."""
+(tests/two_process.py; default suite for MVLD and LR-GMM-NN, slow group for the others), against
+the one-process tiny run of its end-to-end test."""
 
 import json
 

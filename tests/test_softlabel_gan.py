@@ -253,6 +253,11 @@ def test_tiny_end_to_end(tiny_run, tmp_path):  # ~55-70 s on 2 cores with the Co
   assert outputs_of(nb, "text/markdown") and not outputs_of(nb, "image/png")
 
 
+# Slow group: CI's 15 minutes (the default suite took 846 s here and 893 s on CI, 2026-12-07, with
+# it and Diff-Mix's). Its kill and resume are the shared training loop's, which the default suite
+# runs on two processes for the classifier (tests/test_multiprocess.py), MVLD and LR-GMM-NN; the
+# whole tiny run on two processes is tests/test_multiprocess_methods.py, also slow.
+@pytest.mark.slow
 def test_two_process_first_stages_killed_and_resumed_match_one_process(tiny_run, tmp_path):
   """The soft labels of classifier C and the `soft` GAN trained by two processes x 4 devices,
   SIGKILLed in the GAN training and launched again: the tiny run's GAN losses
