@@ -49,8 +49,10 @@ def test_t2i_fine_tuning_claim_is_paired_by_seed():
   def acc(values):
     return {"mean": float(np.mean(values)), "std": float(np.std(values)), "values": values}
   ev = {"vanilla": {"guided": {"class_accuracy": 0.2}, "unguided": {"class_accuracy": 0.1}},
-        "sdedit": {"0.3": {"target_colour_rate": 0.1, "psnr_to_reference_db": 20.0},
-                   "0.9": {"target_colour_rate": 0.8, "psnr_to_reference_db": 12.0}},
+        "sdedit": {"0.3": {"target_colour_rate": 0.1, "psnr_to_reference_db": 20.0,
+                           "num_images": 72},
+                   "0.9": {"target_colour_rate": 0.8, "psnr_to_reference_db": 12.0,
+                           "num_images": 72}},
         "finetune": {"seeds": [0, 1, 2], "diff_gen": {"accuracy": acc([0.125, 0.215, 0.12])},
                      "real_gen": {"accuracy": acc([0.09, 0.115, 0.11])}}}
   claims = t2i_report.verdicts(ev)
@@ -65,3 +67,24 @@ def test_t2i_fine_tuning_claim_is_paired_by_seed():
   one = dict(ev, finetune={"seeds": [0], "diff_gen": {"accuracy": acc([0.5])},
                            "real_gen": {"accuracy": acc([0.1])}})
   assert not t2i_report.verdicts(one)["finetuning_improves_class_fidelity"]
+
+
+def test_sdedit_rate_may_lose_one_image_once_saturated():
+  """The edit 'grows with s' when the target-colour rate ends higher than it starts and no step
+  falls by more than one image of those counted (the default run's 68 then 67 of 72 at s = 0.7
+  and 0.9 is saturation, not a falling edit); two images down, or no rise overall, is not."""
+  n = 72
+  assert t2i_report.rate_rises([27 / n, 61 / n, 68 / n, 67 / n], n)
+  assert not t2i_report.rate_rises([27 / n, 61 / n, 68 / n, 66 / n], n)
+  assert not t2i_report.rate_rises([30 / n, 30 / n], n)
+  assert t2i_report.rate_rises([0.1, 0.2, 0.3, 0.4], n)
+
+
+@pytest.mark.parametrize("solid, ceiling, reading", [
+    (0.457, 0.556, "recognisable"),  # 0.82 of the autoencoder's ceiling
+    (0.30, 0.556, "partly"),  # above 3/12, under 3/4 of the ceiling
+    (0.181, 0.556, "weakly"),  # the EMA backbone's solids: under three times chance
+    (0.24, 0.30, "weakly"),  # near the ceiling but under three times chance
+])
+def test_t2i_reading_of_the_solids(solid, ceiling, reading):
+  assert t2i_report.shape_reading(solid, ceiling) == reading
