@@ -1,6 +1,6 @@
 """The text-to-image latent diffusion backbone (the "vanilla SD" of Diff-Mix, paper 001 sec. 3.3).
 
-  python -m jaxgen.main --config=configs/t2i.py          # embedded renders: pre-train, fine-tune, report (~35 min, 2 CPU cores)
+  python -m jaxgen.main --config=configs/t2i.py          # embedded renders: pre-train, fine-tune, report (25-30 min, 2 CPU cores)
   python -m jaxgen.main --config=configs/t2i.py:tiny     # seconds, for tests
   python -m jaxgen.main --config=configs/t2i.py:sd15 --config.backbone.weights_path=/models/stable-diffusion-v1-5
                                                          # real Stable Diffusion 1.5 weights: sample + fine-tune
