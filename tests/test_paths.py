@@ -5,6 +5,7 @@ directory (no network here)."""
 import json
 import os
 import sys
+import threading
 
 import fsspec
 import numpy as np
@@ -62,6 +63,31 @@ def test_file_operations_on_a_url(memory_root):
   paths.remove(f"{run}/log.txt")
   paths.rmtree(f"{run}/models")
   assert sorted(paths.listdir(run)) == ["corrupt_stages"]
+
+
+def test_npz_reads_wait_for_the_header_lock(tmp_path):
+  """numpy parses .npy headers with ast, which CPython 3.11 cannot run on two threads at once
+  (CI failed once on grain's read threads): every member read and .npy load waits for the lock."""
+  np.savez(tmp_path / "a.npz", x=np.arange(3), y=np.ones(2))
+  np.save(tmp_path / "b.npy", np.arange(5))
+  with paths.load_npz(str(tmp_path / "a.npz")) as f:
+    assert sorted(f) == ["x", "y"] == sorted(f.files) and len(f) == 2 and "x" in f
+    np.testing.assert_array_equal(dict(f.items())["x"], np.arange(3))
+    done = []
+    with paths.NPY_HEADER_LOCK:
+      reader = threading.Thread(target=lambda: done.append(f["y"]))
+      reader.start()
+      reader.join(0.5)
+      assert reader.is_alive() and not done  # blocked while another thread parses
+    reader.join()
+    np.testing.assert_array_equal(done[0], np.ones(2))
+  with paths.NPY_HEADER_LOCK:
+    loader = threading.Thread(target=lambda: done.append(paths.load_npz(str(tmp_path / "b.npy"))))
+    loader.start()
+    loader.join(0.5)
+    assert loader.is_alive()
+  loader.join()
+  np.testing.assert_array_equal(done[1], np.arange(5))
 
 
 def test_a_failed_write_leaves_no_object(memory_root):

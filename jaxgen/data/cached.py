@@ -13,6 +13,7 @@ and are read once when the source opens: `column(name)`.
 from __future__ import annotations
 
 import collections
+import threading
 from typing import Iterator
 
 import numpy as np
@@ -22,6 +23,7 @@ from jaxgen.errors import DataError
 from jaxgen.io import paths, shard_cache
 
 MAX_OPEN_SHARDS = 64  # shard maps kept open per source (least recently used closed first)
+_OPEN_MAPS_LOCK = threading.Lock()  # grain's read threads share a source's maps
 
 
 class CachedSource(Source):
@@ -83,13 +85,16 @@ class CachedSource(Source):
   def _shard_images(self, shard: int) -> np.ndarray:
     """The shard's images, from the most recently used open maps (each map holds a file
     descriptor, and a paper-scale set has thousands of shards)."""
-    if shard in self._images:
-      self._images.move_to_end(shard)
-    else:
-      self._images[shard] = shard_cache.open_member(self._paths[shard], self._image_key)
-      if len(self._images) > MAX_OPEN_SHARDS:
-        self._images.popitem(last=False)
-    return self._images[shard]
+    with _OPEN_MAPS_LOCK:
+      images = self._images.get(shard)
+      if images is None:
+        images = self._images[shard] = shard_cache.open_member(self._paths[shard],
+                                                               self._image_key)
+        if len(self._images) > MAX_OPEN_SHARDS:
+          self._images.popitem(last=False)
+      else:
+        self._images.move_to_end(shard)
+      return images
 
   def __len__(self) -> int:
     return len(self._labels)

@@ -15,15 +15,23 @@ object. Joining and `basename` are `posixpath`'s (as `os.path`'s on POSIX), whic
 from __future__ import annotations
 
 import builtins
+import collections.abc
 import functools
 import glob as _glob
 import io
 import os
 import posixpath
 import shutil
+import threading
 from typing import IO, Any, Callable
 
 import numpy as np
+
+# numpy parses every .npy header with ast.literal_eval, and CPython 3.11's ast keeps one recursion
+# counter per interpreter: two threads parsing at once can fail with "SystemError: AST constructor
+# recursion depth mismatch" (CPython gh-106905). Sources read records on grain's threads, so every
+# .npy/.npz read in jaxgen holds this lock while numpy parses.
+NPY_HEADER_LOCK = threading.Lock()
 
 join = posixpath.join
 basename = posixpath.basename
@@ -164,12 +172,40 @@ def write_bytes(path: str, data: bytes) -> None:
   fs.pipe_file(p, data)
 
 
+class LockedNpz(collections.abc.Mapping):
+  """An NpzFile whose member reads hold NPY_HEADER_LOCK (each parses an .npy header); a context
+  manager like the NpzFile, whose other attributes (`files`, `close`) it passes through."""
+
+  def __init__(self, npz: Any):
+    self._npz = npz
+
+  def __getitem__(self, key: str) -> np.ndarray:
+    with NPY_HEADER_LOCK:
+      return self._npz[key]
+
+  def __iter__(self):
+    return iter(self._npz.files)
+
+  def __len__(self) -> int:
+    return len(self._npz.files)
+
+  def __getattr__(self, name: str) -> Any:
+    return getattr(self._npz, name)
+
+  def __enter__(self) -> "LockedNpz":
+    return self
+
+  def __exit__(self, *exc: Any) -> None:
+    self._npz.close()
+
+
 def load_npz(path: str, **kwargs: Any) -> Any:
-  """`np.load(path, **kwargs)`: an NpzFile (a context manager) or an array; URLs are read whole
-  first."""
-  if not is_url(path):
-    return np.load(local(path), **kwargs)
-  return np.load(io.BytesIO(read_bytes(path)), **kwargs)
+  """`np.load(path, **kwargs)`: an NpzFile (as a LockedNpz, a context manager) or an array; URLs
+  are read whole first."""
+  source = local(path) if not is_url(path) else io.BytesIO(read_bytes(path))
+  with NPY_HEADER_LOCK:  # an .npy's header is parsed here, an .npz member's on reading it
+    loaded = np.load(source, **kwargs)
+  return LockedNpz(loaded) if isinstance(loaded, np.lib.npyio.NpzFile) else loaded
 
 
 def getsize(path: str) -> int:

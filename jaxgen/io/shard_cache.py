@@ -201,7 +201,8 @@ def open_member(path: str, name: str) -> np.ndarray:
         version = np.lib.format.read_magic(f)
         read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
                        else np.lib.format.read_array_header_2_0)
-        shape, fortran, dtype = read_header(f)
+        with paths.NPY_HEADER_LOCK:
+          shape, fortran, dtype = read_header(f)
         offset = f.tell()
       if dtype.hasobject:
         raise DataError(f"{path}: member {name!r} holds Python objects; expected a numeric array")
