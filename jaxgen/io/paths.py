@@ -190,6 +190,8 @@ class LockedNpz(collections.abc.Mapping):
     return len(self._npz.files)
 
   def __getattr__(self, name: str) -> Any:
+    if name == "_npz":  # not yet set (copy / unpickle): no delegation loop
+      raise AttributeError(name)
     return getattr(self._npz, name)
 
   def __enter__(self) -> "LockedNpz":
