@@ -30,7 +30,8 @@ import numpy as np
 # numpy parses every .npy header with ast.literal_eval, and CPython 3.11's ast keeps one recursion
 # counter per interpreter: two threads parsing at once can fail with "SystemError: AST constructor
 # recursion depth mismatch" (CPython gh-106905). Sources read records on grain's threads, so every
-# .npy/.npz read in jaxgen holds this lock while numpy parses.
+# .npy/.npz read in jaxgen holds this lock: an .npz member for its whole read (numpy parses the
+# header inside it), so large compressed members read by several threads take turns.
 NPY_HEADER_LOCK = threading.Lock()
 
 join = posixpath.join
