@@ -69,9 +69,6 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   # DIMVIDA's published page (docs/results_dimvida.md) was measured with MVLD's autoencoder
   # trained on eq. 1's L1 alone; MVLD's feature loss is not yet measured for DIMVIDA.
   c.mvld.autoencoder.perceptual_weight = 0.0
-  # ... and with its score network's 0.999 EMA, which MVLD's default dropped (docs/mvld.md,
-  # "Score network EMA"); not yet measured for DIMVIDA either.
-  c.mvld.diffusion.train.ema_decay = 0.999
   c.mvld_workdir = ""  # a finished MVLD workdir to reuse instead of training one
   c.generate = ml_collections.ConfigDict({
       "num_generated": -1,  # generated views per sample; -1 = V - 1 (paper: 3)
