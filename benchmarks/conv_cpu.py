@@ -15,6 +15,8 @@ gradient (each its own jitted call) for:
 The 'eigen' route's stored-input weight gradient (`jaxgen.nets.conv`) saves time only where the
 convolution's input comes out of a fusion (batch norm, ReLU), so it shows in
 `benchmarks/classifier.py`, not in these isolated convolutions.
+With `--winograd`, also Winograd F(2x2, 3x3) and F(4x4, 3x3) (`benchmarks/winograd.py`, plain JAX,
+gradients by autodiff; 'eigen' route) on the 3x3 stride-1 shapes.
 With `--torch` (run with `.venv-torch/bin/python`), PyTorch's own CPU convolution (eager, NCHW as
 `benchmarks/classifier.py` runs it, all CPU threads) on the same shapes, its three passes timed
 apart through `aten.convolution_backward`: the per-layer side of the classifier benchmark's ratio.
@@ -23,13 +25,16 @@ Then the 3x3/2 stem max-pool's forward + backward: `flax.linen.max_pool` (reduce
 `jaxgen/nets/conv.py` and the route choice are read from this table (benchmarks/RESULTS.md).
 
   python benchmarks/conv_cpu.py [--batch 128]
+  python benchmarks/conv_cpu.py --winograd
   PYTHONPATH=. .venv-torch/bin/python benchmarks/conv_cpu.py --torch
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
+import sys
 import time
 
 import flax.linen as nn
@@ -39,6 +44,9 @@ from jax import lax
 from jaxgen.nets import conv as conv_lib
 from jaxgen.nets.pooling import max_pool
 from jaxgen.train.xla_cpu import COMPILER_OPTIONS, step_compiler_options
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from benchmarks.winograd import winograd_conv  # noqa: E402
 
 SHAPES = [  # (cin, cout, input hw, kernel, stride): ResNet-18 at 64x64 (stem, stages 1-4)
     (3, 64, 64, 7, 2), (64, 64, 16, 3, 1), (64, 128, 16, 3, 2), (64, 128, 16, 1, 2),
@@ -98,6 +106,8 @@ def main() -> None:
   parser.add_argument("--batch", type=int, default=128)
   parser.add_argument("--torch", action="store_true",
                       help="add PyTorch's eager convolution (needs torch: .venv-torch)")
+  parser.add_argument("--winograd", action="store_true",
+                      help="add Winograd F(2x2, 3x3) and F(4x4, 3x3) on the 3x3 stride-1 shapes")
   args = parser.parse_args()
   print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), batch {args.batch}, "
         f"float32; ms of forward / input gradient / weight gradient; im2col is taken at <= "
@@ -106,6 +116,8 @@ def main() -> None:
   contenders = [(f"lax[{route}]", route, False) for route in COMPILER_OPTIONS]
   contenders.append(("im2col[eigen]", "eigen", "im2col"))
   contenders.append(("dense[eigen]", "eigen", "dense"))
+  if args.winograd:
+    contenders += [(f"winograd F({m},3)[eigen]", "eigen", f"winograd{m}") for m in (2, 4)]
   for cin, cout, hw, k, s in SHAPES:
     x = jax.random.normal(jax.random.key(0), (args.batch, hw, hw, cin))
     w = jax.random.normal(jax.random.key(1), (k, k, cin, cout)) * 0.1
@@ -116,11 +128,15 @@ def main() -> None:
         False: lax_conv,
         "im2col": lambda x, w: conv_lib._im2col_conv(x, w, strides, pads, None, None),  # pylint: disable=protected-access
         "dense": lambda x, w: conv_lib._dense_small_map_conv(x, w, strides, pads, None, None),  # pylint: disable=protected-access
+        "winograd2": functools.partial(winograd_conv, m=2),
+        "winograd4": functools.partial(winograd_conv, m=4),
     }
     out = (hw + 2 * (k // 2) - k) // s + 1
     cells = []
     for name, route, path in contenders:
       if path == "dense" and hw * hw >= k * k:  # no fewer products than im2col
+        continue
+      if str(path).startswith("winograd") and (k, s) != (3, 1):
         continue
       t = _three_passes(paths[path], x, w, step_compiler_options(route))
       cells.append(f"{name} {t[0]:6.1f}/{t[1]:6.1f}/{t[2]:6.1f} (sum {sum(t):6.1f})")
