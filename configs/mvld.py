@@ -80,6 +80,9 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
           # (parameters stay float32; 2-4x faster dots on AMX/BF16 CPUs, GPUs and TPUs; docs/mvld.md)
           "compute_dtype": "float32",
       }),
+      # The score network's output: 'eps' (paper 000) or 'v' = a eps - s x0 (vpsde only), whose
+      # data prediction is not amplified by s/a at high noise (docs/mvld.md, "Deterministic samplers")
+      "prediction": "eps",
       "joint_prob": 0.2,  # d: probability of C = {} (paper); of a conditional batch (authors' code)
       "mask_mode": "per_example",  # 'per_example' (paper) or 'per_batch' (authors' code)
       "lambda_weighting": True,  # lambda(M, C) = 1 + |C|/|M| (paper 000 eq. 6)

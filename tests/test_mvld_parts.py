@@ -94,6 +94,50 @@ def test_sampling_keeps_observed_latents_clamped_exactly():
   assert np.isfinite(float(loss)) and 0 <= float(aux["observed_views"]) < 4
 
 
+class _ZeroNet:
+  """A score network whose output is always 0 (eps_hat = 0, or v_hat = 0)."""
+
+  def apply(self, variables, x, tau):
+    del variables, tau
+    return jnp.zeros_like(x)
+
+
+def test_v_prediction_is_read_as_v_in_sampling_and_trained_on_v(monkeypatch):
+  """diffusion.prediction='v': the sampler turns the output into a score with eps = a v + s x.
+  With a zero output, DDIM (eta 0) then keeps |x| <= |x_T| (each step multiplies x by
+  a a' + s s' <= 1 and the Tweedie step by a), whereas read as eps every step multiplies x by
+  a'/a: x_T / a(T), ~150x. The loss gets prediction='v'."""
+  import dataclasses
+  from configs import mvld as mvld_config
+  from jaxgen.mvld import model
+  from jaxgen.sde import losses
+  config = mvld_config.get_config("tiny")
+  config.sampler.update(name="ddim", eta=0.0, num_steps=8)
+  z = jnp.zeros((4, 4 * config.autoencoder.latent_dim))
+  observed = jnp.asarray([[1, 0, 0, 0]] * 4, jnp.float32)
+  peak = {}
+  for prediction in ("eps", "v"):
+    config.diffusion.prediction = prediction
+    spec = dataclasses.replace(model.build_spec(config), score_net=_ZeroNet())
+    out = model.sample_latents(spec, {}, jax.random.key(0), z, observed, config.sampler)
+    peak[prediction] = float(jnp.max(jnp.abs(out)))
+  prior_peak = float(jnp.max(jnp.abs(jax.random.normal(jax.random.key(0), (10_000,)))))
+  assert peak["v"] < prior_peak and peak["eps"] > 50 * prior_peak
+  seen = {}
+  real_loss = losses.dsm_loss
+
+  def spy(*args, **kwargs):
+    seen.update(kwargs)
+    return real_loss(*args, **kwargs)
+
+  monkeypatch.setattr(model.sde_lib, "dsm_loss", spy)
+  model.diffusion_loss(spec, {}, jax.random.key(1), z, config.diffusion)
+  assert seen["prediction"] == "v"
+  config.diffusion.sde = "subvpsde"
+  with pytest.raises(Exception, match="diffusion.prediction"):
+    model.build_spec(config)
+
+
 def test_set_metrics_match_direct_formulas():
   """The extra Table I set metrics against direct computations on toy judges: intra-KID = mean
   over classes (with >= 2 rows) of KID on that class's rows; IS = exp(E KL(p(y|x) || p(y)))

@@ -32,6 +32,7 @@ from jaxgen.nets.unet_mlp import UnetMLP
 SCORE_NETS = ("mlp", "attention", "unet_mlp")
 AUTOENCODERS = ("conv", "mld_cub")
 SDES = ("vpsde", "subvpsde", "vesde")
+PREDICTIONS = ("eps", "v")
 
 
 class LatentStats(flax.struct.PyTreeNode):
@@ -63,6 +64,7 @@ class MVLDSpec:
   autoencoder: nn.Module  # ViewAutoencoder or MLDCubAutoencoder: encode / decode methods
   score_net: nn.Module
   sde: sde_lib.SDE
+  prediction: str = "eps"  # what the score network outputs: 'eps' or 'v' (diffusion.prediction)
 
   @property
   def flat_dim(self) -> int:
@@ -114,8 +116,14 @@ def build_spec(config: ml_collections.ConfigDict) -> MVLDSpec:
   else:
     raise ConfigError("diffusion.score_net.kind", net_cfg.kind, "one of " + ", ".join(SCORE_NETS))
   sde = build_sde(config.diffusion)
+  prediction = config.diffusion.get("prediction", "eps")  # workdirs written before the option
+  if prediction not in PREDICTIONS:
+    raise ConfigError("diffusion.prediction", prediction, "one of " + ", ".join(PREDICTIONS))
+  if prediction == "v" and not isinstance(sde, sde_lib.VPSDE):
+    raise ConfigError("diffusion.prediction", prediction,
+                      f"'eps' with diffusion.sde={config.diffusion.sde} (v needs vpsde: a^2 + s^2 = 1)")
   return MVLDSpec(config.data.num_views, config.autoencoder.latent_dim, config.data.image_size,
-                  ae, net, sde)
+                  ae, net, sde, prediction)
 
 
 def encode_views(spec: MVLDSpec, ae_params: Any, images: jax.Array) -> jax.Array:
@@ -136,7 +144,8 @@ def decode_views(spec: MVLDSpec, ae_params: Any, latents: jax.Array) -> jax.Arra
 
 def eps_model(spec: MVLDSpec, score_params: Any, x: jax.Array, t: jax.Array,
               observed: jax.Array) -> jax.Array:
-  """eps_hat(R_t, tau(M, t)) on flat standardised latents [B, V * L]."""
+  """eps_hat(R_t, tau(M, t)) on flat standardised latents [B, V * L] (v_hat when
+  spec.prediction == 'v')."""
   return spec.score_net.apply({"params": score_params}, x, masking.multi_time(t, observed))
 
 
@@ -157,7 +166,7 @@ def diffusion_loss(spec: MVLDSpec, score_params: Any, key: jax.Array, z0: jax.Ar
   loss, aux = sde_lib.dsm_loss(k_loss, model_fn, spec.sde, z0, mask=mask, example_weights=weights,
                                likelihood_weighting=cfg.likelihood_weighting,
                                importance_sampling=cfg.importance_sampling, t_eps=cfg.t_eps,
-                               reduce="all")
+                               reduce="all", prediction=spec.prediction)
   return loss, {"loss": loss, "observed_views": observed.sum(-1).mean()}
 
 
@@ -176,7 +185,8 @@ def sample_latents(spec: MVLDSpec, score_params: Any, key: jax.Array, z_observed
   def eps_fn(x, t):
     return eps_model(spec, score_params, x, t, observed)
 
-  score_fn = sde_lib.eps_to_score_fn(eps_fn, spec.sde)
+  to_score = sde_lib.eps_to_score_fn if spec.prediction == "eps" else sde_lib.v_to_score_fn
+  score_fn = to_score(eps_fn, spec.sde)
   sample = sde_lib.get_sampler(sampler.name)
   kwargs = {"observed": z_observed, "mask": mask, "t_eps": sampler.t_eps, "denoise": sampler.denoise}
   if sampler.name == "pc":

@@ -85,6 +85,10 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
   configlib.require(net.kind != "attention" or net.compute_dtype == "float32",
                     "diffusion.score_net.compute_dtype", net.compute_dtype,
                     "float32 with kind='attention' (bfloat16 is implemented for mlp and unet_mlp)")
+  configlib.require_choice(config, "diffusion.prediction", mvld_model.PREDICTIONS)
+  configlib.require(config.diffusion.prediction == "eps" or config.diffusion.sde == "vpsde",
+                    "diffusion.prediction", config.diffusion.prediction,
+                    f"'eps' with diffusion.sde={config.diffusion.sde} (v needs vpsde: a^2 + s^2 = 1)")
   configlib.require_choice(config, "diffusion.mask_mode", ("per_example", "per_batch"))
   configlib.require_range(config, "diffusion.joint_prob", 0.0, 1.0)
   configlib.require_range(config, "diffusion.t_eps", 1e-6, 0.5)
