@@ -196,7 +196,7 @@ def test_authors_networks_are_config_options_and_bad_shapes_fail_validation():
   assert z.shape == (2, 4, 16)
   out = jax.eval_shape(lambda p, z: model.decode_views(spec, p, z), ae["params"], z)
   assert out.shape == (2, 4, 16, 16, 3) and out.dtype == jnp.uint8
-  eps = jax.eval_shape(lambda p, x: model.eps_model(spec, p, x, jnp.ones((2,)), jnp.zeros((2, 4))),
+  eps = jax.eval_shape(lambda p, x: model.net_output(spec, p, x, jnp.ones((2,)), jnp.zeros((2, 4))),
                        net["params"], jax.ShapeDtypeStruct((2, 64), f32))
   assert eps.shape == (2, 64)
   for key, value, match in (("diffusion.score_net.unet_groups", 12, "unet_groups"),

@@ -142,10 +142,10 @@ def decode_views(spec: MVLDSpec, ae_params: Any, latents: jax.Array) -> jax.Arra
   return to_uint8(x).reshape((b, v) + x.shape[1:])
 
 
-def eps_model(spec: MVLDSpec, score_params: Any, x: jax.Array, t: jax.Array,
-              observed: jax.Array) -> jax.Array:
-  """eps_hat(R_t, tau(M, t)) on flat standardised latents [B, V * L] (v_hat when
-  spec.prediction == 'v')."""
+def net_output(spec: MVLDSpec, score_params: Any, x: jax.Array, t: jax.Array,
+               observed: jax.Array) -> jax.Array:
+  """The score network on flat standardised latents [B, V * L] at tau(M, t): eps_hat(R_t, tau),
+  or v_hat when spec.prediction == 'v'."""
   return spec.score_net.apply({"params": score_params}, x, masking.multi_time(t, observed))
 
 
@@ -158,7 +158,7 @@ def diffusion_loss(spec: MVLDSpec, score_params: Any, key: jax.Array, z0: jax.Ar
   weights = masking.lambda_weight(observed) if cfg.lambda_weighting else None
 
   def model_fn(x_t, t):
-    return eps_model(spec, score_params, x_t, t, observed)
+    return net_output(spec, score_params, x_t, t, observed)
 
   # Eq. 6 sums squared errors over the missing coordinates and scales by lambda = V/|M|:
   # reduce='all' (divide by all V*L coordinates, a constant) keeps exactly that weighting, whereas
@@ -182,11 +182,11 @@ def sample_latents(spec: MVLDSpec, score_params: Any, key: jax.Array, z_observed
   # loop, so every network evaluation reads half the weight bytes (the dots round them anyway).
   score_params = cast_kernels(score_params, getattr(spec.score_net, "dot_dtype", jnp.float32))
 
-  def eps_fn(x, t):
-    return eps_model(spec, score_params, x, t, observed)
+  def output_fn(x, t):
+    return net_output(spec, score_params, x, t, observed)
 
   to_score = sde_lib.eps_to_score_fn if spec.prediction == "eps" else sde_lib.v_to_score_fn
-  score_fn = to_score(eps_fn, spec.sde)
+  score_fn = to_score(output_fn, spec.sde)
   sample = sde_lib.get_sampler(sampler.name)
   kwargs = {"observed": z_observed, "mask": mask, "t_eps": sampler.t_eps, "denoise": sampler.denoise}
   if sampler.name == "pc":
