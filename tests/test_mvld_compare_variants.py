@@ -49,6 +49,7 @@ def test_paired_differences_and_verdicts(tmp_path):
   assert page.startswith("# MVLD: eps against v") and "do not edit by hand" in page
   assert page.endswith(text)
 
+
 def test_a_workdir_without_the_evaluate_marker_is_left_out(tmp_path):
   a, b = str(tmp_path / "a"), str(tmp_path / "b")
   for seed in (0, 1):
