@@ -208,7 +208,7 @@ def test_tiny_end_to_end_then_reuse_checks(tiny_run, tmp_path, capsys):
   assert "Table II" in report and "Table III" in report and "seed: 0" in report
   assert (first / "samples" / "nmr_ea_examples.png").stat().st_size > 0
   manifest = json.loads((first / "generated" / "classifier_train" / "manifest.json").read_text())
-  assert manifest["provenance"]["sampler"]["name"] == "euler_maruyama"
+  assert manifest["provenance"]["sampler"]["name"] == "ddim"  # the default: stochastic DDIM
   assert len(manifest["provenance"]["score_net_sha256"]) == 16
   assert generation.read_split(str(first / "generated" / "classifier_eval"), 12)["views"].shape[1] == 3
   nb = run_notebook("dimvida", first, [ONE_ARCH])  # the Colab notebook on this run

@@ -157,7 +157,9 @@ def test_tiny_ve_sde_run_trains_and_generates(tmp_path):
   loaded model's SDE carries the configured parameters."""
   args = ["jaxgen.main", TINY, f"--workdir={tmp_path}", "--config.diffusion.sde=vesde",
           "--config.diffusion.vesde.sigma_max=20.0",
-          "--config.sampler_study.enabled=false",  # its tiny samplers (ddim) are VP-only
+          # the default v prediction and DDIM sampler, and the tiny study's DDIM, are VP-only
+          "--config.diffusion.prediction=eps", "--config.sampler.name=euler_maruyama",
+          "--config.sampler_study.enabled=false",
           "--stages=data,train_autoencoder,train_diffusion,sample"]
   assert jaxgen_main.run(args) == 0
   losses = [v for (k, _), v in _losses(tmp_path).items() if k.startswith("diffusion")]

@@ -247,11 +247,16 @@ def test_ve_sde_config_validates_builds_and_traces():
   """diffusion.sde=vesde with its own section validates (sampler traced abstractly) and the model
   carries its parameters; the end-to-end VE run is in the slow group."""
   from configs import mvld as mvld_config
+  from jaxgen.errors import ConfigError
   from jaxgen.mvld import main as mvld_main
   from jaxgen.mvld import model
   config = mvld_config.get_config("tiny")
   config.diffusion.sde = "vesde"
   config.diffusion.vesde.sigma_max = 20.0
+  with pytest.raises(ConfigError, match="diffusion.prediction='v': expected 'eps' with"):
+    mvld_main.validate_config(config, 1)  # the default v and DDIM are VP-only
+  config.diffusion.prediction = "eps"
+  config.sampler.name = "euler_maruyama"
   config.sampler_study.enabled = False  # its tiny sampler (DDIM) is VP-only
   mvld_main.validate_config(config, 1)
   spec = model.build_spec(config)
