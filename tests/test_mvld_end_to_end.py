@@ -66,6 +66,8 @@ def test_tiny_preset_writes_table1_transmission_and_report(tiny_run):
   page = results_page.build(summary, results)
   assert "Table I" in page and "Transmission" in page and "equal PSNR" in page
   assert "Quality per network evaluation" in page
+  assert ("- sampler: ddim (eta 1), 9 steps + a final denoising step, SDE vpsde, score network "
+          "predicting v") in page  # the default's sampler and parametrisation, as run
   # a preset's page names its config and keeps its figures apart from the default page's
   assert "the autoencoder caps coherence" in page
   assert "configs/mvld.py:tiny" in page and "img/mvld_tiny_table1_examples.png" in page

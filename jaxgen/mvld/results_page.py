@@ -83,6 +83,16 @@ def _autoencoder_line(ae: dict) -> str:
           "of their gain over eq. 1 alone is that loss's own objective")
 
 
+def _sampler_line(sampler: dict, diffusion: dict) -> str:
+  """The sampler as run: DDIM's eta (1 is the stochastic, DDPM-like one), the final denoising
+  step (one more network evaluation) and what the score network predicts."""
+  name = sampler["name"] + (f" (eta {fmt(sampler['eta'])})" if sampler["name"] == "ddim" else "")
+  denoise = " + a final denoising step" if sampler.get("denoise") else ""
+  prediction = diffusion.get("prediction", "eps")  # runs written before the option predicted eps
+  return (f"- sampler: {name}, {sampler['num_steps']} steps{denoise}, SDE {diffusion['sde']}, "
+          f"score network predicting {prediction}")
+
+
 COMPARED_METRICS = ("coherence", "psnr", "ssim", "fid")
 
 
@@ -163,7 +173,7 @@ def build(claims: dict, first: dict, baseline: tuple[dict, dict] | None = None) 
       "batches and sampling; cells are mean +- std (ddof 1) over them",
       f"- feature network: {claims['feature_network']}",
       f"- LPIPS: {claims['lpips_network']}",
-      f"- sampler: {sampler['name']}, {sampler['num_steps']} steps, SDE {cfg['diffusion']['sde']}",
+      _sampler_line(sampler, cfg["diffusion"]),
       _autoencoder_line(cfg["autoencoder"]),
       *([f"- run on: {first['environment']['backend']} x{first['environment']['device_count']} "
          f"(jax {first['environment']['jax']}). Same config and seed give the same numbers on the "
