@@ -209,6 +209,16 @@ def test_tiny_end_to_end_then_reuse_checks(tiny_run, tmp_path, capsys):
   assert (first / "samples" / "nmr_ea_examples.png").stat().st_size > 0
   manifest = json.loads((first / "generated" / "classifier_train" / "manifest.json").read_text())
   assert manifest["provenance"]["sampler"]["name"] == "ddim"  # the default: stochastic DDIM
+  # The results page from this run as seed 0: MVLD's sampler as run, every cell from the JSON.
+  from jaxgen.dimvida import claims, results_page
+  (tmp_path / "claims").mkdir()
+  (tmp_path / "claims" / "seed0").symlink_to(first)
+  summary = claims.summarise(str(tmp_path / "claims"), [0])
+  page = results_page.build(summary, res, str(tmp_path / "img"))
+  assert ("- MVLD generating the views, sampler: ddim (eta 1), 9 steps + a final denoising step, "
+          "SDE vpsde, score network predicting v") in page
+  assert results_page.check_numbers(page, [summary, res, results_page.PAPER]) == []
+  assert results_page.check_numbers(page + "\n| 12.34 |", [summary, res]) == ["12.34"]
   assert len(manifest["provenance"]["score_net_sha256"]) == 16
   assert generation.read_split(str(first / "generated" / "classifier_eval"), 12)["views"].shape[1] == 3
   nb = run_notebook("dimvida", first, [ONE_ARCH])  # the Colab notebook on this run

@@ -18,6 +18,7 @@ from jaxgen.dimvida.report import ARCH_NAMES, PAPER, claims_text, fmt_stat, mark
 from jaxgen.io.files import atomic_write_text, read_json
 from jaxgen.io.report import json_numbers, reproduction_scope, unlisted_numbers
 from jaxgen.io import paths
+from jaxgen.mvld.results_page import sampler_line
 
 _CELL_NUMBER = re.compile(r"(?<![\w.])[-+]?\d+\.\d{2}(?![\w.])")
 
@@ -57,6 +58,8 @@ def build(claims: dict, first: dict, image_dir: str) -> str:
           f"{first['config']['classifiers'][a]['train']['batch_size']})" for a in archs),
       "- fine-tuning starts from: " + ", ".join(f"{ARCH_NAMES[a]}: {claims['pretrained_from'][a]}"
                                                 for a in archs),
+      "- MVLD generating the views, " + sampler_line(first["config"]["mvld"]["sampler"],
+                                                     first["config"]["mvld"]["diffusion"])[2:],
       "- feature network: none (every number is a top-1 accuracy in %)",
       f"- cells: mean +- std (ddof 1) over the {len(seeds)} seeds; paper values: NMR, 64x64, "
       "torchvision weights for Table III",

@@ -83,7 +83,7 @@ def _autoencoder_line(ae: dict) -> str:
           "of their gain over eq. 1 alone is that loss's own objective")
 
 
-def _sampler_line(sampler: dict, diffusion: dict) -> str:
+def sampler_line(sampler: dict, diffusion: dict) -> str:
   """The sampler as run: DDIM's eta (1 is the stochastic, DDPM-like one), the final denoising
   step (one more network evaluation) and what the score network predicts."""
   name = sampler["name"] + (f" (eta {fmt(sampler['eta'])})" if sampler["name"] == "ddim" else "")
@@ -173,7 +173,7 @@ def build(claims: dict, first: dict, baseline: tuple[dict, dict] | None = None) 
       "batches and sampling; cells are mean +- std (ddof 1) over them",
       f"- feature network: {claims['feature_network']}",
       f"- LPIPS: {claims['lpips_network']}",
-      _sampler_line(sampler, cfg["diffusion"]),
+      sampler_line(sampler, cfg["diffusion"]),
       _autoencoder_line(cfg["autoencoder"]),
       *([f"- run on: {first['environment']['backend']} x{first['environment']['device_count']} "
          f"(jax {first['environment']['jax']}). Same config and seed give the same numbers on the "
