@@ -10,11 +10,12 @@ from jaxgen.mvld import compare_variants
 METRICS = ("psnr", "ssim", "lpips", "fid", "coherence")
 
 
-def _write(root, seed, psnr, fid, study_psnr):
+def _write(root, seed, psnr, fid, study_psnr, prediction="eps"):
   ev = os.path.join(root, f"seed{seed}", "eval")
   os.makedirs(ev)
   with open(os.path.join(root, f"seed{seed}", "config.json"), "w") as fh:
-    json.dump({"data": {"name": "multiview", "image_size": 32, "data_dir": ""}}, fh)
+    json.dump({"data": {"name": "multiview", "image_size": 32, "data_dir": ""}, "seed": seed,
+               "diffusion": {"prediction": prediction, "widths": [8, 4]}}, fh)
   os.makedirs(os.path.join(root, f"seed{seed}", "stages"))
   for stage in ("evaluate", "sampler_study"):
     with open(os.path.join(root, f"seed{seed}", "stages", f"{stage}.json"), "w") as fh:
@@ -31,9 +32,13 @@ def test_paired_differences_and_verdicts(tmp_path):
   a, b = str(tmp_path / "a"), str(tmp_path / "b")
   for seed, (pa, pb) in enumerate([(18.0, 19.0), (18.5, 19.4), (17.5, 18.6)]):
     _write(a, seed, pa, 20.0 + seed, 16.0)
-    _write(b, seed, pb, 20.0 + seed + (1 if seed == 1 else -1), 16.3 + 0.1 * seed)
+    _write(b, seed, pb, 20.0 + seed + (1 if seed == 1 else -1), 16.3 + 0.1 * seed, "v")
   text = compare_variants.compare(a, b, ("eps", "v"))
   assert "- data: image_size=32, name=multiview" in text and "in-domain net" in text
+  # the config keys that differ, read from the first seed's config.json (the seed itself is not one)
+  assert "- config of v against eps (seed 0): `diffusion.prediction: 'eps' -> 'v'`\n" in text
+  assert "Sampler study" in text and "Sampler study" not in compare_variants.compare(
+      a, b, ("eps", "v"), sampler_study=False)
   lines = {tuple(c.strip() for c in line.split("|")[1:3]): line for line in text.splitlines()
            if line.startswith("| ")}
   psnr = lines[("1 observed", "psnr")]
@@ -48,6 +53,10 @@ def test_paired_differences_and_verdicts(tmp_path):
   page = open(out).read()
   assert page.startswith("# MVLD: eps against v") and "do not edit by hand" in page
   assert page.endswith(text)
+  # labels with spaces: the page's command is quoted so that it pastes back into a shell
+  compare_variants.main([f"--a={a}", f"--b={b}", "--labels=eps + EM,v + DDIM", f"--out={out}"])
+  assert "compare_variants --a=" in open(out).read()
+  assert "'--labels=eps + EM,v + DDIM'" in open(out).read()
 
 
 def test_a_workdir_without_the_evaluate_marker_is_left_out(tmp_path):
