@@ -373,3 +373,19 @@ def test_every_preset_validates(preset):
   config = module.get_config(preset)
   validate_config(config, 8)
   assert config.mvld.data.num_views - 1 == 3 and config.generate.num_generated == -1
+
+
+def test_results_page_reading_follows_the_means_per_architecture():
+  """The page's reading of the limits rows: one conclusion when every architecture agrees, else
+  each architecture's own comparison (no sentence the numbers contradict)."""
+  from jaxgen.dimvida.results_page import _reading
+  stat = lambda m: {"mean": m}  # noqa: E731
+  claims = {"table2": {a: {"augmented": {"single": stat(60.0)}} for a in ("resnet18", "mobilenet_v3")},
+            "upper_bound_true_views": {"resnet18": stat(70.0), "mobilenet_v3": stat(65.0)},
+            "generated_only": {"resnet18": {"scratch_augmented": stat(50.0)},
+                               "mobilenet_v3": {"scratch_augmented": stat(55.0)}}}
+  assert _reading(claims, ["resnet18", "mobilenet_v3"]).startswith("So, for every architecture")
+  claims["generated_only"]["mobilenet_v3"]["scratch_augmented"] = stat(61.0)
+  text = _reading(claims, ["resnet18", "mobilenet_v3"])
+  assert "ResNet18: the V true views score above the real view alone, the generated views alone below it" in text
+  assert "MobileNetV3: the V true views score above the real view alone, the generated views alone at or above it" in text
