@@ -72,19 +72,22 @@ def json_value(value: Any) -> Any:
   return json.loads(json.dumps(_to_json(value)))
 
 
-def first_json_difference(old: Any, new: Any, missing: Any = None, prefix: str = ""
-                          ) -> tuple[str, Any, Any] | None:
-  """(dotted key, old value, new value) of the first (sorted, nested) key where two JSON trees
-  differ, or None; a key one side lacks reads as `missing` there."""
+def json_differences(old: Any, new: Any, missing: Any = None, prefix: str = ""
+                     ) -> Iterator[tuple[str, Any, Any]]:
+  """(dotted key, old value, new value) of every (sorted, nested) key where two JSON trees differ;
+  a key one side lacks reads as `missing` there."""
   for key in sorted(set(old) | set(new)):
     a, b = old.get(key, missing), new.get(key, missing)
     if isinstance(a, dict) and isinstance(b, dict):
-      found = first_json_difference(a, b, missing, f"{prefix}{key}.")
-      if found:
-        return found
+      yield from json_differences(a, b, missing, f"{prefix}{key}.")
     elif a != b:
-      return f"{prefix}{key}", a, b
-  return None
+      yield f"{prefix}{key}", a, b
+
+
+def first_json_difference(old: Any, new: Any, missing: Any = None, prefix: str = ""
+                          ) -> tuple[str, Any, Any] | None:
+  """The first of `json_differences`, or None."""
+  return next(json_differences(old, new, missing, prefix), None)
 
 
 def atomic_write_json(path: str, value: Any) -> None:

@@ -24,7 +24,7 @@ import numpy as np
 
 from jaxgen.errors import ConfigError
 from jaxgen.io import paths
-from jaxgen.io.files import read_json
+from jaxgen.io.files import json_differences, read_json
 from jaxgen.mvld.claims import stat_over_seeds
 from jaxgen.mvld.evaluate import HIGHER_IS_BETTER, METRICS
 
@@ -66,22 +66,15 @@ def _rows(name: str, per_seed_a: list[dict], per_seed_b: list[dict], label_b: st
   return rows
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      out.update(_flat(value, f"{prefix}{key}."))
-    else:
-      out[prefix + key] = tuple(value) if isinstance(value, list) else value
-  return out
+_ABSENT = object()
 
 
 def config_differences(config_a: dict, config_b: dict) -> list[str]:
   """`key: a -> b` for every config leaf that differs ('absent' where a run predates the key)."""
-  a, b = _flat(config_a), _flat(config_b)
-  show = lambda tree, k: repr(tree[k]) if k in tree else "absent"  # noqa: E731
-  return [f"{k}: {show(a, k)} -> {show(b, k)}" for k in sorted(set(a) | set(b))
-          if (k in a, a.get(k)) != (k in b, b.get(k)) and k not in ("seed", "workdir")]
+  show = lambda v: "absent" if v is _ABSENT else repr(v)  # noqa: E731
+  return [f"{key}: {show(a)} -> {show(b)}"
+          for key, a, b in json_differences(config_a, config_b, missing=_ABSENT)
+          if key not in ("seed", "workdir")]
 
 
 def compare(root_a: str, root_b: str, labels: tuple[str, str], sampler_study: bool = True) -> str:
