@@ -1,8 +1,8 @@
 """MVLD (paper 002; model details in paper 000 sec. II-IV).
 
-  python -m jaxgen.main --config=configs/mvld.py            # embedded multi-view renders, ~25 min on 2 CPU cores
+  python -m jaxgen.main --config=configs/mvld.py            # embedded multi-view renders, ~17 min on 2 CPU cores
   python -m jaxgen.main --config=configs/mvld.py:tiny       # seconds, for tests
-  python -m jaxgen.main --config=configs/mvld.py:64         # embedded renders at 64x64, ~15 min
+  python -m jaxgen.main --config=configs/mvld.py:64         # embedded renders at 64x64, ~13 min
   python -m jaxgen.main --config=configs/mvld.py:nmr --config.data.data_dir=/path/to/NMR   # paper scale
 
 Presets: `tiny`, `default`, `64` (the embedded renders at the paper's 64x64; Table I and the
@@ -183,7 +183,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
                            reference=("ddim", "4"), reach_max_nfe=4)
   elif preset == "64":
     # Paper 000's resolution on the embedded renders within 30 minutes on 2 CPU cores (measured
-    # ~15): one more down / up level at half the channels keeps the autoencoder's parameters
+    # 10-13): one more down / up level at half the channels keeps the autoencoder's parameters
     # (239k) and the 4x4x64 map before the latent as in the default, at ~1.4x its convolution
     # FLOPs per image; measured, its training takes 2.2x as long (495 s vs 226 s).
     c.data.image_size = 64
@@ -194,10 +194,6 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     c.evaluate.num_grid_objects = 4
     c.transmission.baselines.enabled = False
     c.sampler_study.enabled = False
-    # Its published page was measured with the former default's eps network and Euler-Maruyama
-    # (200 steps); kept until the page is regenerated with v and stochastic DDIM over 3 seeds.
-    c.diffusion.prediction = "eps"
-    c.sampler.update(name="euler_maruyama", num_steps=200, eta=0.0)
   elif preset == "nmr":
     c.data.update(name="nmr", image_size=64, num_train=NMR_TRAIN_OBJECTS, num_test=8762)
     c.autoencoder.kind = "mld_cub"  # the authors' networks (paper 000 IV-A), docs/mvld.md
