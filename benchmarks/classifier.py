@@ -124,11 +124,9 @@ def main() -> None:
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (args.batch_size, args.image_size, args.image_size, 3), np.uint8)
   labels = rng.integers(0, args.num_classes, args.batch_size).astype(np.int32)
-  import jax  # pylint: disable=import-outside-toplevel
   print(f"{args.arch} {args.image_size}x{args.image_size}, batch {args.batch_size}, "
-        f"small_input={args.small_input}, {args.dtype}; {jax.default_backend()} "
-        f"({os.cpu_count()} CPU cores visible); {args.rounds} interleaved rounds of {args.steps} timed "
-        f"steps after {args.warmup} warm-up steps")
+        f"small_input={args.small_input}, {args.dtype}; {devices.jax_line()}; {args.rounds} "
+        f"interleaved rounds of {args.steps} timed steps after {args.warmup} warm-up steps")
   runners: dict[str, Callable[[int], None]] = {}
   for route in args.routes.split(","):
     runners[f"jaxgen ({route})"] = jax_trainer(args, images, labels, route)

@@ -46,6 +46,7 @@ from jaxgen.nets.pooling import max_pool
 from jaxgen.train.xla_cpu import COMPILER_OPTIONS, step_compiler_options
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from benchmarks import devices  # noqa: E402
 from benchmarks.winograd import winograd_conv  # noqa: E402
 
 SHAPES = [  # (cin, cout, input hw, kernel, stride): ResNet-18 at 64x64 (stem, stages 1-4)
@@ -109,7 +110,7 @@ def main() -> None:
   parser.add_argument("--winograd", action="store_true",
                       help="add Winograd F(2x2, 3x3) and F(4x4, 3x3) on the 3x3 stride-1 shapes")
   args = parser.parse_args()
-  print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), batch {args.batch}, "
+  print(f"device: {devices.jax_line()}, batch {args.batch}, "
         f"float32; ms of forward / input gradient / weight gradient; im2col is taken at <= "
         f"{conv_lib.SMALL_OUTPUT_POSITIONS} output positions (route xla), <= "
         f"{conv_lib.SMALL_OUTPUT_POSITIONS_EIGEN} (route eigen)")

@@ -8,12 +8,15 @@ from typing import Any, Callable
 
 
 def jax_line() -> str:
-  """'JAX <version> on <device kind> (<backend>, N CPU cores visible)'."""
+  """'JAX <version> on <device kind> (<backend>, N CPU cores visible, host CPU <model>)'; the host
+  CPU's model numbers tell apart machines whose model name is generic ('AMD EPYC')."""
   import jax  # pylint: disable=import-outside-toplevel
+
+  from jaxgen.io.report import cpu_model  # pylint: disable=import-outside-toplevel
 
   dev = jax.devices()[0]
   return (f"JAX {jax.__version__} on {dev.device_kind} ({jax.default_backend()}, "
-          f"{os.cpu_count()} CPU cores visible)")
+          f"{os.cpu_count()} CPU cores visible, host CPU {cpu_model()})")
 
 
 def setup_torch(torch: Any, threads: int | None) -> str:

@@ -172,8 +172,6 @@ def main() -> None:
                            "'fused' as one cheaper conv each (gan.fused_resample; PyTorch: plain)")
   args = parser.parse_args()
 
-  import jax  # pylint: disable=import-outside-toplevel
-
   from jaxgen.train.xla_cpu import use_conv_route  # pylint: disable=import-outside-toplevel
   torch = None
   if not args.no_torch:
@@ -181,12 +179,10 @@ def main() -> None:
       import torch  # pylint: disable=import-outside-toplevel
     except ImportError:
       torch = None
-  dev = jax.devices()[0]
   print(f"Softlabel-GAN step (BigGAN {args.image_size}x{args.image_size}, {args.num_classes} "
         f"classes, batch {args.batch_size} per D step, d_steps={args.d_steps}, DiffAugment, "
         f"hinge, Adam, G EMA); {args.steps} timed steps after {args.warmup} warm-up")
-  print(f"jaxgen: JAX {jax.__version__} on {dev.device_kind} ({jax.default_backend()}, "
-        f"{os.cpu_count()} CPU cores visible)")
+  print(f"jaxgen: {devices.jax_line()}")
   if torch is not None:
     where = devices.setup_torch(torch, args.torch_threads)
     print(f"PyTorch {torch.__version__} on {where}")

@@ -31,17 +31,25 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], floatf
   return "\n".join(lines)
 
 
-def _cpu_model() -> str:
-  """The host CPU's model name (XLA:CPU compiles for it, so float rounding can differ between CPU
-  models: a page is reproduced bit for bit only on its own)."""
+def cpu_model() -> str:
+  """The host CPU's model name, with its x86 family and model numbers where /proc/cpuinfo gives
+  them (XLA:CPU compiles for the host, so float rounding can differ between CPU models: a page is
+  reproduced bit for bit only on its own; virtual machines often show a generic name such as
+  'AMD EPYC' for several generations, which the numbers tell apart)."""
+  fields: dict[str, str] = {}
   try:
     with open("/proc/cpuinfo", encoding="utf-8") as f:
       for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
+        if not line.strip():
+          break  # the first processor's block
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
   except OSError:
     pass
-  return platform.processor() or platform.machine()
+  name = fields.get("model name") or platform.processor() or platform.machine()
+  if "cpu family" in fields and "model" in fields:
+    name += f" (family {fields['cpu family']}, model {fields['model']})"
+  return name
 
 
 def environment() -> dict:
@@ -56,7 +64,7 @@ def environment() -> dict:
       # XLA:CPU's convolution route of the training steps (jaxgen.train.xla_cpu); float rounding
       # differs between routes, so a page is reproduced bit for bit only on its own route.
       "cpu_conv_route": os.environ.get("JAXGEN_XLA_CPU_CONV", "xla"),
-      "cpu_model": _cpu_model(),
+      "cpu_model": cpu_model(),
       "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
   }
 
