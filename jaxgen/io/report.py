@@ -31,14 +31,14 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], floatf
   return "\n".join(lines)
 
 
-def cpu_model() -> str:
+def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
   """The host CPU's model name, with its x86 family and model numbers where /proc/cpuinfo gives
   them (XLA:CPU compiles for the host, so float rounding can differ between CPU models: a page is
   reproduced bit for bit only on its own; virtual machines often show a generic name such as
   'AMD EPYC' for several generations, which the numbers tell apart)."""
   fields: dict[str, str] = {}
   try:
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
+    with open(cpuinfo, encoding="utf-8") as f:
       for line in f:
         if not line.strip():
           break  # the first processor's block
