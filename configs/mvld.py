@@ -101,7 +101,8 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
       # 'euler_maruyama' | 'pc' | 'ode' | 'repaint' | 'ddim' | 'dpmpp_2m' | 'dpmpp_2s'
       # Default: stochastic DDIM (eta 1), 9 steps + denoising = 10 network evaluations. With v it
       # beats paper 000's eps network with Euler-Maruyama at 200 steps beyond one std in 14 of
-      # Table I's 15 cells over 3 seeds, the 15th within (docs/results_mvld_default_change.md).
+      # Table I's 15 cells over 3 seeds, the 15th within (docs/results_mvld_default_change.md);
+      # in 13 of 15 at 64x64, the other 2 within (docs/results_mvld_64_default_change.md).
       "name": "ddim",
       "num_steps": 9,
       "t_eps": 1e-3,
