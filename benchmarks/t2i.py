@@ -4,6 +4,7 @@
   .venv-torch/bin/python benchmarks/t2i.py [--steps 20] [--calls 5] [--torch_threads 1]
   .venv-torch/bin/python benchmarks/t2i.py --size sd15            # GPU: SD 1.5 at 512x512, bf16
   .venv-torch/bin/python benchmarks/t2i.py --quick                # smoke test (seconds of timing)
+  .venv-torch/bin/python benchmarks/t2i.py --rounds 3             # contenders timed in turns (CPU)
 
 Sizes. `embedded` (default): the backbone of configs/t2i.py's default preset as
 `jaxgen.t2i.main.backbone_config` builds it (read at run time and printed first: 32x32 images,
@@ -45,6 +46,12 @@ jaxgen/train/xla_cpu.py): the training step compiled with the route's step optio
 `jaxgen.train.loop` compiles it, img2img with its sampling options, as `sampling_jit` does;
 other backends ignore the route and time jaxgen once.
 
+By default each contender is built, warmed up, timed once and freed before the next (at SD 1.5
+size a GPU holds one training contender at a time); `--rounds R` (R > 1) builds and warms up all of
+them first and then times them in turns over R rounds, reporting medians, so that a slow spell of
+a shared machine (or work left running by another contender) lands on all of them: on a shared
+CPU the sequential figures have moved by up to 40% between runs (benchmarks/RESULTS.md).
+
 The warm-up (compilation included) is timed apart: `--warmup` training steps and
 `--warmup_calls` img2img calls. GPU when jax / torch see one (torch on CUDA when available),
 else CPU; float32 on a GPU is TF32 matmuls on both sides (XLA's default, torch's 'high'
@@ -60,7 +67,7 @@ import math
 import os
 import sys
 import time
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -143,18 +150,9 @@ def make_data(args: argparse.Namespace, config, image_size: int) -> dict[str, np
   }
 
 
-def _timed(run: Callable[[int], None], warm: int, timed: int) -> tuple[float, float]:
-  """(warm-up seconds, timed seconds) of `run(n)`, which must wait for its results."""
-  t0 = time.perf_counter()
-  run(warm)
-  t1 = time.perf_counter()
-  run(timed)
-  return t1 - t0, time.perf_counter() - t1
-
-
 # ---- jaxgen -----------------------------------------------------------------------------------
 
-def jax_train(args: argparse.Namespace, config, params: dict, data: dict) -> dict[str, float]:
+def jax_train(args: argparse.Namespace, config, params: dict, data: dict) -> devices.Contender:
   import jax  # pylint: disable=import-outside-toplevel
   import optax  # pylint: disable=import-outside-toplevel
 
@@ -191,12 +189,14 @@ def jax_train(args: argparse.Namespace, config, params: dict, data: dict) -> dic
       state = tuple(new)
     jax.block_until_ready((state, loss))
 
-  warm_s, timed_s = _timed(run, args.warmup, args.steps)
-  del state
-  return {"rate": args.steps / timed_s, "warmup_s": warm_s}
+  def close() -> None:
+    nonlocal state
+    state = None
+
+  return devices.Contender(run, args.warmup, args.steps, 1, close)
 
 
-def jax_img2img(args: argparse.Namespace, config, params: dict, data: dict) -> dict[str, float]:
+def jax_img2img(args: argparse.Namespace, config, params: dict, data: dict) -> devices.Contender:
   import jax  # pylint: disable=import-outside-toplevel
 
   from jaxgen.t2i.sampling import image_to_image  # pylint: disable=import-outside-toplevel
@@ -204,20 +204,19 @@ def jax_img2img(args: argparse.Namespace, config, params: dict, data: dict) -> d
 
   dtype = _jax_dtype(args.dtype)
   spec = SamplerSpec(name="dpmpp_2m", num_steps=args.sampler_steps)
-  variables = jax.device_put(params)
+  held = {"variables": jax.device_put(params)}
   images, ids, uncond = jax.device_put((data["images"], data["ids"], data["uncond_ids"]))
-  keys = iter(jax.random.split(jax.random.key(3), args.warmup_calls + args.calls))
+  key = [jax.random.key(3)]
 
   def run(n: int) -> None:
     for _ in range(n):
-      out = image_to_image(variables, config, spec, next(keys), images, args.strength, ids,
+      key[0], k = jax.random.split(key[0])
+      out = image_to_image(held["variables"], config, spec, k, images, args.strength, ids,
                            uncond, args.guidance_scale, dtype=dtype,
                            attention_impl=args.attention_impl)
       np.asarray(out)  # to the host, as diffusers' output_type='np'
 
-  warm_s, timed_s = _timed(run, args.warmup_calls, args.calls)
-  del variables
-  return {"rate": args.batch * args.calls / timed_s, "warmup_s": warm_s}
+  return devices.Contender(run, args.warmup_calls, args.calls, args.batch, held.clear)
 
 
 def _jax_dtype(name: str):
@@ -250,7 +249,7 @@ def _release() -> None:
 
 
 def torch_train(args: argparse.Namespace, config, params: dict, data: dict,
-                compiled: bool) -> dict[str, float]:
+                compiled: bool) -> devices.Contender:
   import torch  # pylint: disable=import-outside-toplevel
 
   from benchmarks import torch_t2i as tt  # pylint: disable=import-outside-toplevel
@@ -264,21 +263,25 @@ def torch_train(args: argparse.Namespace, config, params: dict, data: dict,
   x0 = torch.from_numpy(data["x0"]).permute(0, 3, 1, 2).contiguous().to(device)
   context = torch.from_numpy(data["context"]).to(device)
 
+  held = {"step": step}
+  del step, unet
+
   def run(n: int) -> None:
     loss = None
     for _ in range(n):
-      loss = step(x0, context)
+      loss = held["step"](x0, context)
     float(loss)  # waits for the device
     _sync(device)
 
-  warm_s, timed_s = _timed(run, args.warmup, args.steps)
-  del step, unet
-  _release()
-  return {"rate": args.steps / timed_s, "warmup_s": warm_s}
+  def close() -> None:
+    held.clear()
+    _release()
+
+  return devices.Contender(run, args.warmup, args.steps, 1, close)
 
 
 def torch_img2img(args: argparse.Namespace, config, params: dict, data: dict,
-                  compiled: bool) -> dict[str, float]:
+                  compiled: bool) -> devices.Contender:
   import torch  # pylint: disable=import-outside-toplevel
 
   from benchmarks import torch_t2i as tt  # pylint: disable=import-outside-toplevel
@@ -295,15 +298,19 @@ def torch_img2img(args: argparse.Namespace, config, params: dict, data: dict,
   ids = torch.from_numpy(data["ids"]).long().to(device)
   uncond = torch.from_numpy(data["uncond_ids"]).long().to(device)
 
+  held = {"pipe": pipe}
+  del pipe
+
   def run(n: int) -> None:
     for _ in range(n):
-      pipe(images, ids, uncond, strength=args.strength, num_steps=args.sampler_steps,
-           guidance_scale=args.guidance_scale)  # numpy on the host: synchronous
+      held["pipe"](images, ids, uncond, strength=args.strength, num_steps=args.sampler_steps,
+                   guidance_scale=args.guidance_scale)  # numpy on the host: synchronous
 
-  warm_s, timed_s = _timed(run, args.warmup_calls, args.calls)
-  del pipe
-  _release()
-  return {"rate": args.batch * args.calls / timed_s, "warmup_s": warm_s}
+  def close() -> None:
+    held.clear()
+    _release()
+
+  return devices.Contender(run, args.warmup_calls, args.calls, args.batch, close)
 
 
 # ---- driver -----------------------------------------------------------------------------------
@@ -358,6 +365,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       help="PyTorch CPU threads (0: all cores; 1 avoids OpenMP spin-waits on "
                            "cores another job holds)")
   parser.add_argument("--skip_torch", action="store_true", help="jaxgen only (no torch needed)")
+  parser.add_argument("--rounds", type=int, default=1,
+                      help="1: each contender built, timed once and freed in turn; R > 1: all "
+                           "built first, then timed in turns over R rounds (medians; needs every "
+                           "contender's weights in memory at once)")
   parser.add_argument("--routes", type=_csv(ROUTES), default=ROUTES,
                       help="XLA:CPU routes to time jaxgen with (jaxgen/train/xla_cpu.py; CPU only)")
   args = parser.parse_args(argv)
@@ -370,7 +381,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   args.dtype = args.dtype or ("bfloat16" if sd15 else "float32")
   if not 0 < args.strength <= 1:
     parser.error(f"--strength {args.strength}: expected a number in (0, 1]")
-  for key in ("steps", "calls", "batch", "train_batch", "sampler_steps"):
+  for key in ("steps", "calls", "batch", "train_batch", "sampler_steps", "rounds"):
     if getattr(args, key) < 1:
       parser.error(f"--{key} {getattr(args, key)}: expected a positive integer")
   return args
@@ -430,27 +441,22 @@ def main(argv: list[str] | None = None) -> None:
   routes = args.routes if jax.default_backend() == "cpu" else args.routes[:1]
   rows = []  # one per workload and jaxgen route; the PyTorch numbers are shared by the routes
   for what in args.what:
-    torch_rates = {}
-    for kind in TORCH_MODES:
-      torch_rates[kind] = None
-      if torch is None or kind not in args.torch_modes:
-        continue
-      try:
-        torch_rates[kind] = torch_fns[what](args, config, params, data, compiled=kind == "compile")
-      except Exception as e:  # pylint: disable=broad-except
-        # torch.compile needs a working toolchain (C++ compiler / Triton); report, go on.
-        print(f"{what}: torch {kind} failed: {type(e).__name__}: {str(e).splitlines()[0]}")
-        _release()
-        continue
-      print(f"{what}: torch {kind} {torch_rates[kind]['rate']:.2f} {units[what]} (warm-up "
-            f"{torch_rates[kind]['warmup_s']:.1f}s)", flush=True)
-    for route in routes:
-      with use_conv_route(route):  # read when the jaxgen side is jitted
-        row = {"what": what, "route": route, "jax": jax_fns[what](args, config, params, data),
-               **torch_rates}
-      print(f"{what}: jaxgen [{route}] {row['jax']['rate']:.2f} {units[what]} (warm-up "
-            f"{row['jax']['warmup_s']:.1f}s)", flush=True)
-      rows.append(row)
+    # jaxgen's route is read when its functions are traced and, for sampling, when they are called:
+    # each of its contenders runs in its route's context.
+    # PyTorch's may fail (torch.compile needs a working toolchain: C++ compiler / Triton): reported,
+    # then the run goes on.
+    contenders = [devices.Entry(f"torch {kind}",
+                                functools.partial(torch_fns[what], args, config, params, data,
+                                                  compiled=kind == "compile"), optional=True)
+                  for kind in TORCH_MODES if torch is not None and kind in args.torch_modes]
+    contenders += [devices.Entry(f"jaxgen [{route}]",
+                                 functools.partial(jax_fns[what], args, config, params, data),
+                                 functools.partial(use_conv_route, route)) for route in routes]
+    results = devices.time_contenders(what, contenders, units[what], args.rounds,
+                                      on_failure=_release if torch is not None else None)
+    torch_rates = {kind: results.get(f"torch {kind}") for kind in TORCH_MODES}
+    rows += [{"what": what, "route": route, "jax": results[f"jaxgen [{route}]"], **torch_rates}
+             for route in routes]
 
   rate = lambda r: r["rate"] if r else None  # noqa: E731
   ratio = lambda a, b: a / b if a and b else None  # noqa: E731
