@@ -68,8 +68,8 @@ import ml_collections  # noqa: E402
 from flax import traverse_util  # noqa: E402
 
 from jaxgen import sde as sde_lib  # noqa: E402
-from jaxgen.io.report import cpu_model  # noqa: E402
 from jaxgen.configlib import train_config  # noqa: E402
+from jaxgen.io.report import cpu_model  # noqa: E402
 from jaxgen.mvld import model as mvld_model  # noqa: E402
 from jaxgen.nets.mixed_precision import COMPUTE_DTYPES  # noqa: E402
 from jaxgen.nets.score_nets import ResidualMLPScoreNet  # noqa: E402
@@ -419,10 +419,10 @@ def main() -> None:
     ref_params = sum(p.numel() for p in ref_net.parameters())
 
   dev = jax.devices()[0]
+  host = f", host CPU {cpu_model()}" if jax.default_backend() == "cpu" else ""
   for batch in blocks:
     do_sample, do_train = batch in sample_batches, batch in train_batches
     only = "" if do_sample and do_train else (" (sampling only)" if do_sample else " (training only)")
-    host = f", host CPU {cpu_model()}" if jax.default_backend() == "cpu" else ""
     print(f"device: {dev.device_kind} x{jax.device_count()} ({jax.default_backend()}{host}); "
           f"batch {batch}, {args.steps} sampler steps, {net_description(args)}, {args.dtype} matmuls, "
           f"{VIEWS} views x {LATENT} latents{only}", flush=True)
